@@ -1,0 +1,62 @@
+// One pass over a source split, writing every requested format at once.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "imgstore/manifest.hpp"
+#include "imgstore/source.hpp"
+#include "imgstore/store.hpp"
+
+namespace imgstore {
+
+struct ConvertOptions {
+  std::vector<Format> formats{Format::Png, Format::Lmdb, Format::Hdf5};
+  std::uint64_t limit = 0;     // 0: all records; else the first `limit` (before repeating)
+  std::uint32_t repeat = 1;    // write the split this many times over (the tutorial doubled it)
+  std::size_t batch_records = 1024;
+  WriterOptions writer;
+  // Called after each batch with (records done, records total).
+  std::function<void(std::uint64_t, std::uint64_t)> progress;
+};
+
+struct FormatResult {
+  Format format;
+  std::filesystem::path path;
+  double seconds = 0;           // time spent inside this format's writer, commit included
+  std::uint64_t bytes_on_disk = 0;
+};
+
+struct ConvertResult {
+  std::string split;
+  std::uint64_t count = 0;
+  Shape shape;
+  double read_seconds = 0;      // time spent in the source
+  double total_seconds = 0;
+  std::vector<FormatResult> formats;
+};
+
+// Converts one split into DIR/<split>.<ext> for each format. On any error every store of this
+// call is left absent (temporaries removed) and the exception propagates.
+ConvertResult convert_split(const Source& source, const std::string& split,
+                            const std::filesystem::path& out_dir, const ConvertOptions& options);
+
+struct VerifyResult {
+  std::uint64_t records = 0;
+  std::uint64_t content_digest = 0;
+};
+
+// Re-reads every record, checks each checksum and the count and content digest against the
+// manifest. Throws DataError naming the first bad record.
+VerifyResult verify_store(const StoreReader& reader,
+                          const std::function<void(std::uint64_t, std::uint64_t)>& progress = {});
+
+// Compares two stores record by record (pixels and labels, any formats). Throws DataError
+// naming the first record that differs.
+void compare_stores(const StoreReader& a, const StoreReader& b,
+                    const std::function<void(std::uint64_t, std::uint64_t)>& progress = {});
+
+}  // namespace imgstore

@@ -1,0 +1,152 @@
+// Reading and writing stores. One store holds one split, in one of three formats:
+//   PNG folder  DIR/<split>.png/   00000000.png ..., labels.csv, manifest.json
+//   LMDB        DIR/<split>.lmdb/  data.mdb (+ lock.mdb), key = 8-digit index
+//   HDF5        DIR/<split>.h5     /images (N,H,W,C) uint8, /labels (N,), /checksums (N,)
+// Layouts are documented in README.md for readers in other languages.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "imgstore/image.hpp"
+#include "imgstore/manifest.hpp"
+
+namespace imgstore {
+
+struct ReaderOptions {
+  // Recompute each record's checksum on read and throw DataError on mismatch.
+  bool verify_checksums = true;
+  // LMDB: MDB_NORDAHEAD, for shuffled reads of stores larger than RAM.
+  bool no_readahead = false;
+};
+
+// Reads one store. All const methods are safe to call from many threads at once.
+class StoreReader {
+ public:
+  virtual ~StoreReader() = default;
+
+  const Manifest& manifest() const { return manifest_; }
+  const std::filesystem::path& path() const { return path_; }
+  Format format() const { return manifest_.format; }
+  std::size_t size() const { return static_cast<std::size_t>(manifest_.count); }
+  const Shape& shape() const { return manifest_.shape; }
+  std::size_t image_bytes() const { return manifest_.shape.bytes(); }
+
+  // Copies image `index` (HWC uint8, image_bytes() bytes) into `out`; returns its label.
+  // Throws UsageError if index >= size(), DataError if the record is corrupt.
+  virtual std::int64_t read_one(std::uint64_t index, std::uint8_t* out) const = 0;
+
+  // Reads n images into out (n * image_bytes(), in the order given) and their labels into
+  // labels (may be null). Formats override this to batch their I/O.
+  virtual void read_many(const std::uint64_t* indices, std::size_t n, std::uint8_t* out,
+                         std::int64_t* labels) const;
+
+  // Convenience: one image as a vector.
+  std::vector<std::uint8_t> read_one(std::uint64_t index, std::int64_t* label = nullptr) const;
+
+  // Bytes the store occupies on disk (all its files).
+  std::uint64_t bytes_on_disk() const;
+
+ protected:
+  StoreReader(std::filesystem::path path, Manifest manifest, ReaderOptions options)
+      : path_(std::move(path)), manifest_(std::move(manifest)), options_(options) {}
+
+  // Throws UsageError unless index < size().
+  void check_index(std::uint64_t index) const;
+  // Throws DataError naming the store and record when verify_checksums is on and it mismatches.
+  void check_record(std::uint64_t index, const std::uint8_t* pixels, std::int64_t label) const;
+  // "key '00000042'" / "record 42" / "file '00000042.png'" — how this format names a record.
+  virtual std::string record_name(std::uint64_t index) const;
+
+  std::filesystem::path path_;
+  Manifest manifest_;
+  ReaderOptions options_;
+};
+
+// Detects the format from the path (directory with manifest.json, LMDB directory or file,
+// HDF5 signature) and opens it. Throws IoError if missing, DataError if not a valid store.
+std::unique_ptr<StoreReader> open_store(const std::filesystem::path& path,
+                                        const ReaderOptions& options = {});
+// Detects the format without opening the store fully; throws DataError if unknown.
+Format detect_store_format(const std::filesystem::path& path);
+
+struct WriterOptions {
+  int png_level = 6;                   // zlib level for PNG files and PNG-encoded payloads, 0..9
+  std::string lmdb_encoding = "raw";   // LMDB payload: "raw" or "png"
+  std::size_t hdf5_chunk_records = 0;  // 0: contiguous /images; else chunk of this many images
+  int hdf5_deflate = 0;                // 0: none; 1..9 deflate level (needs chunking)
+  bool overwrite = false;              // replace an existing store at the path
+  bool durable = true;                 // fsync data and directory before the final rename
+  unsigned threads = 0;                // 0: all cores (TBB default)
+};
+
+// What a writer must know before the first record.
+struct StoreSpec {
+  std::string split;
+  std::string source;
+  std::uint64_t count = 0;
+  Shape shape;
+  std::vector<std::string> class_names;
+};
+
+// Writes one store atomically: everything goes to a temporary name beside the target, and
+// commit() flushes and renames it into place. Destroying a writer without commit() removes
+// the temporary data, so a failed or interrupted conversion leaves nothing that looks valid.
+class StoreWriter {
+ public:
+  virtual ~StoreWriter() = default;
+  StoreWriter(const StoreWriter&) = delete;
+  StoreWriter& operator=(const StoreWriter&) = delete;
+
+  // Appends the batch's records, in order. Throws DataError if shapes or labels are wrong or
+  // more than spec.count records arrive.
+  void write(const ImageBatch& batch);
+  // Finishes the store. Throws DataError if fewer than spec.count records were written.
+  void commit();
+
+  const std::filesystem::path& path() const { return path_; }
+  const StoreSpec& spec() const { return spec_; }
+  std::uint64_t written() const { return written_; }
+
+ protected:
+  StoreWriter(Format format, std::filesystem::path path, StoreSpec spec, WriterOptions options);
+
+  virtual void write_records(const ImageBatch& batch, const std::uint64_t* checksums,
+                             std::uint64_t first_index) = 0;
+  // Writes the manifest, flushes, renames into place.
+  virtual void finish(const Manifest& manifest) = 0;
+
+  Format format_;
+  std::filesystem::path path_;
+  StoreSpec spec_;
+  WriterOptions options_;
+  std::uint64_t written_ = 0;
+  std::vector<std::uint64_t> checksums_;
+  bool committed_ = false;
+};
+
+// Starts a store of the given format at `path`. Throws IoError if it cannot be written, or
+// if a store already exists there and options.overwrite is false.
+std::unique_ptr<StoreWriter> create_store(Format format, const std::filesystem::path& path,
+                                          const StoreSpec& spec, const WriterOptions& options = {});
+
+// The tutorial's four operations, for every format.
+// Store one image as a one-record store.
+void store_one(Format format, const std::filesystem::path& path, const Shape& shape,
+               const std::uint8_t* pixels, std::int64_t label,
+               const WriterOptions& options = {});
+// Store many images (batch) as one store.
+void store_many(Format format, const std::filesystem::path& path, const ImageBatch& images,
+                const std::vector<std::string>& class_names = {},
+                const WriterOptions& options = {});
+// Read many: every record of a store into one batch (use StoreReader::read_many for subsets).
+ImageBatch read_all(const StoreReader& reader);
+
+// The file name a store of `format` gets for `split` inside an output directory.
+std::string store_file_name(const std::string& split, Format format);
+
+}  // namespace imgstore

@@ -1,0 +1,170 @@
+#include "detail/fs_util.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "imgstore/error.hpp"
+
+namespace imgstore::detail {
+
+std::string quote(const fs::path& path) { return "'" + path.string() + "'"; }
+
+namespace {
+
+// Owns a POSIX file descriptor.
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  // Closes now and reports failure (close can report deferred write errors such as ENOSPC).
+  int close() {
+    int rc = ::close(fd_);
+    fd_ = -1;
+    return rc;
+  }
+
+ private:
+  int fd_;
+};
+
+[[noreturn]] void throw_errno(const std::string& action, const fs::path& path) {
+  throw IoError(fmt::format("cannot {} {}: {}", action, quote(path), std::strerror(errno)));
+}
+
+}  // namespace
+
+std::vector<std::uint8_t> read_file(const fs::path& path, std::uint64_t max_bytes) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) throw_errno("open", path);
+  off_t size = ::lseek(fd.get(), 0, SEEK_END);
+  if (size < 0 || ::lseek(fd.get(), 0, SEEK_SET) < 0) throw_errno("seek in", path);
+  if (static_cast<std::uint64_t>(size) > max_bytes) {
+    throw DataError(fmt::format("{} is {} bytes, more than the limit of {} bytes", quote(path),
+                                size, max_bytes));
+  }
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_errno("read", path);
+    if (n == 0) break;  // the file shrank under us
+    done += static_cast<std::size_t>(n);
+  }
+  bytes.resize(done);
+  return bytes;
+}
+
+void write_file(const fs::path& path, const void* data, std::size_t size, bool durable) {
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0) throw_errno("create", path);
+  const auto* p = static_cast<const std::uint8_t*>(data);
+  std::size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::write(fd.get(), p + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_errno("write", path);
+    done += static_cast<std::size_t>(n);
+  }
+  if (durable && ::fsync(fd.get()) != 0) throw_errno("fsync", path);
+  if (fd.close() != 0) throw_errno("close", path);
+}
+
+void fsync_path(const fs::path& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) throw_errno("open", path);
+  if (::fsync(fd.get()) != 0 && errno != EINVAL) throw_errno("fsync", path);
+}
+
+std::uint64_t bytes_on_disk(const fs::path& path) {
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) return fs::file_size(path, ec);
+  std::uint64_t total = 0;
+  for (fs::recursive_directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->is_regular_file(ec)) total += it->file_size(ec);
+  }
+  return total;
+}
+
+namespace {
+
+fs::path sibling_name(const fs::path& target, const char* tag) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  auto parent = target.parent_path();
+  if (parent.empty()) parent = ".";
+  return parent / fmt::format(".{}{}{}-{:08x}", target.filename().string(), tag,
+                              static_cast<long>(::getpid()),
+                              static_cast<std::uint32_t>(rng()));
+}
+
+void fsync_tree(const fs::path& path) {
+  if (fs::is_directory(path)) {
+    for (const auto& entry : fs::recursive_directory_iterator(path)) {
+      if (entry.is_regular_file()) fsync_path(entry.path());
+    }
+  }
+  fsync_path(path);
+}
+
+}  // namespace
+
+StagedOutput::StagedOutput(fs::path target, Kind kind, bool overwrite)
+    : target_(std::move(target)), kind_(kind), overwrite_(overwrite) {
+  std::error_code ec;
+  if (fs::exists(fs::symlink_status(target_, ec)) && !overwrite_) {
+    throw IoError(fmt::format("{} already exists (pass --overwrite to replace it)",
+                              quote(target_)));
+  }
+  temp_ = sibling_name(target_, ".tmp-");
+  if (kind_ == Kind::Directory) {
+    if (::mkdir(temp_.c_str(), 0755) != 0) throw_errno("create a directory in", temp_.parent_path());
+  } else {
+    Fd fd(::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (fd.get() < 0) throw_errno("create a file in", temp_.parent_path());
+  }
+}
+
+StagedOutput::~StagedOutput() { discard(); }
+
+void StagedOutput::discard() noexcept {
+  if (done_) return;
+  done_ = true;
+  std::error_code ec;
+  fs::remove_all(temp_, ec);
+}
+
+void StagedOutput::commit(bool durable) {
+  if (done_) throw UsageError(fmt::format("{} was already committed or discarded", quote(target_)));
+  if (durable) fsync_tree(temp_);
+  std::error_code ec;
+  fs::path old;
+  if (fs::exists(fs::symlink_status(target_, ec))) {
+    if (!overwrite_) {
+      throw IoError(fmt::format("{} appeared while writing; not replacing it", quote(target_)));
+    }
+    // Directories cannot be renamed over a non-empty directory: move the old one aside first.
+    old = sibling_name(target_, ".old-");
+    if (::rename(target_.c_str(), old.c_str()) != 0) throw_errno("move aside", target_);
+  }
+  if (::rename(temp_.c_str(), target_.c_str()) != 0) throw_errno("rename into place", target_);
+  done_ = true;
+  if (!old.empty()) fs::remove_all(old, ec);
+  if (durable) {
+    auto parent = target_.parent_path();
+    fsync_path(parent.empty() ? fs::path(".") : parent);
+  }
+}
+
+}  // namespace imgstore::detail

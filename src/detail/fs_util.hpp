@@ -1,0 +1,61 @@
+// File-system helpers shared by the formats and sources: whole-file reads, fsync, and the
+// staged (temporary name, then rename) output that makes every store write atomic.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace imgstore::detail {
+
+namespace fs = std::filesystem;
+
+// 'path' in single quotes, for error messages.
+std::string quote(const fs::path& path);
+
+// Reads a whole file. Throws IoError naming it. Refuses files larger than max_bytes (DataError).
+std::vector<std::uint8_t> read_file(const fs::path& path,
+                                    std::uint64_t max_bytes = (std::uint64_t{1} << 32));
+
+// Writes bytes to a new file (truncating), optionally fsyncing it. Throws IoError.
+void write_file(const fs::path& path, const void* data, std::size_t size, bool durable);
+inline void write_file(const fs::path& path, const std::string& text, bool durable) {
+  write_file(path, text.data(), text.size(), durable);
+}
+
+// fsync a file or directory (directories make renames and new entries durable).
+void fsync_path(const fs::path& path);
+
+// Sum of the sizes of all regular files under `path` (or of `path` itself).
+std::uint64_t bytes_on_disk(const fs::path& path);
+
+// A temporary sibling of `target` that becomes `target` on commit() and is removed otherwise.
+// Its name starts with '.' and contains ".tmp-", so an interrupted run never leaves anything
+// that looks like a store.
+class StagedOutput {
+ public:
+  enum class Kind { File, Directory };
+  // Throws IoError if the parent directory is not writable, or if `target` exists and
+  // overwrite is false.
+  StagedOutput(fs::path target, Kind kind, bool overwrite);
+  ~StagedOutput();
+  StagedOutput(const StagedOutput&) = delete;
+  StagedOutput& operator=(const StagedOutput&) = delete;
+
+  const fs::path& temp() const { return temp_; }
+  const fs::path& target() const { return target_; }
+  // fsyncs (when durable) everything staged, renames it onto target, fsyncs the parent.
+  void commit(bool durable);
+  // Removes the temporary now (the destructor does the same).
+  void discard() noexcept;
+
+ private:
+  fs::path target_;
+  fs::path temp_;
+  Kind kind_;
+  bool overwrite_;
+  bool done_ = false;
+};
+
+}  // namespace imgstore::detail

@@ -1,0 +1,80 @@
+// open_source(): decide what kind of source a path or spec names.
+#include <fmt/format.h>
+
+#include "detail/fs_util.hpp"
+#include "imgstore/error.hpp"
+#include "imgstore/store.hpp"
+#include "ingest/sources.hpp"
+
+namespace imgstore {
+
+namespace fs = std::filesystem;
+using detail::quote;
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool has_any(const fs::path& dir, std::initializer_list<const char*> names) {
+  std::error_code ec;
+  for (const char* name : names) {
+    if (fs::exists(dir / name, ec)) return true;
+  }
+  return false;
+}
+
+bool has_idx_files(const fs::path& dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    auto name = it->path().filename().string();
+    if (name.find("-images-idx3-ubyte") != std::string::npos) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::unique_ptr<Source> open_source(const std::string& spec, const SourceOptions& options) {
+  const std::string kSynthetic = "synthetic:";
+  if (spec == "synthetic") return detail::open_synthetic("");
+  if (spec.compare(0, kSynthetic.size(), kSynthetic) == 0) {
+    return detail::open_synthetic(spec.substr(kSynthetic.size()));
+  }
+  fs::path path(spec);
+  std::error_code ec;
+  auto status = fs::status(path, ec);
+  if (!fs::exists(status)) throw IoError(fmt::format("source {} does not exist", quote(path)));
+  const auto name = path.filename().string();
+
+  if (fs::is_directory(status)) {
+    if (has_any(path, {"manifest.json", "data.mdb"})) return detail::open_store_source(path);
+    if (has_any(path, {"data_batch_1.bin", "test_batch.bin", "train.bin", "test.bin"})) {
+      return detail::open_cifar_binary_dir(path, options);
+    }
+    if (has_any(path, {"data_batch_1", "test_batch", "batches.meta", "meta"})) {
+      return detail::open_cifar_pickle_dir(path, options);
+    }
+    if (has_idx_files(path)) return detail::open_idx(path);
+    throw DataError(fmt::format(
+        "{} is not a source imgstore knows: expected a CIFAR-10/100 folder (binary or python), "
+        "an IDX folder, or an imgstore store", quote(path)));
+  }
+  if (ends_with(name, ".tar.gz") || ends_with(name, ".tgz")) {
+    return detail::open_cifar_archive(path, options);
+  }
+  if (name.find("-idx3-ubyte") != std::string::npos) return detail::open_idx(path);
+  if (ends_with(name, ".h5") || ends_with(name, ".hdf5")) return detail::open_store_source(path);
+  // Last resort: anything open_store can recognise by its signature.
+  try {
+    detect_store_format(path);
+  } catch (const DataError&) {
+    throw DataError(fmt::format(
+        "{} is not a source imgstore knows: expected a .tar.gz CIFAR archive, an IDX file, or "
+        "an imgstore store", quote(path)));
+  }
+  return detail::open_store_source(path);
+}
+
+}  // namespace imgstore

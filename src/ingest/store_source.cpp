@@ -1,0 +1,65 @@
+// A store read back as a source, so stores convert into each other.
+#include <algorithm>
+#include <numeric>
+
+#include "imgstore/error.hpp"
+#include "imgstore/store.hpp"
+#include "ingest/sources.hpp"
+
+namespace imgstore::detail {
+
+namespace {
+
+class StoreStream : public BatchStream {
+ public:
+  explicit StoreStream(const StoreReader& reader) : reader_(reader) {}
+  bool next(ImageBatch& out, std::size_t max_records) override {
+    const std::uint64_t n = std::min<std::uint64_t>(max_records, reader_.size() - next_);
+    if (n == 0) return false;
+    indices_.resize(n);
+    std::iota(indices_.begin(), indices_.end(), next_);
+    out.resize(reader_.shape(), n);
+    reader_.read_many(indices_.data(), n, out.pixels.data(), out.labels.data());
+    next_ += n;
+    return true;
+  }
+
+ private:
+  const StoreReader& reader_;
+  std::uint64_t next_ = 0;
+  std::vector<std::uint64_t> indices_;
+};
+
+class StoreSource : public Source {
+ public:
+  explicit StoreSource(std::unique_ptr<StoreReader> reader) : reader_(std::move(reader)) {
+    const auto& m = reader_->manifest();
+    info_.name = m.split.empty() ? reader_->path().stem().string() : m.split;
+    info_.count = m.count;
+    info_.shape = m.shape;
+    info_.class_names = m.class_names;
+  }
+  std::string description() const override {
+    return to_string(reader_->format()) + " store '" + reader_->path().string() + "'";
+  }
+  std::vector<SplitInfo> splits() const override { return {info_}; }
+  std::unique_ptr<BatchStream> open(const std::string& split) const override {
+    if (split != info_.name) {
+      throw UsageError("store '" + reader_->path().string() + "' holds split '" + info_.name +
+                       "', not '" + split + "'");
+    }
+    return std::make_unique<StoreStream>(*reader_);
+  }
+
+ private:
+  std::unique_ptr<StoreReader> reader_;
+  SplitInfo info_;
+};
+
+}  // namespace
+
+std::unique_ptr<Source> open_store_source(const std::filesystem::path& path) {
+  return std::make_unique<StoreSource>(open_store(path));
+}
+
+}  // namespace imgstore::detail
