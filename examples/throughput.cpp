@@ -1,0 +1,326 @@
+// imgstore-throughput: which store format feeds training best, measured side by side in one run.
+// For each format (PNG folder, LMDB, HDF5) over the same images:
+//   (a) shuffled epoch read throughput of the prefetching loader;
+//   (b) the same through LibTorch's stock DataLoader (workers 0 and 2) over the same Dataset;
+//   (c) the in-memory limit: gathering the same bytes from one RAM tensor into batches
+//       (and, for PNG, threads x the single-thread decode rate);
+//   (d) training images/s fed by the prefetching loader, against training fed from memory.
+// Prints a table of figures and ratios; writes CSV and JSON. Medians of --runs runs after one
+// warm-up pass (page cache warm).
+//
+//   imgstore-throughput --stores out/stores --split train --out out/throughput
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "common.hpp"
+#include "imgstore/error.hpp"
+#include "imgstore/torch/dataset.hpp"
+#include "imgstore/torch/loader.hpp"
+
+namespace {
+
+using namespace imgstore;
+using namespace imgstore::examples;
+namespace fs = std::filesystem;
+using Json = nlohmann::ordered_json;
+
+struct Args {
+  std::string stores, split = "train", out = "throughput";
+  std::size_t batch_size = 256;
+  int runs = 3, train_steps = 60, torch_threads = 0;
+  unsigned threads = 0, train_loader_threads = 1;
+  bool skip_stock = false;
+};
+
+// Median and spread of a repeated measurement of images/s.
+struct Rate {
+  double median = 0, min = 0, max = 0;
+  Json json() const { return {{"median", median}, {"min", min}, {"max", max}}; }
+};
+
+template <class F>
+Rate measure(int runs, F&& once) {
+  once();  // warm-up: page cache, buffers, thread pools
+  std::vector<double> v;
+  for (int r = 0; r < runs; ++r) v.push_back(once());
+  return {median(v), *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end())};
+}
+
+double prefetch_epoch(PrefetchLoader& loader) {
+  std::size_t images = 0;
+  auto t = Clock::now();
+  for (auto& batch : loader) images += static_cast<std::size_t>(batch.data.size(0));
+  return images / seconds_since(t);
+}
+
+double stock_epoch(const StoreDataset& ds, std::size_t batch, std::size_t workers) {
+  auto loader = torch::data::make_data_loader(
+      ds, torch::data::DataLoaderOptions().batch_size(batch).workers(workers));
+  std::size_t images = 0;
+  auto t = Clock::now();
+  for (auto& b : *loader) images += static_cast<std::size_t>(b.data.size(0));
+  return images / seconds_since(t);
+}
+
+double memory_epoch(const MemoryStore& mem, std::size_t batch, std::uint64_t seed) {
+  const auto n = mem.images.size(0);
+  auto perm = permutation(n, seed);
+  auto out = torch::empty({static_cast<std::int64_t>(batch), mem.images.size(1), mem.images.size(2),
+                           mem.images.size(3)}, torch::kUInt8);
+  auto out_labels = torch::empty({static_cast<std::int64_t>(batch)}, torch::kInt64);
+  auto t = Clock::now();
+  for (std::int64_t first = 0; first < n; first += static_cast<std::int64_t>(batch)) {
+    auto index = perm.slice(0, first, std::min<std::int64_t>(n, first + batch));
+    if (index.size(0) != out.size(0)) {
+      out.resize_({index.size(0), out.size(1), out.size(2), out.size(3)});
+      out_labels.resize_({index.size(0)});
+    }
+    mem.gather(index, out, out_labels);
+  }
+  return n / seconds_since(t);
+}
+
+// Single-thread decode rate of a store: read_one in shuffled order on this thread.
+double single_thread_read_rate(const StoreReader& reader, std::size_t samples) {
+  samples = std::min(samples, reader.size());
+  std::vector<std::uint64_t> order(reader.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(7));
+  std::vector<std::uint8_t> px(reader.image_bytes());
+  auto t = Clock::now();
+  for (std::size_t i = 0; i < samples; ++i) reader.read_one(order[i], px.data());
+  return samples / seconds_since(t);
+}
+
+// Training images/s over `steps` steps; `next` fills (x, y) and returns false at epoch end.
+template <class Next>
+std::pair<double, double> train_rate(const StoreReader& reader, int steps, Next&& next) {
+  torch::manual_seed(1);
+  const auto s = reader.shape();
+  ConvNet model(static_cast<int>(s.channels), static_cast<int>(s.height),
+                static_cast<int>(s.width), 10);
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
+  torch::Tensor x, y;
+  std::size_t images = 0;
+  double wait = 0;
+  // Two untimed warm-up steps (allocator, kernels), then `steps` timed ones.
+  for (int i = 0; i < 2; ++i) {
+    next(x, y);
+    opt.zero_grad();
+    torch::nn::functional::cross_entropy(model->forward(x), y).backward();
+    opt.step();
+  }
+  auto t = Clock::now();
+  for (int i = 0; i < steps; ++i) {
+    auto w = Clock::now();
+    next(x, y);
+    wait += seconds_since(w);
+    opt.zero_grad();
+    torch::nn::functional::cross_entropy(model->forward(x), y).backward();
+    opt.step();
+    images += static_cast<std::size_t>(x.size(0));
+  }
+  const double secs = seconds_since(t);
+  return {images / secs, wait / secs};
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+int run(const Args& a) {
+  if (a.torch_threads > 0) torch::set_num_threads(a.torch_threads);
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const unsigned threads = a.threads ? a.threads : cores;
+  fs::create_directories(a.out);
+  struct utsname uts {};
+  ::uname(&uts);
+  Json report;
+  report["machine"] = {{"cpu", cpu_model()}, {"cores", cores},
+                       {"memory_gib", sysconf(_SC_PHYS_PAGES) * double(sysconf(_SC_PAGE_SIZE)) / (1 << 30)},
+                       {"kernel", std::string(uts.release)}};
+  report["settings"] = {{"batch_size", a.batch_size}, {"loader_threads", threads},
+                        {"runs", a.runs}, {"page_cache", "warm (one untimed pass first)"},
+                        {"train_steps", a.train_steps},
+                        {"train_loader_threads", a.train_loader_threads},
+                        {"torch_threads", torch::get_num_threads()}};
+  fmt::print("machine: {}, {} cores; batch {}, loader threads {}, torch intra-op threads {}; "
+             "page cache warm; medians of {} runs\n", cpu_model(), cores, a.batch_size, threads,
+             torch::get_num_threads(), a.runs);
+
+  struct Row {
+    std::string format;
+    std::size_t images = 0;
+    Rate prefetch, stock0, stock2, memory, train, train_memory;
+    double limit = 0, wait_share = 0, single_decode = 0;
+  };
+  std::vector<Row> rows;
+  for (Format f : {Format::Png, Format::Lmdb, Format::Hdf5}) {
+    const fs::path path = fs::path(a.stores) / store_file_name(a.split, f);
+    if (!fs::exists(path)) {
+      fmt::print("skip {}: {} not found\n", to_string(f), path.string());
+      continue;
+    }
+    auto reader = std::shared_ptr<const StoreReader>(open_store(path));
+    Row row;
+    row.format = to_string(f);
+    row.images = reader->size();
+    fmt::print("\n== {} ({} images of {})\n", path.string(), reader->size(), to_string(reader->shape()));
+    std::fflush(stdout);
+
+    LoaderOptions lo;
+    lo.batch_size = a.batch_size;
+    lo.threads = threads;
+    lo.seed = 1;
+    PrefetchLoader loader(reader, lo);
+    row.prefetch = measure(a.runs, [&] { return prefetch_epoch(loader); });
+    fmt::print("  (a) prefetch loader      {:>10.0f} img/s\n", row.prefetch.median);
+    std::fflush(stdout);
+
+    StoreDataset ds(reader);
+    if (!a.skip_stock) {
+      row.stock0 = measure(a.runs, [&] { return stock_epoch(ds, a.batch_size, 0); });
+      row.stock2 = measure(a.runs, [&] { return stock_epoch(ds, a.batch_size, 2); });
+      fmt::print("  (b) stock DataLoader     {:>10.0f} img/s (workers 0), {:.0f} img/s (workers 2)\n",
+                 row.stock0.median, row.stock2.median);
+      std::fflush(stdout);
+    }
+
+    auto mem = MemoryStore::load(*reader);
+    std::uint64_t seed = 1;
+    row.memory = measure(a.runs, [&] { return memory_epoch(mem, a.batch_size, seed++); });
+    row.limit = row.memory.median;
+    if (f == Format::Png) {
+      row.single_decode = single_thread_read_rate(*reader, 4000);
+      row.limit = std::min(row.limit, row.single_decode * threads);
+      fmt::print("  (c) memory gather        {:>10.0f} img/s; PNG decode 1 thread {:.0f} img/s x {} "
+                 "threads = {:.0f} img/s\n", row.memory.median, row.single_decode, threads,
+                 row.single_decode * threads);
+    } else {
+      fmt::print("  (c) memory gather        {:>10.0f} img/s\n", row.memory.median);
+    }
+    std::fflush(stdout);
+
+    // (d) training fed by the prefetch loader (float, normalised) vs from memory.
+    auto [mean, stdev] = channel_stats(*reader, 5000);
+    LoaderOptions tlo = lo;
+    tlo.threads = a.train_loader_threads;
+    tlo.normalize = Normalize::mean_std(mean, stdev);
+    PrefetchLoader tloader(reader, tlo);
+    std::optional<PrefetchLoader::Iterator> it;
+    auto from_loader = [&](torch::Tensor& x, torch::Tensor& y) {
+      if (!it || *it == tloader.end()) it = tloader.begin();
+      else ++*it;
+      if (*it == tloader.end()) it = tloader.begin();
+      x = (*it)->data;
+      y = (*it)->target;
+    };
+    std::vector<double> fed, wait;
+    for (int r = 0; r < a.runs; ++r) {
+      auto [rate, w] = train_rate(*reader, a.train_steps, from_loader);
+      fed.push_back(rate), wait.push_back(w);
+    }
+    it.reset();
+    tloader.cancel();
+    auto perm = permutation(mem.images.size(0), 3);
+    std::int64_t pos = 0;
+    auto from_memory = [&](torch::Tensor& x, torch::Tensor& y) {
+      if (pos + static_cast<std::int64_t>(a.batch_size) > mem.images.size(0)) pos = 0;
+      auto index = perm.slice(0, pos, pos + static_cast<std::int64_t>(a.batch_size));
+      pos += static_cast<std::int64_t>(a.batch_size);
+      x = normalise(mem.images.index_select(0, index), mean, stdev);
+      y = mem.labels.index_select(0, index);
+    };
+    std::vector<double> fed_memory;
+    for (int r = 0; r < a.runs; ++r) fed_memory.push_back(train_rate(*reader, a.train_steps, from_memory).first);
+    row.train = {median(fed), *std::min_element(fed.begin(), fed.end()), *std::max_element(fed.begin(), fed.end())};
+    row.train_memory = {median(fed_memory), *std::min_element(fed_memory.begin(), fed_memory.end()),
+                        *std::max_element(fed_memory.begin(), fed_memory.end())};
+    row.wait_share = median(wait);
+    fmt::print("  (d) training fed by loader {:>8.0f} img/s (data wait {:.1f}%), fed from memory {:.0f} img/s\n",
+               row.train.median, 100 * row.wait_share, row.train_memory.median);
+    std::fflush(stdout);
+    rows.push_back(row);
+  }
+
+  fmt::print("\n{:<5} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9} {:>10} {:>9}\n", "fmt",
+             "prefetch/s", "stock w0/s", "stock w2/s", "limit/s", "vs limit", "vs stock",
+             "train/s", "train mem/s", "train/mem");
+  Json jrows = Json::array();
+  std::ofstream csv(fs::path(a.out) / "throughput.csv");
+  csv << "format,images,prefetch_ips,stock_w0_ips,stock_w2_ips,memory_ips,limit_ips,"
+         "png_single_thread_decode_ips,prefetch_vs_limit,prefetch_vs_best_stock,train_ips,"
+         "train_memory_ips,train_vs_memory,train_data_wait_share\n";
+  for (const auto& r : rows) {
+    const double best_stock = std::max(r.stock0.median, r.stock2.median);
+    const double vs_limit = r.prefetch.median / r.limit;
+    const double vs_stock = best_stock > 0 ? r.prefetch.median / best_stock : 0;
+    const double train_ratio = r.train.median / r.train_memory.median;
+    fmt::print("{:<5} {:>11.0f} {:>11.0f} {:>11.0f} {:>11.0f} {:>8.2f}x {:>8.1f}x {:>9.0f} {:>10.0f} {:>8.2f}x\n",
+               r.format, r.prefetch.median, r.stock0.median, r.stock2.median, r.limit, vs_limit,
+               vs_stock, r.train.median, r.train_memory.median, train_ratio);
+    csv << fmt::format("{},{},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.3f},{:.3f},{:.0f},{:.0f},{:.3f},{:.3f}\n",
+                       r.format, r.images, r.prefetch.median, r.stock0.median, r.stock2.median,
+                       r.memory.median, r.limit, r.single_decode, vs_limit, vs_stock,
+                       r.train.median, r.train_memory.median, train_ratio, r.wait_share);
+    jrows.push_back({{"format", r.format}, {"images", r.images}, {"prefetch", r.prefetch.json()},
+                     {"stock_workers0", r.stock0.json()}, {"stock_workers2", r.stock2.json()},
+                     {"memory_gather", r.memory.json()}, {"limit", r.limit},
+                     {"png_single_thread_decode", r.single_decode},
+                     {"prefetch_vs_limit", vs_limit}, {"prefetch_vs_best_stock", vs_stock},
+                     {"train_fed_by_loader", r.train.json()}, {"train_fed_from_memory", r.train_memory.json()},
+                     {"train_vs_memory", train_ratio}, {"train_data_wait_share", r.wait_share}});
+  }
+  fmt::print("limit: memory gather (LMDB, HDF5) or PNG single-thread decode x threads; "
+             "vs stock: against the better of workers 0 and 2\n");
+  report["results"] = jrows;
+  std::ofstream(fs::path(a.out) / "throughput.json") << report.dump(2) << "\n";
+  fmt::print("wrote {}/throughput.csv and throughput.json\n", a.out);
+  return rows.empty() ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  CLI::App app{"imgstore-throughput: shuffled-epoch read and training throughput per store format"};
+  app.add_option("--stores", a.stores, "directory holding <split>.png, <split>.lmdb, <split>.h5")->required();
+  app.add_option("--split", a.split)->capture_default_str();
+  app.add_option("--out", a.out, "directory for throughput.csv and throughput.json")->capture_default_str();
+  app.add_option("--batch-size", a.batch_size)->capture_default_str();
+  app.add_option("--runs", a.runs, "timed runs per figure (median reported)")->capture_default_str();
+  app.add_option("--threads", a.threads, "prefetch loader threads for (a) (0: all cores)");
+  app.add_option("--train-steps", a.train_steps, "timed training steps per run for (d)")->capture_default_str();
+  app.add_option("--train-loader-threads", a.train_loader_threads,
+                 "loader threads while training (the rest of the cores go to torch)")->capture_default_str();
+  app.add_option("--torch-threads", a.torch_threads, "torch intra-op threads (0: LibTorch default)");
+  app.add_flag("--skip-stock", a.skip_stock, "skip the stock DataLoader figures");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  try {
+    return run(a);
+  } catch (const UsageError& e) {
+    std::cerr << "imgstore-throughput: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "imgstore-throughput: " << e.what() << "\n";
+    return 1;
+  }
+}
