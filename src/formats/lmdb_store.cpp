@@ -1,7 +1,637 @@
-// STUB: to be implemented.
+// LMDB store: writer and reader.
+//
+// On-disk layout (readable from py-lmdb: `lmdb.open(dir, readonly=True, lock=False, max_dbs=2)`):
+//   <split>.lmdb/data.mdb   one LMDB environment (no lock.mdb: it is written and read with
+//                           MDB_NOLOCK, since a committed store is immutable)
+//   Main (unnamed) database, one entry per record:
+//     key   = record index as 8 ASCII decimal digits, zero-padded ("00012345"), so byte order
+//             is numeric order (indices >= 10^8 get more digits and are written without
+//             MDB_APPEND; readers look keys up, never rely on order)
+//     value = 32-byte little-endian header, then the payload:
+//       offset  0  char[4]  magic "IMGS"
+//               4  uint16   value version = 1
+//               6  uint8    encoding: 0 = raw, 1 = png
+//               7  uint8    channels C
+//               8  uint32   height H
+//              12  uint32   width W
+//              16  int32    label
+//              20  uint32   payload_length (bytes after the header)
+//              24  uint64   xxh3_64(payload), unseeded
+//              32  payload  raw: H*W*C pixel bytes in HWC order (the value's last H*W*C bytes);
+//                           png: one 8-bit PNG of H x W with C channels
+//   Named sub-database "__imgstore__" (it also appears in the main database as the key
+//   "__imgstore__", which sorts after every digit key), holding:
+//     key "manifest" = Manifest::to_json() (count, shape, class names, per-record checksums).
+//   So the main database holds manifest.count + 1 entries.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include "detail/fs_util.hpp"
+#include "detail/lmdb_handles.hpp"
+#include "detail/png_codec.hpp"
 #include "formats/formats.hpp"
+#include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
+
 namespace imgstore::detail {
-std::unique_ptr<StoreWriter> create_lmdb_store(const std::filesystem::path&, const StoreSpec&, const WriterOptions&) { throw Error("lmdb: not implemented"); }
-std::unique_ptr<StoreReader> open_lmdb_store(const std::filesystem::path&, const ReaderOptions&) { throw Error("lmdb: not implemented"); }
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::size_t kHeaderBytes = 32;
+constexpr char kMagic[4] = {'I', 'M', 'G', 'S'};
+constexpr std::uint16_t kValueVersion = 1;
+constexpr std::uint8_t kEncodingRaw = 0;
+constexpr std::uint8_t kEncodingPng = 1;
+constexpr const char* kMetaDb = "__imgstore__";
+constexpr const char* kManifestKey = "manifest";
+// Below this index the 8-digit keys sort numerically, so MDB_APPEND applies.
+constexpr std::uint64_t kAppendLimit = 100000000;
+// Values per write transaction: large enough to amortise commits, small enough that LMDB's
+// dirty-page list (malloc'd, reused between transactions) stays warm in cache.
+constexpr std::size_t kTxnValueBytes = std::size_t{32} << 20;
+// Idle read transactions kept per environment for reuse (reset/renew is far cheaper than
+// begin/abort, which allocate).
+constexpr std::size_t kMaxIdleTxns = 64;
+
+std::atomic<std::size_t> g_test_initial_map_size{0};
+
+// ---- little-endian helpers (explicit, so the layout does not depend on the host) ----
+
+void put_u16(std::uint8_t* p, std::uint16_t v) {
+  p[0] = static_cast<std::uint8_t>(v);
+  p[1] = static_cast<std::uint8_t>(v >> 8);
 }
+void put_u32(std::uint8_t* p, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::uint8_t>(v >> (8 * i));
+}
+void put_u64(std::uint8_t* p, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::uint8_t>(v >> (8 * i));
+}
+std::uint16_t get_u16(const std::uint8_t* p) {
+  return static_cast<std::uint16_t>(p[0] | (p[1] << 8));
+}
+std::uint32_t get_u32(const std::uint8_t* p) {
+  std::uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+std::uint64_t get_u64(const std::uint8_t* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+void write_header(std::uint8_t* p, std::uint8_t encoding, const Shape& shape, std::int32_t label,
+                  std::uint32_t payload_length, std::uint64_t payload_hash) {
+  std::memcpy(p, kMagic, 4);
+  put_u16(p + 4, kValueVersion);
+  p[6] = encoding;
+  p[7] = static_cast<std::uint8_t>(shape.channels);
+  put_u32(p + 8, shape.height);
+  put_u32(p + 12, shape.width);
+  put_u32(p + 16, static_cast<std::uint32_t>(label));
+  put_u32(p + 20, payload_length);
+  put_u64(p + 24, payload_hash);
+}
+
+const char* encoding_name(std::uint8_t encoding) {
+  return encoding == kEncodingRaw ? "raw" : encoding == kEncodingPng ? "png" : "unknown";
+}
+
+// record_key() without the allocation, for the hot paths; returns the length. `out` holds 32.
+std::size_t format_key(std::uint64_t index, char* out) {
+  if (index >= kAppendLimit) return fmt::format_to_n(out, 32, "{:08d}", index).size;
+  for (int i = 7; i >= 0; --i) {
+    out[i] = static_cast<char>('0' + index % 10);
+    index /= 10;
+  }
+  return 8;
+}
+
+std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+
+std::size_t page_size() {
+  long p = ::sysconf(_SC_PAGESIZE);
+  return p > 0 ? static_cast<std::size_t>(p) : 4096;
+}
+
+// A first guess at the map size; MDB_MAP_FULL makes the writer double it, so it need not be
+// right. Large values live on overflow pages (whole pages each), small ones in leaves that
+// may be half full after splits.
+std::size_t estimate_map_size(const StoreSpec& spec, bool png) {
+  if (auto forced = g_test_initial_map_size.load()) return forced;
+  const std::size_t psize = page_size();
+  const std::size_t bytes = spec.shape.bytes();
+  const std::size_t value = kHeaderBytes + (png ? bytes + bytes / 8 + 1024 : bytes);
+  const long double per_record = value + 64 > psize / 2
+                                     ? static_cast<long double>(round_up(value + 64, psize))
+                                     : 2.0L * (value + 64);
+  std::size_t names = 0;
+  for (const auto& n : spec.class_names) names += n.size() + 8;
+  const long double total = spec.count * per_record * 1.1L  // records, branch pages
+                            + spec.count * 48.0L + 2.0L * names  // manifest (hex checksums)
+                            + (8 << 20);                          // meta pages, slack
+  constexpr long double kMaxInitial = 1ULL << 40;  // growth handles anything larger
+  return round_up(static_cast<std::size_t>(std::min(total, kMaxInitial)), psize);
+}
+
+// ---- writer ----
+
+class LmdbWriter final : public StoreWriter {
+ public:
+  LmdbWriter(const fs::path& path, const StoreSpec& spec, const WriterOptions& options)
+      : StoreWriter(Format::Lmdb, path, spec, options),
+        png_(parse_encoding(options.lmdb_encoding)),
+        staged_(path, StagedOutput::Kind::Directory, options.overwrite),
+        name_(quote(path)) {
+    map_size_ = estimate_map_size(spec_, png_);
+    env_ = lmdb::Env::create(what("create an LMDB environment"));
+    env_.set_maxdbs(2, what("configure"));
+    env_.set_mapsize(map_size_, what("set the map size"));
+    // NOLOCK: one writer in a private staging directory, and no lock.mdb left behind.
+    // NOSYNC: intermediate commits need not reach the disk; finish() syncs once if durable.
+    env_.open(staged_.temp().string(), MDB_NOLOCK | MDB_NOSYNC, 0644,
+              what("open the LMDB environment in " + quote(staged_.temp())));
+    auto txn = lmdb::Txn::begin(env_.get(), 0, what("begin a transaction"));
+    main_ = lmdb::Dbi::open(txn.get(), nullptr, 0, what("open the main database"));
+    txn.commit(what("commit"));
+  }
+
+ protected:
+  void write_records(const ImageBatch& batch, const std::uint64_t* /*checksums*/,
+                     std::uint64_t first_index) override {
+    const std::size_t n = batch.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      if (batch.labels[i] > std::numeric_limits<std::int32_t>::max()) {
+        throw DataError(fmt::format("{}: record {} has label {}, more than an LMDB record holds",
+                                    name_, first_index + i, batch.labels[i]));
+      }
+    }
+    const std::size_t bytes = spec_.shape.bytes();
+    if (bytes > std::numeric_limits<std::uint32_t>::max() - kHeaderBytes) {
+      throw UsageError(fmt::format("{}: images of {} bytes are too large for an LMDB record",
+                                   name_, bytes));
+    }
+    if (png_) encode_all(batch);
+
+    const std::size_t value_guess = kHeaderBytes + bytes;
+    const std::size_t per_txn = std::max<std::size_t>(1, kTxnValueBytes / value_guess);
+    for (std::size_t start = 0; start < n; start += per_txn) {
+      const std::size_t end = std::min(n, start + per_txn);
+      for (;;) {
+        auto txn = lmdb::Txn::begin(env_.get(), 0, what("begin a write transaction"));
+        int rc = put_range(txn.get(), batch, first_index, start, end);
+        if (rc == MDB_SUCCESS) rc = txn.try_commit();
+        if (rc == MDB_MAP_FULL) {
+          txn.abort();
+          grow();
+          continue;  // redo this range in a fresh transaction
+        }
+        lmdb::check(rc, what(fmt::format("write records {}..{}", first_index + start,
+                                          first_index + end - 1)));
+        break;
+      }
+    }
+  }
+
+  void finish(const Manifest& manifest) override {
+    const std::string json = manifest.to_json();
+    for (;;) {
+      auto txn = lmdb::Txn::begin(env_.get(), 0, what("begin a write transaction"));
+      lmdb::Dbi meta;
+      int rc = lmdb::Dbi::try_open(txn.get(), kMetaDb, MDB_CREATE, meta);
+      if (rc == MDB_SUCCESS) {
+        MDB_val value = lmdb::make_val(json.data(), json.size());
+        rc = meta.try_put(txn.get(), lmdb::make_val(kManifestKey, std::strlen(kManifestKey)),
+                          value, 0);
+      }
+      if (rc == MDB_SUCCESS) rc = txn.try_commit();
+      if (rc == MDB_MAP_FULL) {
+        txn.abort();
+        grow();
+        continue;
+      }
+      lmdb::check(rc, what("write the manifest"));
+      break;
+    }
+    if (options_.durable) env_.sync(true, what("flush"));
+    env_.close();
+    staged_.commit(options_.durable);
+  }
+
+ private:
+  static bool parse_encoding(const std::string& encoding) {
+    if (encoding == "raw") return false;
+    if (encoding == "png") return true;
+    throw UsageError(fmt::format("unknown LMDB encoding '{}' (expected raw or png)", encoding));
+  }
+
+  std::string what(const std::string& action) const {
+    return fmt::format("{}: cannot {}", name_, action);
+  }
+
+  // PNG encoding is the slow part of a PNG-encoded store: do it in parallel, before any
+  // transaction, so a map-full retry does not redo it.
+  void encode_all(const ImageBatch& batch) {
+    const std::size_t n = batch.size();
+    if (encoded_.size() < n) encoded_.resize(n);
+    auto encode_range = [&](const tbb::blocked_range<std::size_t>& r) {
+      for (std::size_t i = r.begin(); i != r.end(); ++i) {
+        encode_png(batch.image(i), spec_.shape, options_.png_level, encoded_[i]);
+      }
+    };
+    const int threads = options_.threads == 0 ? tbb::task_arena::automatic
+                                              : static_cast<int>(options_.threads);
+    tbb::task_arena arena(threads);
+    arena.execute([&] { tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 16), encode_range); });
+    for (std::size_t i = 0; i < n; ++i) {
+      if (encoded_[i].size() > std::numeric_limits<std::uint32_t>::max() - kHeaderBytes) {
+        throw UsageError(fmt::format("{}: record {} encodes to {} bytes, too large", name_, i,
+                                     encoded_[i].size()));
+      }
+    }
+  }
+
+  // Puts records [start, end) of the batch. Returns LMDB's code (MDB_MAP_FULL is retried).
+  int put_range(MDB_txn* txn, const ImageBatch& batch, std::uint64_t first_index,
+                std::size_t start, std::size_t end) {
+    const std::size_t bytes = spec_.shape.bytes();
+    char key[32];
+    for (std::size_t i = start; i < end; ++i) {
+      const std::uint64_t index = first_index + i;
+      const std::size_t key_len = format_key(index, key);
+      const std::uint8_t* payload = png_ ? encoded_[i].data() : batch.image(i);
+      const std::size_t payload_len = png_ ? encoded_[i].size() : bytes;
+      // MDB_RESERVE: LMDB hands out the value's space and we fill it, saving a copy.
+      MDB_val value{kHeaderBytes + payload_len, nullptr};
+      unsigned flags = MDB_RESERVE | (index < kAppendLimit ? MDB_APPEND : 0u);
+      int rc = main_.try_put(txn, lmdb::make_val(key, key_len), value, flags);
+      if (rc != MDB_SUCCESS) return rc;
+      auto* out = static_cast<std::uint8_t*>(value.mv_data);
+      write_header(out, png_ ? kEncodingPng : kEncodingRaw, spec_.shape,
+                   static_cast<std::int32_t>(batch.labels[i]),
+                   static_cast<std::uint32_t>(payload_len), xxh3_64(payload, payload_len));
+      std::memcpy(out + kHeaderBytes, payload, payload_len);
+    }
+    return MDB_SUCCESS;
+  }
+
+  void grow() {
+    if (map_size_ > std::numeric_limits<std::size_t>::max() / 2) {
+      throw IoError(fmt::format("{}: the LMDB map cannot grow beyond {} bytes", name_, map_size_));
+    }
+    map_size_ *= 2;
+    env_.set_mapsize(map_size_, what(fmt::format("grow the map to {} bytes", map_size_)));
+  }
+
+  bool png_;
+  // Declared before env_ so that the environment is closed before the staging directory
+  // is removed (members are destroyed in reverse order).
+  StagedOutput staged_;
+  std::string name_;
+  lmdb::Env env_;
+  lmdb::Dbi main_;
+  std::size_t map_size_ = 0;
+  std::vector<std::vector<std::uint8_t>> encoded_;  // PNG payloads, reused between batches
+};
+
+// ---- reader: one shared environment per data file per process ----
+
+// LMDB forbids opening one environment twice in a process, so readers of the same store
+// share this. It also pools reset read transactions for reuse.
+struct SharedEnv {
+  lmdb::Env env;
+  lmdb::Dbi main;
+  lmdb::Dbi meta;
+  std::mutex pool_mutex;
+  std::vector<lmdb::Txn> idle;  // declared after env: aborted before the env closes
+  // Size of data.mdb's used pages. LMDB does not check value sizes against the file, so a
+  // damaged node could describe a value larger than the file; never read or allocate that.
+  // (LMDB's own page structure is trusted beyond this and the truncation check at open.)
+  std::uint64_t file_bytes = 0;
+
+  bool plausible(const MDB_val& v) const {
+    return v.mv_size <= file_bytes;
+  }
+
+  lmdb::Txn take(const std::string& what) {
+    {
+      std::lock_guard<std::mutex> lock(pool_mutex);
+      if (!idle.empty()) {
+        lmdb::Txn txn = std::move(idle.back());
+        idle.pop_back();
+        txn.renew(what);
+        return txn;
+      }
+    }
+    return lmdb::Txn::begin(env.get(), MDB_RDONLY, what);
+  }
+
+  void give_back(lmdb::Txn txn) noexcept {
+    if (!txn) return;
+    txn.reset();
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    if (idle.size() < kMaxIdleTxns) {
+      try {
+        idle.push_back(std::move(txn));
+      } catch (...) {
+        // out of memory: let txn abort
+      }
+    }
+  }
+};
+
+// A read transaction borrowed from the pool for one call.
+class TxnLease {
+ public:
+  TxnLease(SharedEnv& env, const std::string& what) : env_(env), txn_(env.take(what)) {}
+  ~TxnLease() { env_.give_back(std::move(txn_)); }
+  TxnLease(const TxnLease&) = delete;
+  TxnLease& operator=(const TxnLease&) = delete;
+  MDB_txn* get() const { return txn_.get(); }
+
+ private:
+  SharedEnv& env_;
+  lmdb::Txn txn_;
+};
+
+// Keyed by the data file's identity, not its path: a store replaced under the same name
+// (overwrite) gets a fresh environment, while symlinks and relative paths share one.
+using FileId = std::pair<dev_t, ino_t>;
+
+std::mutex& registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<FileId, std::weak_ptr<SharedEnv>>& registry() {
+  static std::map<FileId, std::weak_ptr<SharedEnv>> r;
+  return r;
+}
+
+std::shared_ptr<SharedEnv> open_shared_env(const fs::path& path, const struct stat& data_stat,
+                                           const ReaderOptions& options) {
+  const std::string name = quote(path);
+  auto what = [&](const std::string& action) { return fmt::format("{}: cannot {}", name, action); };
+  const FileId id{data_stat.st_dev, data_stat.st_ino};
+
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  auto& reg = registry();
+  for (auto it = reg.begin(); it != reg.end();) {
+    it = it->second.expired() ? reg.erase(it) : std::next(it);
+  }
+  if (auto it = reg.find(id); it != reg.end()) {
+    if (auto shared = it->second.lock()) return shared;
+  }
+
+  auto shared = std::make_shared<SharedEnv>();
+  shared->env = lmdb::Env::create(what("create an LMDB environment"));
+  shared->env.set_maxdbs(2, what("configure"));
+  // NOLOCK: the committed store is immutable, so readers need no lock file and never write
+  // to the store (read-only file systems work). NOTLS: transactions may move between threads.
+  unsigned flags = MDB_RDONLY | MDB_NOTLS | MDB_NOLOCK;
+  if (options.no_readahead) flags |= MDB_NORDAHEAD;
+  shared->env.open(path.string(), flags, 0644, what("open the LMDB environment"));
+
+  // LMDB trusts its page numbers; a truncated data.mdb would fault on access, so refuse it.
+  MDB_envinfo info{};
+  MDB_stat est{};
+  lmdb::check(::mdb_env_info(shared->env.get(), &info), what("query the environment"));
+  lmdb::check(::mdb_env_stat(shared->env.get(), &est), what("query the environment"));
+  const std::uint64_t needed = (static_cast<std::uint64_t>(info.me_last_pgno) + 1) * est.ms_psize;
+  if (needed > static_cast<std::uint64_t>(data_stat.st_size)) {
+    throw DataError(fmt::format("{}: data.mdb is truncated ({} bytes, its pages need {})", name,
+                                data_stat.st_size, needed));
+  }
+  shared->file_bytes = needed;
+
+  auto txn = lmdb::Txn::begin(shared->env.get(), MDB_RDONLY, what("begin a read transaction"));
+  shared->main = lmdb::Dbi::open(txn.get(), nullptr, 0, what("open the main database"));
+  int rc = lmdb::Dbi::try_open(txn.get(), kMetaDb, 0, shared->meta);
+  if (rc == MDB_NOTFOUND) {
+    throw DataError(fmt::format("{} has no manifest (no sub-database '{}'); it is not an "
+                                "imgstore LMDB store", name, kMetaDb));
+  }
+  if (rc == MDB_INCOMPATIBLE) {
+    throw DataError(fmt::format("{}: key '{}' of the main database is not a sub-database; it is "
+                                "not an imgstore LMDB store", name, kMetaDb));
+  }
+  lmdb::check(rc, what(fmt::format("open the sub-database '{}'", kMetaDb)));
+  // Committing a read transaction makes its dbi handles usable by later transactions.
+  txn.commit(what("commit a read transaction"));
+  reg[id] = shared;
+  return shared;
+}
+
+class LmdbReader final : public StoreReader {
+ public:
+  LmdbReader(fs::path path, Manifest manifest, ReaderOptions options,
+             std::shared_ptr<SharedEnv> shared)
+      : StoreReader(std::move(path), std::move(manifest), options),
+        shared_(std::move(shared)),
+        name_(quote(path_)),
+        encoding_(manifest_.encoding == "png" ? kEncodingPng : kEncodingRaw) {}
+
+  std::int64_t read_one(std::uint64_t index, std::uint8_t* out) const override {
+    check_index(index);
+    TxnLease txn(*shared_, read_what());
+    return read_record(txn.get(), index, out);
+  }
+
+  void read_many(const std::uint64_t* indices, std::size_t n, std::uint8_t* out,
+                 std::int64_t* labels) const override {
+    for (std::size_t i = 0; i < n; ++i) check_index(indices[i]);
+    if (n == 0) return;
+    const std::size_t bytes = image_bytes();
+    TxnLease txn(*shared_, read_what());
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int64_t label = read_record(txn.get(), indices[i], out + i * bytes);
+      if (labels) labels[i] = label;
+    }
+  }
+
+ protected:
+  std::string record_name(std::uint64_t index) const override {
+    return fmt::format("key '{}'", record_key(index));
+  }
+
+ private:
+  std::string read_what() const { return name_ + ": cannot begin a read transaction"; }
+
+  std::int64_t read_record(MDB_txn* txn, std::uint64_t index, std::uint8_t* out) const {
+    char key[32];
+    MDB_val k = lmdb::make_val(key, format_key(index, key));
+    MDB_val value{};
+    // mdb_get directly: the error text is built only on failure, not on every read.
+    const int rc = ::mdb_get(txn, shared_->main.get(), &k, &value);
+    if (rc == MDB_NOTFOUND) {
+      throw DataError(fmt::format("corrupt store {}: {} is missing", name_, record_name(index)));
+    }
+    lmdb::check(rc, fmt::format("{}: cannot read {}", name_, record_name(index)));
+    if (!shared_->plausible(value)) {
+      throw corrupt(index, fmt::format("value is {} bytes, larger than data.mdb", value.mv_size));
+    }
+    return decode_value(index, static_cast<const std::uint8_t*>(value.mv_data), value.mv_size,
+                        out);
+  }
+
+  DataError corrupt(std::uint64_t index, const std::string& problem) const {
+    return DataError(fmt::format("corrupt record in {} {}: {}", name_, record_name(index), problem));
+  }
+
+  // Validates one value and copies its pixels from the map into `out`. Never trusts a size
+  // from the header: everything is checked against the value's real length and the manifest.
+  std::int64_t decode_value(std::uint64_t index, const std::uint8_t* p, std::size_t size,
+                            std::uint8_t* out) const {
+    if (size < kHeaderBytes) {
+      throw corrupt(index, fmt::format("value is {} bytes, shorter than the {}-byte header", size,
+                                       kHeaderBytes));
+    }
+    if (std::memcmp(p, kMagic, 4) != 0) {
+      throw corrupt(index, fmt::format("bad magic {:02x} {:02x} {:02x} {:02x}, expected \"IMGS\"",
+                                       p[0], p[1], p[2], p[3]));
+    }
+    if (auto version = get_u16(p + 4); version != kValueVersion) {
+      throw corrupt(index, fmt::format("value version {} is not supported (expected {})", version,
+                                       kValueVersion));
+    }
+    const std::uint8_t encoding = p[6];
+    if (encoding != kEncodingRaw && encoding != kEncodingPng) {
+      throw corrupt(index, fmt::format("unknown encoding {}", encoding));
+    }
+    if (encoding != encoding_) {
+      throw corrupt(index, fmt::format("encoding is {}, the manifest says {}",
+                                       encoding_name(encoding), encoding_name(encoding_)));
+    }
+    const Shape shape{get_u32(p + 8), get_u32(p + 12), p[7]};
+    if (shape != manifest_.shape) {
+      throw corrupt(index, fmt::format("shape is {}, the store holds {}", to_string(shape),
+                                       to_string(manifest_.shape)));
+    }
+    const auto label = static_cast<std::int32_t>(get_u32(p + 16));
+    if (label < 0) throw corrupt(index, fmt::format("negative label {}", label));
+    const std::size_t payload = size - kHeaderBytes;
+    const std::size_t bytes = image_bytes();
+    if (encoding == kEncodingRaw && payload != bytes) {
+      throw corrupt(index, fmt::format("payload is {} bytes, expected {}", payload, bytes));
+    }
+    if (auto declared = get_u32(p + 20); declared != payload) {
+      throw corrupt(index, fmt::format("header says the payload is {} bytes, but it is {}",
+                                       declared, payload));
+    }
+    const std::uint8_t* data = p + kHeaderBytes;
+    auto check_payload_hash = [&] {
+      const std::uint64_t expected = get_u64(p + 24);
+      const std::uint64_t actual = xxh3_64(data, payload);
+      if (actual != expected) {
+        throw corrupt(index, fmt::format("payload checksum {} does not match the header's {}",
+                                         to_hex64(actual), to_hex64(expected)));
+      }
+    };
+    if (encoding == kEncodingRaw) {
+      std::memcpy(out, data, bytes);
+      // For raw payloads the manifest checksum covers the same bytes (plus the label), so a
+      // match proves the payload too; the header hash is consulted only to explain a mismatch.
+      // This halves the hashing per verified read.
+      if (options_.verify_checksums &&
+          record_checksum(out, bytes, label) != manifest_.checksums[index]) {
+        check_payload_hash();
+        check_record(index, out, label);
+      }
+      return label;
+    }
+    // PNG: check the bytes before handing them to the decoder, and the pixels after.
+    if (options_.verify_checksums) check_payload_hash();
+    decode_png(data, payload, manifest_.shape, out,
+               fmt::format("corrupt record in {} {}", name_, record_name(index)));
+    check_record(index, out, label);
+    return label;
+  }
+
+  std::shared_ptr<SharedEnv> shared_;
+  std::string name_;
+  std::uint8_t encoding_;
+};
+
+}  // namespace
+
+void set_lmdb_initial_map_size_for_testing(std::size_t bytes) { g_test_initial_map_size = bytes; }
+
+std::unique_ptr<StoreWriter> create_lmdb_store(const fs::path& path, const StoreSpec& spec,
+                                               const WriterOptions& options) {
+  return std::make_unique<LmdbWriter>(path, spec, options);
+}
+
+std::unique_ptr<StoreReader> open_lmdb_store(const fs::path& path, const ReaderOptions& options) {
+  const std::string name = quote(path);
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (!fs::exists(status)) throw IoError(fmt::format("{} does not exist", name));
+  if (!fs::is_directory(status)) {
+    throw DataError(fmt::format("{} is not an LMDB store (not a directory)", name));
+  }
+  const fs::path data = path / "data.mdb";
+  struct stat st {};
+  if (::stat(data.c_str(), &st) != 0) {
+    if (errno == ENOENT) {
+      throw DataError(fmt::format("{} is not an LMDB store (no data.mdb)", name));
+    }
+    throw IoError(fmt::format("cannot stat {}: {}", quote(data), std::strerror(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    throw DataError(fmt::format("{} is not an LMDB store (data.mdb is not a file)", name));
+  }
+
+  auto shared = open_shared_env(path, st, options);
+
+  Manifest manifest;
+  {
+    TxnLease txn(*shared, name + ": cannot begin a read transaction");
+    MDB_val value{};
+    if (!shared->meta.get(txn.get(), lmdb::make_val(kManifestKey, std::strlen(kManifestKey)),
+                          value, name + ": cannot read the manifest")) {
+      throw DataError(fmt::format("{} has no manifest (key '{}' is missing from sub-database '{}')",
+                                  name, kManifestKey, kMetaDb));
+    }
+    if (!shared->plausible(value)) {
+      throw DataError(fmt::format("{}: the manifest is {} bytes, larger than data.mdb", name,
+                                  value.mv_size));
+    }
+    const std::string text(static_cast<const char*>(value.mv_data), value.mv_size);
+    manifest = Manifest::from_json(text, name + " manifest");
+    if (manifest.format != Format::Lmdb) {
+      throw DataError(fmt::format("{}: manifest says format '{}', expected 'lmdb'", name,
+                                  to_string(manifest.format)));
+    }
+    if (manifest.encoding != "raw" && manifest.encoding != "png") {
+      throw DataError(fmt::format("{}: manifest encoding '{}' is not raw or png", name,
+                                  manifest.encoding));
+    }
+    // The main database also holds the "__imgstore__" sub-database entry.
+    const MDB_stat st_main = shared->main.stat(txn.get(), name + ": cannot query the database");
+    const std::uint64_t records = st_main.ms_entries > 0 ? st_main.ms_entries - 1 : 0;
+    if (records != manifest.count) {
+      throw DataError(fmt::format("{}: manifest says {} records, database holds {}", name,
+                                  manifest.count, records));
+    }
+  }
+  return std::make_unique<LmdbReader>(path, std::move(manifest), options, std::move(shared));
+}
+
+}  // namespace imgstore::detail
