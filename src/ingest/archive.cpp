@@ -1,6 +1,588 @@
-// STUB: to be implemented.
-#include "ingest/sources.hpp"
+// CIFAR-10/100 .tar.gz archives (binary or python), read in place with libarchive: nothing is
+// ever extracted to disk. Opening scans the archive once (member names, sizes, class names,
+// python record counts); each split stream then walks forward through the archive, re-opening
+// it only when a member it needs lies behind the current position. Members with unsafe paths
+// (absolute, '..') or that are not regular files (symlinks, hardlinks, devices) are ignored.
+// gzip is inflated here with zlib (see GzipFeed), so the scan at open checks the CRC-32.
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "detail/fs_util.hpp"
 #include "imgstore/error.hpp"
+#include "ingest/cifar_common.hpp"
+#include "ingest/cifar_pickle.hpp"
+#include "ingest/sources.hpp"
+
 namespace imgstore::detail {
-std::unique_ptr<Source> open_cifar_archive(const std::filesystem::path&, const SourceOptions&) { throw Error("cifar archive: not implemented"); }
+
+namespace {
+
+using namespace cifar;
+
+// A python batch member is read whole before parsing; the real ones are at most 155 MB.
+constexpr std::uint64_t kMaxPickleBytes = std::uint64_t{200} << 20;
+constexpr std::size_t kNoMember = std::numeric_limits<std::size_t>::max();
+
+// Feeds libarchive the decompressed bytes of a .tar.gz. We inflate with zlib ourselves because
+// libarchive's gzip filter never checks the CRC-32 / length trailer: flipped bytes inside a stored
+// block would pass as good pixels. A file without the gzip magic is passed through as plain tar.
+// Errors go through archive_set_error (never an exception across the C library).
+class GzipFeed {
+ public:
+  explicit GzipFeed(const fs::path& path) : in_(1 << 16), out_(1 << 18) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) {
+      throw IoError(fmt::format("cannot open {}: {}", quote(path), std::strerror(errno)));
+    }
+  }
+  ~GzipFeed() {
+    if (z_ready_) inflateEnd(&zs_);
+    if (fd_ >= 0) ::close(fd_);
+  }
+  GzipFeed(const GzipFeed&) = delete;
+  GzipFeed& operator=(const GzipFeed&) = delete;
+
+  static la_ssize_t read_cb(archive* a, void* self, const void** buffer) {
+    return static_cast<GzipFeed*>(self)->read(a, buffer);
+  }
+  // Inflates whatever libarchive did not ask for (it stops at the tar end marker), so the last
+  // member's CRC is checked too. Returns false with the error set on `a`.
+  bool drain(archive* a) {
+    const void* ignored;
+    la_ssize_t n;
+    while ((n = read(a, &ignored)) > 0) {
+    }
+    return n == 0;
+  }
+  bool os_error() const { return os_error_; }
+  // libarchive may replace our message with its own ("Truncated input file"); keep ours.
+  const std::string& error() const { return error_; }
+
+ private:
+  la_ssize_t read(archive* a, const void** buffer) {
+    if (failed_) return ARCHIVE_FATAL;
+    if (mode_ == Mode::Unknown) {
+      if (!fill(a)) return ARCHIVE_FATAL;
+      const bool gz = avail_ >= 2 && in_[pos_] == 0x1f && in_[pos_ + 1] == 0x8b;
+      mode_ = gz ? Mode::Gzip : Mode::Plain;
+      if (gz) {
+        std::memset(&zs_, 0, sizeof zs_);
+        if (inflateInit2(&zs_, 15 + 16) != Z_OK) return fail(a, "cannot initialise zlib");
+        z_ready_ = true;
+      }
+    }
+    if (mode_ == Mode::Plain) {
+      if (avail_ == 0 && !fill(a)) return ARCHIVE_FATAL;
+      *buffer = in_.data() + pos_;
+      la_ssize_t n = static_cast<la_ssize_t>(avail_);
+      pos_ += avail_;
+      avail_ = 0;
+      return n;
+    }
+    while (!ended_) {
+      if (avail_ == 0) {
+        if (!fill(a)) return ARCHIVE_FATAL;
+        if (avail_ == 0) return fail(a, "gzip stream is truncated (unexpected end of file)");
+      }
+      zs_.next_in = in_.data() + pos_;
+      zs_.avail_in = static_cast<uInt>(avail_);
+      zs_.next_out = out_.data();
+      zs_.avail_out = static_cast<uInt>(out_.size());
+      int rc = inflate(&zs_, Z_NO_FLUSH);
+      const std::size_t consumed = avail_ - zs_.avail_in;
+      pos_ += consumed;
+      avail_ = zs_.avail_in;
+      const std::size_t produced = out_.size() - zs_.avail_out;
+      if (rc == Z_BUF_ERROR && consumed == 0 && produced == 0) {
+        return fail(a, "corrupt gzip stream: zlib made no progress");  // never spin
+      }
+      if (rc == Z_STREAM_END) {
+        // Concatenated gzip members are one stream (gzip(1) semantics); anything else after
+        // the trailer is ignored, as gzip does.
+        if (avail_ == 0 && !fill(a)) return ARCHIVE_FATAL;
+        if (avail_ >= 2 && in_[pos_] == 0x1f && in_[pos_ + 1] == 0x8b) {
+          inflateReset(&zs_);
+        } else {
+          ended_ = true;
+        }
+      } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
+        return fail(a, fmt::format("corrupt gzip stream: {}",
+                                   zs_.msg != nullptr ? zs_.msg : "zlib error"));
+      }
+      if (produced > 0) {
+        *buffer = out_.data();
+        return static_cast<la_ssize_t>(produced);
+      }
+    }
+    return 0;
+  }
+
+  // Refills the input buffer if it is empty; false (error set) on an OS error.
+  bool fill(archive* a) {
+    if (avail_ > 0) return true;
+    pos_ = 0;
+    for (;;) {
+      ssize_t n = ::read(fd_, in_.data(), in_.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        os_error_ = true;
+        fail(a, fmt::format("read error: {}", std::strerror(errno)));
+        return false;
+      }
+      avail_ = static_cast<std::size_t>(n);
+      return true;
+    }
+  }
+
+  la_ssize_t fail(archive* a, const std::string& msg) {
+    failed_ = true;
+    error_ = msg;
+    archive_set_error(a, -1, "%s", msg.c_str());  // -1: ARCHIVE_ERRNO_MISC
+    return ARCHIVE_FATAL;
+  }
+
+  enum class Mode { Unknown, Gzip, Plain };
+  int fd_ = -1;
+  Mode mode_ = Mode::Unknown;
+  z_stream zs_;
+  bool z_ready_ = false;
+  bool ended_ = false;
+  bool failed_ = false;
+  bool os_error_ = false;
+  std::string error_;
+  std::vector<std::uint8_t> in_;
+  std::vector<std::uint8_t> out_;
+  std::size_t pos_ = 0;
+  std::size_t avail_ = 0;
+};
+
+// Owns a libarchive read handle over one .tar.gz (or plain .tar) file.
+class ArchiveReader {
+ public:
+  explicit ArchiveReader(fs::path path) : path_(std::move(path)), feed_(path_) {
+    a_ = archive_read_new();
+    if (a_ == nullptr) throw IoError(fmt::format("cannot open {}: out of memory", quote(path_)));
+    archive_read_support_format_tar(a_);
+    if (archive_read_open(a_, &feed_, nullptr, &GzipFeed::read_cb, nullptr) != ARCHIVE_OK) {
+      fail("open");
+    }
+  }
+  ~ArchiveReader() {
+    if (a_ != nullptr) archive_read_free(a_);
+  }
+  ArchiveReader(const ArchiveReader&) = delete;
+  ArchiveReader& operator=(const ArchiveReader&) = delete;
+
+  // Moves to the next member; false at the end of the archive.
+  bool next() {
+    int rc = archive_read_next_header(a_, &entry_);
+    if (rc == ARCHIVE_EOF) {
+      entry_ = nullptr;
+      return false;
+    }
+    if (rc < ARCHIVE_WARN) fail("read a member header of");
+    ordinal_ = ordinal_ == kNoMember ? 0 : ordinal_ + 1;
+    return true;
+  }
+  // After next() returned false: reads to the end of the compressed stream, checking its CRC.
+  void verify_end() {
+    if (!feed_.drain(a_)) fail("read the end of");
+  }
+  archive_entry* entry() const { return entry_; }
+  std::size_t ordinal() const { return ordinal_; }
+  const fs::path& path() const { return path_; }
+
+  // Reads exactly n bytes of the current member's data.
+  void read_exact(std::uint8_t* dst, std::size_t n, const std::string& what) {
+    std::size_t done = 0;
+    while (done < n) {
+      la_ssize_t got = archive_read_data(a_, dst + done, n - done);
+      if (got < 0) fail(fmt::format("read {} from", what));
+      if (got == 0) {
+        throw DataError(fmt::format("{} ended after {} bytes, expected at least {}", what,
+                                    done, n));
+      }
+      done += static_cast<std::size_t>(got);
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& doing) {
+    const char* msg = archive_error_string(a_);
+    std::string text = fmt::format("cannot {} archive {}: {}", doing, quote(path_),
+                                   !feed_.error().empty() ? feed_.error()
+                                   : msg != nullptr       ? msg
+                                                          : "unknown libarchive error");
+    if (feed_.os_error()) throw IoError(text);
+    throw DataError(text);
+  }
+
+  fs::path path_;
+  GzipFeed feed_;  // outlives a_: the destructor body frees a_ before members are destroyed
+  archive* a_ = nullptr;
+  archive_entry* entry_ = nullptr;
+  std::size_t ordinal_ = kNoMember;
+};
+
+// The member's path split into components, or nothing if it must be ignored: absolute paths,
+// '..' anywhere, and empty names never name a CIFAR file.
+std::optional<std::vector<std::string>> safe_components(const char* pathname) {
+  if (pathname == nullptr || *pathname == '\0' || *pathname == '/') return std::nullopt;
+  std::vector<std::string> parts;
+  std::string s(pathname);
+  std::size_t pos = 0;
+  while (pos <= s.size()) {
+    std::size_t end = s.find('/', pos);
+    if (end == std::string::npos) end = s.size();
+    std::string c = s.substr(pos, end - pos);
+    pos = end + 1;
+    if (c.empty() || c == ".") continue;
+    if (c == ".." || c.find('\\') != std::string::npos) return std::nullopt;
+    parts.push_back(std::move(c));
+  }
+  if (parts.empty()) return std::nullopt;
+  return parts;
 }
+
+// A regular member that may be one of the CIFAR files.
+struct Member {
+  std::size_t ordinal = 0;
+  std::string path;  // as stored in the archive
+  std::uint64_t size = 0;
+};
+
+std::string member_what(const fs::path& archive, const std::string& member) {
+  return fmt::format("{} member '{}'", quote(archive), member);
+}
+
+// Positions a reader on a given member, continuing forward when it can and re-opening the
+// archive when the member lies behind.
+class Cursor {
+ public:
+  explicit Cursor(fs::path path) : path_(std::move(path)) {}
+  ArchiveReader& seek(const Member& m) {
+    if (!reader_ || (reader_->ordinal() != kNoMember && reader_->ordinal() >= m.ordinal)) {
+      reader_ = std::make_unique<ArchiveReader>(path_);
+    }
+    while (reader_->ordinal() == kNoMember || reader_->ordinal() < m.ordinal) {
+      if (!reader_->next()) break;
+    }
+    archive_entry* e = reader_->entry();
+    if (e == nullptr || reader_->ordinal() != m.ordinal || archive_entry_pathname(e) == nullptr ||
+        m.path != archive_entry_pathname(e) ||
+        static_cast<std::uint64_t>(archive_entry_size(e)) != m.size) {
+      throw DataError(fmt::format("archive {} changed while it was being read: member '{}' is "
+                                  "no longer where it was",
+                                  quote(path_), m.path));
+    }
+    return *reader_;
+  }
+
+ private:
+  fs::path path_;
+  std::unique_ptr<ArchiveReader> reader_;
+};
+
+class ArchivePartReader : public PartReader {
+ public:
+  ArchivePartReader(fs::path path, std::vector<Member> members)
+      : cursor_(path), path_(std::move(path)), members_(std::move(members)) {}
+  void open(std::size_t part) override {
+    current_ = &cursor_.seek(members_.at(part));
+    what_ = member_what(path_, members_[part].path);
+  }
+  void read_exact(std::uint8_t* dst, std::size_t n) override { current_->read_exact(dst, n, what_); }
+
+ private:
+  Cursor cursor_;
+  fs::path path_;
+  std::vector<Member> members_;
+  ArchiveReader* current_ = nullptr;
+  std::string what_;
+};
+
+std::vector<std::uint8_t> read_member(ArchiveReader& reader, const Member& m,
+                                      std::uint64_t limit) {
+  const std::string what = member_what(reader.path(), m.path);
+  if (m.size > limit) {
+    throw DataError(fmt::format("{} is {} bytes, more than the limit of {} bytes", what, m.size,
+                                limit));
+  }
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(m.size));
+  reader.read_exact(bytes.data(), bytes.size(), what);
+  return bytes;
+}
+
+struct PythonPart {
+  Member member;
+  std::uint64_t records = 0;
+};
+
+// Streams python batch members: each is read whole, parsed, then served in chunks.
+class PythonArchiveStream : public BatchStream {
+ public:
+  PythonArchiveStream(fs::path path, std::vector<PythonPart> parts, std::string label_key,
+                      int classes)
+      : cursor_(path), path_(std::move(path)), parts_(std::move(parts)),
+        label_key_(std::move(label_key)), classes_(classes) {}
+
+  bool next(ImageBatch& out, std::size_t max_records) override {
+    const std::size_t want = std::clamp<std::size_t>(max_records, 1, kMaxRecordsPerNext);
+    out.resize(shape(), 0);
+    std::size_t filled = 0;
+    while (filled < want) {
+      if (served_ == batch_.count) {
+        if (part_ == parts_.size()) break;
+        load(parts_[part_++]);
+        continue;
+      }
+      const std::size_t n = std::min(want - filled, batch_.count - served_);
+      out.resize(shape(), filled + n);
+      std::memcpy(out.image(filled), batch_.pixels_hwc.data() + served_ * kImageBytes,
+                  n * kImageBytes);
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::int64_t label = batch_.labels[served_ + i];
+        check_label(label, classes_, what_, served_ + i, index_ + i);
+        out.labels[filled + i] = label;
+      }
+      filled += n;
+      served_ += n;
+      index_ += n;
+    }
+    return filled > 0;
+  }
+
+ private:
+  void load(const PythonPart& part) {
+    batch_ = {};
+    served_ = 0;
+    what_ = member_what(path_, part.member.path);
+    CifarPickleBatch parsed;
+    {
+      auto bytes = read_member(cursor_.seek(part.member), part.member, kMaxPickleBytes);
+      parsed = parse_cifar_pickle_batch(bytes.data(), bytes.size(), label_key_, what_);
+    }  // the raw member is freed before its records are served
+    if (parsed.count != part.records || parsed.labels.size() != parsed.count ||
+        parsed.pixels_hwc.size() != parsed.count * kImageBytes) {
+      throw DataError(fmt::format("{} holds {} records now, but {} when the archive was opened",
+                                  what_, parsed.count, part.records));
+    }
+    batch_ = std::move(parsed);
+  }
+
+  Cursor cursor_;
+  fs::path path_;
+  std::vector<PythonPart> parts_;
+  std::string label_key_;
+  int classes_;
+  std::size_t part_ = 0;
+  CifarPickleBatch batch_;
+  std::size_t served_ = 0;
+  std::uint64_t index_ = 0;
+  std::string what_;
+};
+
+enum class Kind { Binary10, Binary100, Python10, Python100 };
+
+bool is_one_of(const std::string& name, std::initializer_list<const char*> names) {
+  return std::any_of(names.begin(), names.end(), [&](const char* n) { return name == n; });
+}
+
+bool is_cifar10_py_batch(const std::string& name) {
+  return is_one_of(name, {"data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                          "data_batch_5", "test_batch"});
+}
+bool is_cifar100_py_batch(const std::string& name) { return is_one_of(name, {"train", "test"}); }
+bool is_names_file(const std::string& name) {
+  return is_one_of(name, {"batches.meta.txt", "fine_label_names.txt", "coarse_label_names.txt",
+                          "batches.meta", "meta"});
+}
+// Only the files a CIFAR layout uses are remembered, so a hostile archive with millions of
+// members costs no memory.
+bool is_cifar_file(const std::string& name) {
+  return is_names_file(name) || is_cifar10_py_batch(name) || is_cifar100_py_batch(name) ||
+         is_one_of(name, {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
+                          "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin", "train.bin",
+                          "test.bin"});
+}
+
+}  // namespace
+
+std::unique_ptr<Source> open_cifar_archive(const fs::path& file, const SourceOptions& options) {
+  const LabelChoice labels10 = label_choice(Dataset::Cifar10, options);
+  const LabelChoice labels100 = label_choice(Dataset::Cifar100, options);
+
+  // One pass: note every safe regular member by file name; read the small name files and count
+  // the records of python batches as they pass (their count is only known by parsing).
+  std::map<std::string, Member> members;
+  std::map<std::string, std::vector<std::uint8_t>> small;  // names files' bytes
+  std::map<std::string, std::uint64_t> py_counts;
+  std::map<std::string, std::string> too_big;  // names files over the limit -> message
+  {
+    ArchiveReader reader(file);
+    for (;;) {
+      if (!reader.next()) {
+        reader.verify_end();  // the whole file's CRC is checked once, here
+        break;
+      }
+      archive_entry* e = reader.entry();
+      // Symlinks, hardlinks, directories and devices are never followed or read.
+      if (archive_entry_filetype(e) != AE_IFREG || archive_entry_hardlink(e) != nullptr ||
+          archive_entry_symlink(e) != nullptr || !archive_entry_size_is_set(e)) {
+        continue;
+      }
+      auto parts = safe_components(archive_entry_pathname(e));
+      if (!parts || parts->size() > 2) continue;
+      const std::string& name = parts->back();
+      if (!is_cifar_file(name)) continue;
+      Member m{reader.ordinal(), archive_entry_pathname(e),
+               static_cast<std::uint64_t>(std::max<la_int64_t>(0, archive_entry_size(e)))};
+      if (auto it = members.find(name); it != members.end()) {
+        throw DataError(fmt::format("archive {} holds two members named '{}': '{}' and '{}'",
+                                    quote(file), name, it->second.path, m.path));
+      }
+      const std::string what = member_what(file, m.path);
+      if (is_names_file(name)) {
+        if (m.size > kMaxNamesBytes) {
+          too_big[name] = fmt::format("{} is {} bytes, more than the limit of {} bytes for a "
+                                      "class-name file",
+                                      what, m.size, kMaxNamesBytes);
+        } else {
+          small[name] = read_member(reader, m, kMaxNamesBytes);
+        }
+      } else if (is_cifar10_py_batch(name) || is_cifar100_py_batch(name)) {
+        const bool c10 = is_cifar10_py_batch(name);
+        auto bytes = read_member(reader, m, kMaxPickleBytes);
+        const Layout py = python_layout(c10 ? Dataset::Cifar10 : Dataset::Cifar100,
+                                        c10 ? labels10 : labels100);
+        py_counts[name] =
+            parse_cifar_pickle_batch(bytes.data(), bytes.size(), py.label_key, what).count;
+        if (py_counts[name] == 0) throw DataError(fmt::format("{} holds no records", what));
+      }
+      members.emplace(name, std::move(m));
+    }
+  }
+
+  auto has = [&](std::initializer_list<const char*> names) {
+    return std::any_of(names.begin(), names.end(),
+                       [&](const char* n) { return members.count(n) != 0; });
+  };
+  Kind kind;
+  if (has({"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
+           "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"})) {
+    kind = Kind::Binary10;
+  } else if (has({"train.bin", "test.bin", "fine_label_names.txt", "coarse_label_names.txt"})) {
+    kind = Kind::Binary100;
+  } else if (has({"data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                  "test_batch", "batches.meta"})) {
+    kind = Kind::Python10;
+  } else if (has({"train", "test", "meta"})) {
+    kind = Kind::Python100;
+  } else {
+    throw DataError(fmt::format(
+        "archive {} holds no CIFAR members: expected cifar-10-batches-bin/, cifar-10-batches-py/, "
+        "cifar-100-binary/ or cifar-100-python/ files",
+        quote(file)));
+  }
+  const bool python = kind == Kind::Python10 || kind == Kind::Python100;
+  const Dataset dataset =
+      kind == Kind::Binary10 || kind == Kind::Python10 ? Dataset::Cifar10 : Dataset::Cifar100;
+  const LabelChoice labels = dataset == Dataset::Cifar10 ? labels10 : labels100;
+  const Layout layout = python ? python_layout(dataset, labels) : binary_layout(dataset, labels);
+  static const char* const kTops[] = {"cifar-10-batches-bin", "cifar-100-binary",
+                                      "cifar-10-batches-py", "cifar-100-python"};
+  const char* kind_name[] = {"CIFAR-10 binary", "CIFAR-100 binary", "CIFAR-10 python",
+                             "CIFAR-100 python"};
+  const int k = static_cast<int>(kind);
+
+  auto require = [&](const std::string& name) -> const Member& {
+    auto it = members.find(name);
+    if (it == members.end()) {
+      throw DataError(fmt::format("{} archive {} lacks the member '{}/{}'", kind_name[k],
+                                  quote(file), kTops[k], name));
+    }
+    return it->second;
+  };
+
+  // Class names.
+  const Member& names_member = require(layout.names_file);
+  if (auto it = too_big.find(layout.names_file); it != too_big.end()) throw DataError(it->second);
+  const auto& names_bytes = small.at(layout.names_file);
+  const std::string names_what = member_what(file, names_member.path);
+  std::vector<std::string> class_names =
+      python ? parse_cifar_pickle_names(names_bytes.data(), names_bytes.size(), layout.names_key,
+                                        names_what)
+             : parse_names_text(names_bytes.data(), names_bytes.size(),
+                                static_cast<std::size_t>(labels.classes), names_what);
+  if (class_names.size() != static_cast<std::size_t>(labels.classes)) {
+    throw DataError(fmt::format("bad class names in {}: found {} names, expected {}", names_what,
+                                class_names.size(), labels.classes));
+  }
+
+  // Members and counts of each split.
+  const RecordFormat format = record_format(dataset, labels);
+  struct SplitMembers {
+    std::string name;
+    std::vector<Member> members;
+    std::vector<Part> parts;
+  };
+  std::vector<SplitMembers> splits{{"train", {}, {}}, {"test", {}, {}}};
+  std::vector<Part> all_parts;
+  for (auto& s : splits) {
+    for (const auto& name : s.name == "train" ? layout.train : layout.test) {
+      const Member& m = require(name);
+      const std::string what = member_what(file, m.path);
+      Part part{what, python ? py_counts.at(name) : records_in(m.size, format, what)};
+      s.members.push_back(m);
+      s.parts.push_back(part);
+      all_parts.push_back(part);
+    }
+  }
+  if (dataset == Dataset::Cifar10) check_sibling_counts(all_parts);
+
+  std::vector<SplitInfo> infos;
+  for (const auto& s : splits) {
+    SplitInfo info;
+    info.name = s.name;
+    for (const auto& p : s.parts) info.count += p.records;
+    info.shape = shape();
+    info.class_names = class_names;
+    infos.push_back(std::move(info));
+  }
+  std::string description = fmt::format("{} archive {}", kind_name[k], quote(file));
+  if (dataset == Dataset::Cifar100) {
+    description += fmt::format(" ({} labels)", labels.coarse ? "coarse" : "fine");
+  }
+  CifarSource::Opener opener;
+  if (python) {
+    opener = [file, splits, layout, classes = labels.classes](std::size_t i) {
+      std::vector<PythonPart> parts;
+      for (std::size_t j = 0; j < splits[i].members.size(); ++j) {
+        parts.push_back({splits[i].members[j], splits[i].parts[j].records});
+      }
+      return std::unique_ptr<BatchStream>(
+          std::make_unique<PythonArchiveStream>(file, std::move(parts), layout.label_key, classes));
+    };
+  } else {
+    opener = [file, splits, format](std::size_t i) {
+      return make_binary_stream(splits[i].parts, format,
+                                std::make_unique<ArchivePartReader>(file, splits[i].members));
+    };
+  }
+  return std::make_unique<CifarSource>(std::move(description), std::move(infos),
+                                       std::move(opener));
+}
+
+}  // namespace imgstore::detail
