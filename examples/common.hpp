@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <fstream>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -34,15 +35,16 @@ inline double median(std::vector<double> v) {
 // train Fashion-MNIST to ~91% in a few CPU epochs on 2 cores.
 struct ConvNetImpl : torch::nn::Module {
   ConvNetImpl(int channels, int height, int width, int classes, int base = 16) {
-    auto block = [&](int in, int out) {
-      return torch::nn::Sequential(
-          torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1).bias(false)),
-          torch::nn::BatchNorm2d(out), torch::nn::ReLU(torch::nn::ReLUOptions(true)),
-          torch::nn::MaxPool2d(2));
-    };
-    features = register_module(
-        "features", torch::nn::Sequential(block(channels, base), block(base, 2 * base),
-                                          block(2 * base, 4 * base)));
+    torch::nn::Sequential seq;
+    int in = channels;
+    for (int out : {base, 2 * base, 4 * base}) {  // conv-BN-ReLU-maxpool blocks
+      seq->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1).bias(false)));
+      seq->push_back(torch::nn::BatchNorm2d(out));
+      seq->push_back(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
+      seq->push_back(torch::nn::MaxPool2d(2));
+      in = out;
+    }
+    features = register_module("features", seq);
     const int flat = 4 * base * (height / 8) * (width / 8);
     fc1 = register_module("fc1", torch::nn::Linear(flat, 128));
     dropout = register_module("dropout", torch::nn::Dropout(0.25));

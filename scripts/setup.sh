@@ -29,4 +29,5 @@ fi
 # Debian's python3 has the interop packages; a pyenv or venv python on PATH would not.
 cmake -S "$IMGSTORE_ROOT" -B "$IMGSTORE_BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DPython3_EXECUTABLE=/usr/bin/python3 ${IMGSTORE_CMAKE_ARGS:-} >/dev/null
-cmake --build "$IMGSTORE_BUILD_DIR" -j "$(nproc)"
+# IMGSTORE_TARGETS limits the build (the main job needs no test binaries).
+cmake --build "$IMGSTORE_BUILD_DIR" -j "$(nproc)" ${IMGSTORE_TARGETS:+--target $IMGSTORE_TARGETS}
