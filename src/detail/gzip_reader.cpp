@@ -36,7 +36,8 @@ struct GzipReader::Inflater {
   }
 };
 
-GzipReader::GzipReader(const fs::path& path) : path_(path) {
+GzipReader::GzipReader(const fs::path& path, Trailing trailing)
+    : path_(path), trailing_(trailing) {
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw_errno("open", path);
   try {
@@ -70,6 +71,7 @@ GzipReader::GzipReader(GzipReader&& o) noexcept
     : path_(std::move(o.path_)),
       fd_(std::exchange(o.fd_, -1)),
       gzip_(o.gzip_),
+      trailing_(o.trailing_),
       eof_(o.eof_),
       truncated_(o.truncated_),
       file_size_(o.file_size_),
@@ -85,6 +87,7 @@ GzipReader& GzipReader::operator=(GzipReader&& o) noexcept {
     path_ = std::move(o.path_);
     fd_ = std::exchange(o.fd_, -1);
     gzip_ = o.gzip_;
+    trailing_ = o.trailing_;
     eof_ = o.eof_;
     truncated_ = o.truncated_;
     file_size_ = o.file_size_;
@@ -157,6 +160,11 @@ std::size_t GzipReader::read(void* dst, std::size_t n) {
     if (rc == Z_STREAM_END) {
       // Another member may follow (concatenated gzip); anything else after it is garbage.
       if (s.avail_in == 0 && !refill()) {
+        eof_ = true;
+        break;
+      }
+      if (trailing_ == Trailing::Ignore &&
+          !(s.avail_in >= 2 && s.next_in[0] == 0x1f && s.next_in[1] == 0x8b)) {
         eof_ = true;
         break;
       }

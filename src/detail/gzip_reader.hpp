@@ -12,8 +12,12 @@ namespace imgstore::detail {
 
 class GzipReader {
  public:
+  // What may follow the last gzip member: an IDX file must end there, while a .tar.gz may carry
+  // padding after it, which gzip(1) ignores too.
+  enum class Trailing { Reject, Ignore };
+
   // Opens `path` and sniffs its first bytes. Throws IoError if it cannot be opened or read.
-  explicit GzipReader(const std::filesystem::path& path);
+  explicit GzipReader(const std::filesystem::path& path, Trailing trailing = Trailing::Reject);
   ~GzipReader();
   GzipReader(GzipReader&& other) noexcept;
   GzipReader& operator=(GzipReader&& other) noexcept;
@@ -29,7 +33,8 @@ class GzipReader {
 
   // Reads up to n uncompressed bytes; returns fewer only at the end of the data. Throws
   // DataError naming the file on a corrupt gzip stream (zlib's message included, e.g. a CRC
-  // error) or on non-gzip bytes after the last gzip member; IoError if read() fails.
+  // error) or, with Trailing::Reject, on non-gzip bytes after the last gzip member; IoError if
+  // read() fails.
   std::size_t read(void* dst, std::size_t n);
   // True once read() has returned short because the compressed stream stopped mid-member
   // (the file is truncated), as opposed to a complete stream that simply ended.
@@ -45,6 +50,7 @@ class GzipReader {
   std::filesystem::path path_;
   int fd_ = -1;
   bool gzip_ = false;
+  Trailing trailing_ = Trailing::Reject;
   bool eof_ = false;  // the data stream is over
   bool truncated_ = false;
   std::uint64_t file_size_ = 0;

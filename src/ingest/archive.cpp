@@ -3,16 +3,13 @@
 // python record counts); each split stream then walks forward through the archive, re-opening
 // it only when a member it needs lies behind the current position. Members with unsafe paths
 // (absolute, '..') or that are not regular files (symlinks, hardlinks, devices) are ignored.
-// gzip is inflated here with zlib (see GzipFeed), so the scan at open checks the CRC-32.
+// gzip is inflated by detail::GzipReader (see GzipFeed), so the scan at open checks the CRC-32.
 #include <archive.h>
 #include <archive_entry.h>
-#include <fcntl.h>
-#include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <map>
 #include <optional>
@@ -20,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "detail/fs_util.hpp"
+#include "detail/gzip_reader.hpp"
 #include "imgstore/error.hpp"
 #include "ingest/cifar_common.hpp"
 #include "ingest/cifar_pickle.hpp"
@@ -35,24 +33,15 @@ using namespace cifar;
 constexpr std::uint64_t kMaxPickleBytes = std::uint64_t{200} << 20;
 constexpr std::size_t kNoMember = std::numeric_limits<std::size_t>::max();
 
-// Feeds libarchive the decompressed bytes of a .tar.gz. We inflate with zlib ourselves because
-// libarchive's gzip filter never checks the CRC-32 / length trailer: flipped bytes inside a stored
-// block would pass as good pixels. A file without the gzip magic is passed through as plain tar.
-// Errors go through archive_set_error (never an exception across the C library).
+// Feeds libarchive the decompressed bytes of a .tar.gz through GzipReader. We inflate with zlib
+// ourselves because libarchive's gzip filter never checks the CRC-32 / length trailer: flipped
+// bytes inside a stored block would pass as good pixels. A file without the gzip magic is passed
+// through as plain tar. Errors go through archive_set_error (never an exception across the C
+// library); the message and whether the OS refused are kept for ArchiveReader to throw.
 class GzipFeed {
  public:
-  explicit GzipFeed(const fs::path& path) : in_(1 << 16), out_(1 << 18) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) {
-      throw IoError(fmt::format("cannot open {}: {}", quote(path), std::strerror(errno)));
-    }
-  }
-  ~GzipFeed() {
-    if (z_ready_) inflateEnd(&zs_);
-    if (fd_ >= 0) ::close(fd_);
-  }
-  GzipFeed(const GzipFeed&) = delete;
-  GzipFeed& operator=(const GzipFeed&) = delete;
+  explicit GzipFeed(const fs::path& path)
+      : gz_(path, GzipReader::Trailing::Ignore), out_(std::size_t{1} << 18) {}
 
   static la_ssize_t read_cb(archive* a, void* self, const void** buffer) {
     return static_cast<GzipFeed*>(self)->read(a, buffer);
@@ -73,99 +62,33 @@ class GzipFeed {
  private:
   la_ssize_t read(archive* a, const void** buffer) {
     if (failed_) return ARCHIVE_FATAL;
-    if (mode_ == Mode::Unknown) {
-      if (!fill(a)) return ARCHIVE_FATAL;
-      const bool gz = avail_ >= 2 && in_[pos_] == 0x1f && in_[pos_ + 1] == 0x8b;
-      mode_ = gz ? Mode::Gzip : Mode::Plain;
-      if (gz) {
-        std::memset(&zs_, 0, sizeof zs_);
-        if (inflateInit2(&zs_, 15 + 16) != Z_OK) return fail(a, "cannot initialise zlib");
-        z_ready_ = true;
+    try {
+      const std::size_t n = gz_.read(out_.data(), out_.size());
+      if (n == 0 && gz_.truncated()) {
+        return fail(a, "gzip stream is truncated (unexpected end of file)", false);
       }
-    }
-    if (mode_ == Mode::Plain) {
-      if (avail_ == 0 && !fill(a)) return ARCHIVE_FATAL;
-      *buffer = in_.data() + pos_;
-      la_ssize_t n = static_cast<la_ssize_t>(avail_);
-      pos_ += avail_;
-      avail_ = 0;
-      return n;
-    }
-    while (!ended_) {
-      if (avail_ == 0) {
-        if (!fill(a)) return ARCHIVE_FATAL;
-        if (avail_ == 0) return fail(a, "gzip stream is truncated (unexpected end of file)");
-      }
-      zs_.next_in = in_.data() + pos_;
-      zs_.avail_in = static_cast<uInt>(avail_);
-      zs_.next_out = out_.data();
-      zs_.avail_out = static_cast<uInt>(out_.size());
-      int rc = inflate(&zs_, Z_NO_FLUSH);
-      const std::size_t consumed = avail_ - zs_.avail_in;
-      pos_ += consumed;
-      avail_ = zs_.avail_in;
-      const std::size_t produced = out_.size() - zs_.avail_out;
-      if (rc == Z_BUF_ERROR && consumed == 0 && produced == 0) {
-        return fail(a, "corrupt gzip stream: zlib made no progress");  // never spin
-      }
-      if (rc == Z_STREAM_END) {
-        // Concatenated gzip members are one stream (gzip(1) semantics); anything else after
-        // the trailer is ignored, as gzip does.
-        if (avail_ == 0 && !fill(a)) return ARCHIVE_FATAL;
-        if (avail_ >= 2 && in_[pos_] == 0x1f && in_[pos_ + 1] == 0x8b) {
-          inflateReset(&zs_);
-        } else {
-          ended_ = true;
-        }
-      } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
-        return fail(a, fmt::format("corrupt gzip stream: {}",
-                                   zs_.msg != nullptr ? zs_.msg : "zlib error"));
-      }
-      if (produced > 0) {
-        *buffer = out_.data();
-        return static_cast<la_ssize_t>(produced);
-      }
-    }
-    return 0;
-  }
-
-  // Refills the input buffer if it is empty; false (error set) on an OS error.
-  bool fill(archive* a) {
-    if (avail_ > 0) return true;
-    pos_ = 0;
-    for (;;) {
-      ssize_t n = ::read(fd_, in_.data(), in_.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        os_error_ = true;
-        fail(a, fmt::format("read error: {}", std::strerror(errno)));
-        return false;
-      }
-      avail_ = static_cast<std::size_t>(n);
-      return true;
+      *buffer = out_.data();
+      return static_cast<la_ssize_t>(n);
+    } catch (const IoError& e) {
+      return fail(a, e.what(), true);
+    } catch (const std::exception& e) {
+      return fail(a, e.what(), false);
     }
   }
 
-  la_ssize_t fail(archive* a, const std::string& msg) {
+  la_ssize_t fail(archive* a, const std::string& msg, bool os_error) {
     failed_ = true;
+    os_error_ = os_error;
     error_ = msg;
     archive_set_error(a, -1, "%s", msg.c_str());  // -1: ARCHIVE_ERRNO_MISC
     return ARCHIVE_FATAL;
   }
 
-  enum class Mode { Unknown, Gzip, Plain };
-  int fd_ = -1;
-  Mode mode_ = Mode::Unknown;
-  z_stream zs_;
-  bool z_ready_ = false;
-  bool ended_ = false;
+  GzipReader gz_;
+  std::vector<std::uint8_t> out_;
   bool failed_ = false;
   bool os_error_ = false;
   std::string error_;
-  std::vector<std::uint8_t> in_;
-  std::vector<std::uint8_t> out_;
-  std::size_t pos_ = 0;
-  std::size_t avail_ = 0;
 };
 
 // Owns a libarchive read handle over one .tar.gz (or plain .tar) file.
@@ -533,56 +456,33 @@ std::unique_ptr<Source> open_cifar_archive(const fs::path& file, const SourceOpt
 
   // Members and counts of each split.
   const RecordFormat format = record_format(dataset, labels);
-  struct SplitMembers {
-    std::string name;
-    std::vector<Member> members;
-    std::vector<Part> parts;
-  };
-  std::vector<SplitMembers> splits{{"train", {}, {}}, {"test", {}, {}}};
-  std::vector<Part> all_parts;
-  for (auto& s : splits) {
-    for (const auto& name : s.name == "train" ? layout.train : layout.test) {
-      const Member& m = require(name);
-      const std::string what = member_what(file, m.path);
-      Part part{what, python ? py_counts.at(name) : records_in(m.size, format, what)};
-      s.members.push_back(m);
-      s.parts.push_back(part);
-      all_parts.push_back(part);
-    }
-  }
-  if (dataset == Dataset::Cifar10) check_sibling_counts(all_parts);
+  std::vector<std::vector<Member>> split_members(2);
+  const auto parts = layout_parts(layout, [&](std::size_t split, const std::string& name) {
+    const Member& m = require(name);
+    const std::string what = member_what(file, m.path);
+    split_members[split].push_back(m);
+    return Part{what, python ? py_counts.at(name) : records_in(m.size, format, what)};
+  });
 
-  std::vector<SplitInfo> infos;
-  for (const auto& s : splits) {
-    SplitInfo info;
-    info.name = s.name;
-    for (const auto& p : s.parts) info.count += p.records;
-    info.shape = shape();
-    info.class_names = class_names;
-    infos.push_back(std::move(info));
-  }
-  std::string description = fmt::format("{} archive {}", kind_name[k], quote(file));
-  if (dataset == Dataset::Cifar100) {
-    description += fmt::format(" ({} labels)", labels.coarse ? "coarse" : "fine");
-  }
   CifarSource::Opener opener;
   if (python) {
-    opener = [file, splits, layout, classes = labels.classes](std::size_t i) {
-      std::vector<PythonPart> parts;
-      for (std::size_t j = 0; j < splits[i].members.size(); ++j) {
-        parts.push_back({splits[i].members[j], splits[i].parts[j].records});
+    opener = [file, split_members, parts, layout, classes = labels.classes](std::size_t i) {
+      std::vector<PythonPart> py_parts;
+      for (std::size_t j = 0; j < split_members[i].size(); ++j) {
+        py_parts.push_back({split_members[i][j], parts[i][j].records});
       }
-      return std::unique_ptr<BatchStream>(
-          std::make_unique<PythonArchiveStream>(file, std::move(parts), layout.label_key, classes));
+      return std::unique_ptr<BatchStream>(std::make_unique<PythonArchiveStream>(
+          file, std::move(py_parts), layout.label_key, classes));
     };
   } else {
-    opener = [file, splits, format](std::size_t i) {
-      return make_binary_stream(splits[i].parts, format,
-                                std::make_unique<ArchivePartReader>(file, splits[i].members));
+    opener = [file, split_members, parts, format](std::size_t i) {
+      return make_binary_stream(parts[i], format,
+                                std::make_unique<ArchivePartReader>(file, split_members[i]));
     };
   }
-  return std::make_unique<CifarSource>(std::move(description), std::move(infos),
-                                       std::move(opener));
+  return std::make_unique<CifarSource>(
+      describe(fmt::format("{} archive {}", kind_name[k], quote(file)), dataset, labels),
+      split_infos(parts, class_names), std::move(opener));
 }
 
 }  // namespace imgstore::detail

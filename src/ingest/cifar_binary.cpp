@@ -109,39 +109,17 @@ std::unique_ptr<Source> open_cifar_binary_dir(const fs::path& dir, const SourceO
                                       static_cast<std::size_t>(labels.classes), quote(names_path));
 
   // Sizes and counts of every batch file, checked before any record is read.
-  struct SplitFiles {
-    std::string name;
-    std::vector<fs::path> files;
-    std::vector<Part> parts;
-  };
-  std::vector<SplitFiles> splits{{"train", {}, {}}, {"test", {}, {}}};
-  std::vector<Part> all_parts;
-  for (auto& s : splits) {
-    for (const auto& name : s.name == "train" ? layout.train : layout.test) {
-      fs::path p = require(name);
-      Part part{quote(p), records_in(file_size_of(p), format, quote(p))};
-      s.files.push_back(p);
-      s.parts.push_back(part);
-      all_parts.push_back(part);
-    }
-  }
-  if (dataset == Dataset::Cifar10) check_sibling_counts(all_parts);
+  std::vector<std::vector<fs::path>> files(2);
+  const auto parts = layout_parts(layout, [&](std::size_t split, const std::string& name) {
+    fs::path p = require(name);
+    files[split].push_back(p);
+    return Part{quote(p), records_in(file_size_of(p), format, quote(p))};
+  });
 
-  std::vector<SplitInfo> infos;
-  for (const auto& s : splits) {
-    SplitInfo info;
-    info.name = s.name;
-    for (const auto& p : s.parts) info.count += p.records;
-    info.shape = shape();
-    info.class_names = class_names;
-    infos.push_back(std::move(info));
-  }
-  std::string description = fmt::format("{} {}", kind, quote(dir));
-  if (is100) description += fmt::format(" ({} labels)", labels.coarse ? "coarse" : "fine");
   return std::make_unique<CifarSource>(
-      std::move(description), std::move(infos), [splits, format](std::size_t i) {
-        return make_binary_stream(splits[i].parts, format,
-                                  std::make_unique<FileReader>(splits[i].files));
+      describe(fmt::format("{} {}", kind, quote(dir)), dataset, labels),
+      split_infos(parts, class_names), [parts, files, format](std::size_t i) {
+        return make_binary_stream(parts[i], format, std::make_unique<FileReader>(files[i]));
       });
 }
 

@@ -135,6 +135,40 @@ void check_sibling_counts(const std::vector<Part>& parts) {
   }
 }
 
+std::vector<std::vector<Part>> layout_parts(const Layout& layout, const PartOf& part_of) {
+  std::vector<std::vector<Part>> parts(2);
+  std::vector<Part> all_parts;
+  for (std::size_t split = 0; split < 2; ++split) {
+    for (const auto& name : split == 0 ? layout.train : layout.test) {
+      parts[split].push_back(part_of(split, name));
+      all_parts.push_back(parts[split].back());
+    }
+  }
+  if (layout.dataset == Dataset::Cifar10) check_sibling_counts(all_parts);
+  return parts;
+}
+
+std::vector<SplitInfo> split_infos(const std::vector<std::vector<Part>>& parts,
+                                   const std::vector<std::string>& class_names) {
+  std::vector<SplitInfo> infos;
+  for (std::size_t split = 0; split < parts.size(); ++split) {
+    SplitInfo info;
+    info.name = split == 0 ? "train" : "test";
+    for (const auto& p : parts[split]) info.count += p.records;
+    info.shape = shape();
+    info.class_names = class_names;
+    infos.push_back(std::move(info));
+  }
+  return infos;
+}
+
+std::string describe(std::string head, Dataset dataset, const LabelChoice& labels) {
+  if (dataset == Dataset::Cifar100) {
+    head += fmt::format(" ({} labels)", labels.coarse ? "coarse" : "fine");
+  }
+  return head;
+}
+
 namespace {
 
 class BinaryStream : public BatchStream {

@@ -83,6 +83,19 @@ std::uint64_t records_in(std::uint64_t bytes, const RecordFormat& format, const 
 // throws DataError naming the first that differs from the first one.
 void check_sibling_counts(const std::vector<Part>& parts);
 
+// The parts of the "train" and "test" splits (in that order) of a layout whose files are all
+// required: part_of(split, name) locates and measures one file or archive member. For CIFAR-10,
+// also checks that the batches hold the same number of records.
+using PartOf = std::function<Part(std::size_t split, const std::string& name)>;
+std::vector<std::vector<Part>> layout_parts(const Layout& layout, const PartOf& part_of);
+
+// The SplitInfo of the "train" and "test" splits made of these parts.
+std::vector<SplitInfo> split_infos(const std::vector<std::vector<Part>>& parts,
+                                   const std::vector<std::string>& class_names);
+
+// A source's description: `head`, then the label set for CIFAR-100 (CIFAR-10 has only one).
+std::string describe(std::string head, Dataset dataset, const LabelChoice& labels);
+
 // Reads the bytes of one part after another. open(i) is called with i = 0, 1, 2... in order.
 class PartReader {
  public:

@@ -326,11 +326,9 @@ std::unique_ptr<Source> open_cifar_pickle_dir(const std::filesystem::path& dir,
     throw DataError(fmt::format("CIFAR python folder {} holds no batch files", quote(dir)));
   }
 
-  std::string description =
-      dataset == Dataset::Cifar10
-          ? fmt::format("CIFAR-10 python {}", quote(dir))
-          : fmt::format("CIFAR-100 python {} ({} labels)", quote(dir),
-                        labels.coarse ? "coarse" : "fine");
+  std::string description = describe(
+      fmt::format("CIFAR-{} python {}", dataset == Dataset::Cifar10 ? 10 : 100, quote(dir)),
+      dataset, labels);
   auto opener = [split_parts, label_key = layout.label_key](std::size_t split) {
     return std::unique_ptr<BatchStream>(
         std::make_unique<PickleDirStream>(split_parts.at(split), label_key));

@@ -2,7 +2,6 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
-#include <fstream>
 
 #include "cifar100_fixtures.hpp"
 #include "cifar100_python_fixtures.hpp"
@@ -20,30 +19,11 @@ using fixtures::TarMember;
 
 namespace {
 
+using test::drain;
+using test::slurp;
+using test::spit;
+
 constexpr std::size_t kPerBatch = 50;
-
-ImageBatch read_all(const Source& source, const std::string& split, std::size_t max_records) {
-  auto stream = source.open(split);
-  ImageBatch all, part;
-  while (stream->next(part, max_records)) {
-    REQUIRE(part.size() > 0);
-    REQUIRE(part.size() <= max_records);
-    REQUIRE(part.shape == (Shape{32, 32, 3}));
-    all.pixels.insert(all.pixels.end(), part.pixels.begin(), part.pixels.end());
-    all.labels.insert(all.labels.end(), part.labels.begin(), part.labels.end());
-  }
-  return all;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-void spit(const fs::path& p, const std::string& bytes) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 // The regular members of a CIFAR-10 binary fixture, as "cifar-10-batches-bin/<name>".
 std::vector<TarMember> cifar10_members(const fs::path& dir, std::vector<std::string> order) {
@@ -53,29 +33,6 @@ std::vector<TarMember> cifar10_members(const fs::path& dir, std::vector<std::str
                        slurp(dir / name), {}});
   }
   return members;
-}
-
-void check_cifar10(const Source& source) {
-  auto splits = source.splits();
-  REQUIRE(splits.size() == 2);
-  CHECK(splits[0].count == 5 * kPerBatch);
-  CHECK(splits[1].count == kPerBatch);
-  CHECK(splits[0].class_names == fixtures::cifar10_class_names());
-  CHECK(splits[0].shape == (Shape{32, 32, 3}));
-  for (const char* split : {"train", "test"}) {
-    CAPTURE(split);
-    const auto expected = fixtures::cifar10_expected(split, kPerBatch);
-    const auto got = read_all(source, split, 37);
-    CHECK(got.labels == expected.labels);
-    CHECK(got.pixels == expected.pixels);
-  }
-}
-
-void drain(const Source& source, const std::string& split) {
-  auto stream = source.open(split);
-  ImageBatch b;
-  while (stream->next(b, 64)) {
-  }
 }
 
 }  // namespace
@@ -88,7 +45,7 @@ TEST_CASE("CIFAR-10 binary tar.gz round-trips bit-exact, read in place") {
   fs::remove_all(tmp / "cifar-10-batches-bin");
   auto source = open_source(archive.string());
   CHECK(source->description().find("CIFAR-10 binary archive") != std::string::npos);
-  check_cifar10(*source);
+  test::check_cifar10_source(*source, kPerBatch, {37});
   CHECK(test::list_dir(tmp.path()) == std::vector<std::string>{"cifar-10-binary.tar.gz"});
 }
 
@@ -104,7 +61,7 @@ TEST_CASE("CIFAR-10 binary tar.gz in the authors' shuffled member order") {
   const auto archive = tmp / "c.tgz";
   fixtures::write_tar_gz_members(archive, members);
   auto source = open_source(archive.string());
-  check_cifar10(*source);
+  test::check_cifar10_source(*source, kPerBatch, {37});
 
   // Two streams over one archive, interleaved, each stay correct.
   auto train = source->open("train");
@@ -128,25 +85,7 @@ TEST_CASE("CIFAR-100 binary tar.gz gives fine or coarse labels") {
   fixtures::write_cifar100_binary(tmp / "cifar-100-binary", 90, 30);
   const auto archive = tmp / "cifar-100-binary.tar.gz";
   fixtures::write_tar_gz(tmp / "cifar-100-binary", "cifar-100-binary", archive);
-  for (const char* label_set : {"fine", "coarse"}) {
-    CAPTURE(label_set);
-    SourceOptions opts;
-    opts.label_set = label_set;
-    const bool coarse = std::string(label_set) == "coarse";
-    auto source = open_source(archive.string(), opts);
-    auto splits = source->splits();
-    REQUIRE(splits.size() == 2);
-    CHECK(splits[0].count == 90);
-    CHECK(splits[1].count == 30);
-    CHECK(splits[1].class_names ==
-          (coarse ? fixtures::cifar100_coarse_names() : fixtures::cifar100_fine_names()));
-    for (const char* split : {"train", "test"}) {
-      const auto e = fixtures::cifar100_expected(split, split == std::string("train") ? 90 : 30);
-      const auto got = read_all(*source, split, 64);
-      CHECK(got.pixels == e.fine.pixels);
-      CHECK(got.labels == (coarse ? e.coarse : e.fine.labels));
-    }
-  }
+  test::check_cifar100_source(archive, "CIFAR-100 binary archive", 90, 30, 64);
 }
 
 TEST_CASE("CIFAR archive ignores absolute, '..', symlink and hardlink members") {
@@ -172,7 +111,7 @@ TEST_CASE("CIFAR archive ignores absolute, '..', symlink and hardlink members") 
   fixtures::write_tar_gz_members(archive, members);
 
   auto source = open_source(archive.string());
-  check_cifar10(*source);
+  test::check_cifar10_source(*source, kPerBatch, {37});
   CHECK_FALSE(fs::exists(tmp / "evil"));
   CHECK_FALSE(fs::exists(tmp / "sub" / "evil"));
   CHECK(test::list_dir(tmp / "sub") == std::vector<std::string>{"evil.tar.gz"});
@@ -300,7 +239,7 @@ TEST_CASE("CIFAR-10 python tar.gz round-trips bit-exact") {
   fixtures::write_tar_gz(tmp / "py", "cifar-10-batches-py", archive);
   auto source = open_source(archive.string());
   CHECK(source->description().find("CIFAR-10 python archive") != std::string::npos);
-  check_cifar10(*source);
+  test::check_cifar10_source(*source, kPerBatch, {37});
 
   // A python archive lacking a batch is refused by member name.
   fs::remove(tmp / "py" / "data_batch_5");
@@ -315,25 +254,7 @@ TEST_CASE("CIFAR-100 python tar.gz gives fine or coarse labels") {
   fixtures::write_cifar100_python(tmp / "py", 70, 20);
   const auto archive = tmp / "cifar-100-python.tar.gz";
   fixtures::write_tar_gz(tmp / "py", "cifar-100-python", archive);
-  for (const char* label_set : {"fine", "coarse"}) {
-    CAPTURE(label_set);
-    SourceOptions opts;
-    opts.label_set = label_set;
-    const bool coarse = std::string(label_set) == "coarse";
-    auto source = open_source(archive.string(), opts);
-    auto splits = source->splits();
-    REQUIRE(splits.size() == 2);
-    CHECK(splits[0].count == 70);
-    CHECK(splits[1].count == 20);
-    CHECK(splits[0].class_names ==
-          (coarse ? fixtures::cifar100_coarse_names() : fixtures::cifar100_fine_names()));
-    for (const char* split : {"train", "test"}) {
-      const auto e = fixtures::cifar100_expected(split, split == std::string("train") ? 70 : 20);
-      const auto got = read_all(*source, split, 16);
-      CHECK(got.pixels == e.fine.pixels);
-      CHECK(got.labels == (coarse ? e.coarse : e.fine.labels));
-    }
-  }
+  test::check_cifar100_source(archive, "CIFAR-100 python archive", 70, 20, 16);
 }
 
 TEST_CASE("CIFAR-10 binary tar.gz converts to PNG, LMDB and HDF5 stores bit-exact") {

@@ -2,7 +2,6 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
-#include <fstream>
 
 #include "cifar100_fixtures.hpp"
 #include "fixtures.hpp"
@@ -16,41 +15,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using test::drain;
+using test::slurp;
+using test::spit;
+
 constexpr std::size_t kPerBatch = 50;
-
-// Streams a whole split, checking every batch respects max_records.
-ImageBatch read_all(const Source& source, const std::string& split, std::size_t max_records) {
-  auto stream = source.open(split);
-  ImageBatch all, part;
-  all.shape = Shape{32, 32, 3};
-  while (stream->next(part, max_records)) {
-    REQUIRE(part.size() > 0);
-    REQUIRE(part.size() <= max_records);
-    REQUIRE(part.shape == (Shape{32, 32, 3}));
-    REQUIRE(part.pixels.size() == part.size() * 3072);
-    all.pixels.insert(all.pixels.end(), part.pixels.begin(), part.pixels.end());
-    all.labels.insert(all.labels.end(), part.labels.begin(), part.labels.end());
-  }
-  return all;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-void spit(const fs::path& p, const std::string& bytes) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-// Drains a split (to reach stream-time validation).
-void drain(const Source& source, const std::string& split) {
-  auto stream = source.open(split);
-  ImageBatch b;
-  while (stream->next(b, 64)) {
-  }
-}
 
 }  // namespace
 
@@ -60,27 +29,8 @@ TEST_CASE("CIFAR-10 binary folder round-trips bit-exact") {
   fixtures::write_cifar10_binary(dir, kPerBatch);
   auto source = open_source(dir.string());
   CHECK(source->description().find("CIFAR-10 binary") != std::string::npos);
-
-  auto splits = source->splits();
-  REQUIRE(splits.size() == 2);
-  CHECK(splits[0].name == "train");
-  CHECK(splits[0].count == 5 * kPerBatch);
-  CHECK(splits[1].name == "test");
-  CHECK(splits[1].count == kPerBatch);
-  for (const auto& s : splits) {
-    CHECK(s.shape == (Shape{32, 32, 3}));
-    CHECK(s.class_names == fixtures::cifar10_class_names());
-  }
-  for (const char* split : {"train", "test"}) {
-    CAPTURE(split);
-    const auto expected = fixtures::cifar10_expected(split, kPerBatch);
-    // 37 does not divide 50: batches straddle file boundaries.
-    for (std::size_t max_records : {std::size_t{37}, std::size_t{1000}}) {
-      const auto got = read_all(*source, split, max_records);
-      CHECK(got.labels == expected.labels);
-      CHECK(got.pixels == expected.pixels);
-    }
-  }
+  // 37 does not divide 50: batches straddle file boundaries.
+  test::check_cifar10_source(*source, kPerBatch, {37, 1000});
   CHECK_THROWS_WITH_AS(source->open("validation"), doctest::Contains("no split 'validation'"),
                        UsageError);
 }
@@ -89,25 +39,7 @@ TEST_CASE("CIFAR-100 binary folder gives fine or coarse labels") {
   test::TempDir tmp;
   const auto dir = tmp / "cifar-100-binary";
   fixtures::write_cifar100_binary(dir, 120, 40);
-  for (const char* label_set : {"fine", "coarse"}) {
-    CAPTURE(label_set);
-    SourceOptions opts;
-    opts.label_set = label_set;
-    auto source = open_source(dir.string(), opts);
-    const bool coarse = std::string(label_set) == "coarse";
-    auto splits = source->splits();
-    REQUIRE(splits.size() == 2);
-    CHECK(splits[0].count == 120);
-    CHECK(splits[1].count == 40);
-    CHECK(splits[0].class_names ==
-          (coarse ? fixtures::cifar100_coarse_names() : fixtures::cifar100_fine_names()));
-    for (const char* split : {"train", "test"}) {
-      const auto e = fixtures::cifar100_expected(split, split == std::string("train") ? 120 : 40);
-      const auto got = read_all(*source, split, 33);
-      CHECK(got.pixels == e.fine.pixels);
-      CHECK(got.labels == (coarse ? e.coarse : e.fine.labels));
-    }
-  }
+  test::check_cifar100_source(dir, "CIFAR-100 binary", 120, 40, 33);
   SourceOptions bad;
   bad.label_set = "medium";
   CHECK_THROWS_WITH_AS(detail::open_cifar_binary_dir(dir, bad), doctest::Contains("'medium'"),

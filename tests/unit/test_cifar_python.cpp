@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <fstream>
 #include <iterator>
 
 #include "cifar100_fixtures.hpp"
@@ -23,53 +22,18 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using test::slurp;
+using test::spit;
+
 const std::uint8_t* bytes_of(const std::string& s) {
   return reinterpret_cast<const std::uint8_t*>(s.data());
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void spit(const fs::path& p, const std::string& s) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(s.data(), static_cast<std::streamsize>(s.size()));
-}
-
-// Everything a split streams, concatenated; checks each next() respects max_records.
-ImageBatch read_split(const Source& source, const std::string& split, std::size_t max_records) {
-  auto stream = source.open(split);
-  ImageBatch all, part;
-  all.shape = Shape{32, 32, 3};
-  while (stream->next(part, max_records)) {
-    CHECK(part.size() <= max_records);
-    CHECK(part.shape == Shape{32, 32, 3});
-    all.pixels.insert(all.pixels.end(), part.pixels.begin(), part.pixels.end());
-    all.labels.insert(all.labels.end(), part.labels.begin(), part.labels.end());
-  }
-  return all;
 }
 
 void check_cifar10_folder(const fs::path& dir, std::size_t records_per_batch,
                           const std::vector<std::string>& names) {
   auto source = open_source(dir.string());
   CHECK(source->description().find("CIFAR-10 python") != std::string::npos);
-  auto splits = source->splits();
-  REQUIRE(splits.size() == 2);
-  CHECK(splits[0].name == "train");
-  CHECK(splits[0].count == 5 * records_per_batch);
-  CHECK(splits[1].name == "test");
-  CHECK(splits[1].count == records_per_batch);
-  CHECK(splits[0].shape == Shape{32, 32, 3});
-  CHECK(splits[0].class_names == names);
-  CHECK(splits[1].class_names == names);
-  for (const char* split : {"train", "test"}) {
-    const auto expected = fixtures::cifar10_expected(split, records_per_batch);
-    const auto got = read_split(*source, split, 700);
-    CHECK(got.labels == expected.labels);
-    CHECK(got.pixels == expected.pixels);  // bit-exact, HWC
-  }
+  test::check_cifar10_source(*source, records_per_batch, {700}, names);
 }
 
 struct BadBatch {
@@ -208,26 +172,7 @@ TEST_CASE("cifar python: CIFAR-100 folder with fine and coarse labels") {
   test::TempDir tmp;
   const auto dir = tmp / "cifar-100-python";
   fixtures::write_cifar100_python(dir, 60, 25);
-  for (const char* set : {"fine", "coarse"}) {
-    CAPTURE(set);
-    SourceOptions options;
-    options.label_set = set;
-    auto source = open_source(dir.string(), options);
-    CHECK(source->description().find("CIFAR-100 python") != std::string::npos);
-    auto splits = source->splits();
-    REQUIRE(splits.size() == 2);
-    CHECK(splits[0].count == 60);
-    CHECK(splits[1].count == 25);
-    const bool coarse = std::string(set) == "coarse";
-    CHECK(splits[0].class_names ==
-          (coarse ? fixtures::cifar100_coarse_names() : fixtures::cifar100_fine_names()));
-    for (const char* split : {"train", "test"}) {
-      const auto expected = fixtures::cifar100_expected(split, std::string(split) == "test" ? 25 : 60);
-      const auto got = read_split(*source, split, 16);
-      CHECK(got.pixels == expected.fine.pixels);
-      CHECK(got.labels == (coarse ? expected.coarse : expected.fine.labels));
-    }
-  }
+  test::check_cifar100_source(dir, "CIFAR-100 python", 60, 25, 16);
   SourceOptions bad;
   bad.label_set = "medium";
   CHECK_THROWS_AS(open_source(dir.string(), bad), UsageError);

@@ -20,18 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Reads a whole split in chunks of `chunk` records.
-ImageBatch read_split(const Source& source, const std::string& split, std::size_t chunk) {
-  auto stream = source.open(split);
-  ImageBatch all, part;
-  while (stream->next(part, chunk)) {
-    CHECK(part.size() <= chunk);
-    all.shape = part.shape;
-    all.pixels.insert(all.pixels.end(), part.pixels.begin(), part.pixels.end());
-    all.labels.insert(all.labels.end(), part.labels.begin(), part.labels.end());
-  }
-  return all;
-}
+using test::read_split;
 
 void put_be32(std::vector<std::uint8_t>& out, std::uint32_t v) {
   for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<std::uint8_t>(v >> shift));

@@ -1,11 +1,23 @@
 // Helpers shared by the unit tests.
 #pragma once
 
+#include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <iterator>
+#include <optional>
 #include <random>
 #include <string>
+#include <vector>
+
+#include "cifar100_fixtures.hpp"
+#include "fixtures.hpp"
+#include "imgstore/image.hpp"
+#include "imgstore/source.hpp"
 
 namespace imgstore::test {
 
@@ -37,6 +49,107 @@ inline std::vector<std::string> list_dir(const std::filesystem::path& dir) {
   for (auto& e : std::filesystem::directory_iterator(dir)) names.push_back(e.path().filename());
   std::sort(names.begin(), names.end());
   return names;
+}
+
+// The whole content of a file (empty if it cannot be read).
+inline std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Replaces the content of a file.
+inline void spit(const std::filesystem::path& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// Streams a whole split in next() calls of at most max_records and concatenates what they give.
+// Requires every batch to be non-empty, within max_records, with pixels matching its shape, and
+// of `shape` when one is given (the result then has that shape even if the split is empty).
+inline ImageBatch read_split(const Source& source, const std::string& split,
+                             std::size_t max_records, std::optional<Shape> shape = std::nullopt) {
+  auto stream = source.open(split);
+  ImageBatch all, part;
+  if (shape) all.shape = *shape;
+  while (stream->next(part, max_records)) {
+    REQUIRE(part.size() > 0);
+    REQUIRE(part.size() <= max_records);
+    if (shape) REQUIRE(part.shape == *shape);
+    REQUIRE(part.pixels.size() == part.size() * part.shape.bytes());
+    all.shape = part.shape;
+    all.pixels.insert(all.pixels.end(), part.pixels.begin(), part.pixels.end());
+    all.labels.insert(all.labels.end(), part.labels.begin(), part.labels.end());
+  }
+  return all;
+}
+
+// Drains a split in next() calls of 64 records (to reach stream-time validation).
+inline void drain(const Source& source, const std::string& split) {
+  auto stream = source.open(split);
+  ImageBatch b;
+  while (stream->next(b, 64)) {
+  }
+}
+
+// Checks a CIFAR source's "train" and "test" splits: names, counts, shape and class names.
+inline void check_cifar_splits(const Source& source, std::uint64_t train_records,
+                               std::uint64_t test_records,
+                               const std::vector<std::string>& class_names) {
+  auto splits = source.splits();
+  REQUIRE(splits.size() == 2);
+  CHECK(splits[0].name == "train");
+  CHECK(splits[0].count == train_records);
+  CHECK(splits[1].name == "test");
+  CHECK(splits[1].count == test_records);
+  for (const auto& s : splits) {
+    CHECK(s.shape == (Shape{32, 32, 3}));
+    CHECK(s.class_names == class_names);
+  }
+}
+
+// Checks a source opened on a CIFAR-10 fixture written with records_per_batch: its splits, and
+// every record bit-exact (HWC) when the splits are read in next() calls of each max_records.
+inline void check_cifar10_source(
+    const Source& source, std::size_t records_per_batch,
+    std::initializer_list<std::size_t> max_records,
+    const std::vector<std::string>& class_names = fixtures::cifar10_class_names()) {
+  check_cifar_splits(source, 5 * records_per_batch, records_per_batch, class_names);
+  for (const char* split : {"train", "test"}) {
+    CAPTURE(split);
+    const auto expected = fixtures::cifar10_expected(split, records_per_batch);
+    for (std::size_t max : max_records) {
+      CAPTURE(max);
+      const auto got = read_split(source, split, max, Shape{32, 32, 3});
+      CHECK(got.labels == expected.labels);
+      CHECK(got.pixels == expected.pixels);
+    }
+  }
+}
+
+// Opens `path`, a CIFAR-100 fixture of train_records and test_records, with each label set
+// ("fine", "coarse") and checks the description names `kind`, the splits, and every record
+// bit-exact with the chosen labels, read in next() calls of max_records.
+inline void check_cifar100_source(const std::filesystem::path& path, const std::string& kind,
+                                  std::size_t train_records, std::size_t test_records,
+                                  std::size_t max_records) {
+  for (const char* label_set : {"fine", "coarse"}) {
+    CAPTURE(label_set);
+    SourceOptions options;
+    options.label_set = label_set;
+    auto source = open_source(path.string(), options);
+    CHECK(source->description().find(kind) != std::string::npos);
+    const bool coarse = options.label_set == "coarse";
+    check_cifar_splits(*source, train_records, test_records,
+                       coarse ? fixtures::cifar100_coarse_names() : fixtures::cifar100_fine_names());
+    for (const char* split : {"train", "test"}) {
+      CAPTURE(split);
+      const auto e = fixtures::cifar100_expected(
+          split, std::string(split) == "train" ? train_records : test_records);
+      const auto got = read_split(*source, split, max_records, Shape{32, 32, 3});
+      CHECK(got.pixels == e.fine.pixels);
+      CHECK(got.labels == (coarse ? e.coarse : e.fine.labels));
+    }
+  }
 }
 
 }  // namespace imgstore::test

@@ -9,24 +9,9 @@
 #include "imgstore/error.hpp"
 #include "imgstore/source.hpp"
 #include "ingest/sources.hpp"
+#include "test_support.hpp"
 
 using namespace imgstore;
-
-namespace {
-
-ImageBatch read_all(const Source& source, const std::string& split, std::size_t chunk) {
-  auto stream = source.open(split);
-  ImageBatch all, part;
-  while (stream->next(part, chunk)) {
-    CHECK(part.size() <= chunk);
-    all.shape = part.shape;
-    all.pixels.insert(all.pixels.end(), part.pixels.begin(), part.pixels.end());
-    all.labels.insert(all.labels.end(), part.labels.begin(), part.labels.end());
-  }
-  return all;
-}
-
-}  // namespace
 
 TEST_CASE("synthetic defaults and splits") {
   auto source = open_source("synthetic");
@@ -45,7 +30,7 @@ TEST_CASE("synthetic defaults and splits") {
   CHECK(splits[1].count == 7);
   CHECK(splits[0].shape == Shape{5, 9, 1});
   CHECK(splits[0].class_names.size() == 3);
-  auto test = read_all(*custom, "test", 100);
+  auto test = test::read_split(*custom, "test", 100);
   CHECK(test.size() == 7);
   CHECK(test.pixels.size() == 7u * 5 * 9);
   CHECK_THROWS_WITH_AS(custom->open("valid"), doctest::Contains("no split 'valid'"), UsageError);
@@ -53,33 +38,33 @@ TEST_CASE("synthetic defaults and splits") {
 
 TEST_CASE("synthetic images do not depend on chunking or on the opening") {
   auto a = detail::open_synthetic("n=300,seed=9");
-  auto whole = read_all(*a, "train", 300);
+  auto whole = test::read_split(*a, "train", 300);
   REQUIRE(whole.size() == 300);
   for (std::size_t chunk : {1, 7, 64}) {
     CAPTURE(chunk);
-    auto got = read_all(*a, "train", chunk);
+    auto got = test::read_split(*a, "train", chunk);
     CHECK(got.pixels == whole.pixels);
     CHECK(got.labels == whole.labels);
   }
   auto b = detail::open_synthetic("n=300,seed=9");
-  auto again = read_all(*b, "train", 33);
+  auto again = test::read_split(*b, "train", 33);
   CHECK(again.pixels == whole.pixels);
   CHECK(again.labels == whole.labels);
 
   // A shorter n yields a prefix; split=test alone yields the same test images.
-  auto prefix = read_all(*detail::open_synthetic("n=20,seed=9"), "train", 8);
+  auto prefix = test::read_split(*detail::open_synthetic("n=20,seed=9"), "train", 8);
   CHECK(std::equal(prefix.pixels.begin(), prefix.pixels.end(), whole.pixels.begin()));
-  auto test_both = read_all(*a, "test", 16);
+  auto test_both = test::read_split(*a, "test", 16);
   auto only_test = detail::open_synthetic("n=300,seed=9,split=test");
   REQUIRE(only_test->splits().size() == 1);
-  CHECK(read_all(*only_test, "test", 5).pixels == test_both.pixels);
+  CHECK(test::read_split(*only_test, "test", 5).pixels == test_both.pixels);
   // Train and test differ.
   CHECK(!std::equal(test_both.pixels.begin(), test_both.pixels.end(), whole.pixels.begin()));
 }
 
 TEST_CASE("synthetic seeds differ and labels stay within classes") {
-  auto one = read_all(*detail::open_synthetic("n=200,seed=1,classes=4"), "train", 50);
-  auto two = read_all(*detail::open_synthetic("n=200,seed=2,classes=4"), "train", 50);
+  auto one = test::read_split(*detail::open_synthetic("n=200,seed=1,classes=4"), "train", 50);
+  auto two = test::read_split(*detail::open_synthetic("n=200,seed=2,classes=4"), "train", 50);
   CHECK(one.pixels != two.pixels);
   CHECK(one.labels != two.labels);
   std::set<std::int64_t> seen(one.labels.begin(), one.labels.end());
@@ -89,7 +74,7 @@ TEST_CASE("synthetic seeds differ and labels stay within classes") {
 }
 
 TEST_CASE("synthetic images look like photos: smooth, not flat, channels correlated") {
-  auto batch = read_all(*detail::open_synthetic("n=64,seed=3"), "train", 64);
+  auto batch = test::read_split(*detail::open_synthetic("n=64,seed=3"), "train", 64);
   const int h = 32, w = 32, c = 3;
   double neighbour = 0, random_pair = 0, var = 0, channel_diff = 0;
   std::size_t pairs = 0;
@@ -120,15 +105,15 @@ TEST_CASE("synthetic images look like photos: smooth, not flat, channels correla
 }
 
 TEST_CASE("synthetic grey and RGBA images") {
-  auto grey = read_all(*detail::open_synthetic("n=5,c=1,h=28,w=28"), "train", 5);
+  auto grey = test::read_split(*detail::open_synthetic("n=5,c=1,h=28,w=28"), "train", 5);
   CHECK(grey.shape == Shape{28, 28, 1});
   CHECK(grey.pixels.size() == 5u * 28 * 28);
-  auto rgba = read_all(*detail::open_synthetic("n=3,c=4,h=6,w=3"), "train", 2);
+  auto rgba = test::read_split(*detail::open_synthetic("n=3,c=4,h=6,w=3"), "train", 2);
   CHECK(rgba.shape == Shape{6, 3, 4});
   bool opaque = true;
   for (std::size_t i = 3; i < rgba.pixels.size(); i += 4) opaque = opaque && rgba.pixels[i] == 255;
   CHECK(opaque);
-  auto tiny = read_all(*detail::open_synthetic("n=2,h=1,w=1"), "train", 2);
+  auto tiny = test::read_split(*detail::open_synthetic("n=2,h=1,w=1"), "train", 2);
   CHECK(tiny.pixels.size() == 6);
 }
 
