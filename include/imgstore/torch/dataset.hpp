@@ -1,0 +1,114 @@
+// LibTorch datasets over imgstore stores.
+//
+// A dataset is a thin, cheaply copyable handle on a shared, thread-safe StoreReader. It serves
+// LibTorch's stock loader as a BatchDataset: get_batch(indices) returns ONE Example whose data
+// is a single [B,C,H,W] tensor filled straight from the reader (no per-sample tensors, no
+// torch::stack) and whose target is int64 [B]. Copies share the reader, so the stock loader's
+// per-worker copies stay cheap and safe.
+//
+//   #include "imgstore/torch/dataset.hpp"
+//
+//   imgstore::DatasetOptions opts;
+//   opts.normalize = imgstore::Normalize::mean_std({0.4914f, 0.4822f, 0.4465f},
+//                                                  {0.2470f, 0.2435f, 0.2616f});
+//   auto ds = imgstore::open_dataset("data/train.lmdb", opts);   // or LmdbDataset(path, opts)
+//   auto loader = torch::data::make_data_loader(
+//       ds, torch::data::DataLoaderOptions().batch_size(256).workers(2));
+//   for (auto& batch : *loader) {          // batch is torch::data::Example<>
+//     // batch.data: float32 [256,3,32,32], batch.target: int64 [256]
+//   }
+//
+// For training throughput prefer imgstore::PrefetchLoader (imgstore/torch/loader.hpp), which
+// recycles batch memory and adds shuffling, sharding and augmentation.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include <torch/data/datasets/base.h>
+#include <torch/data/example.h>
+#include <torch/types.h>
+
+#include "imgstore/store.hpp"
+
+namespace imgstore {
+
+// Output pixel type and normalisation. Off by default: uint8 [C,H,W] exactly as stored.
+// With to_float the output is float32 x/255; mean/std (one value per channel, or one for all)
+// then give (x/255 - mean[c]) / std[c], as torchvision's ToTensor + Normalize.
+struct Normalize {
+  bool to_float = false;
+  std::vector<float> mean;  // empty: 0
+  std::vector<float> std;   // empty: 1
+
+  static Normalize float01() { return Normalize{true, {}, {}}; }
+  static Normalize mean_std(std::vector<float> mean, std::vector<float> std) {
+    return Normalize{true, std::move(mean), std::move(std)};
+  }
+};
+
+struct DatasetOptions {
+  ReaderOptions reader;  // used when the dataset opens the store itself
+  Normalize normalize;
+};
+
+// The common base: works over any StoreReader (including your own subclasses).
+class StoreDataset
+    : public torch::data::datasets::BatchDataset<StoreDataset, torch::data::Example<>> {
+ public:
+  // Opens the store at `path` (any format).
+  explicit StoreDataset(const std::filesystem::path& path, const DatasetOptions& options = {});
+  // Shares an already open reader. Throws UsageError on a null reader or bad options.
+  explicit StoreDataset(std::shared_ptr<const StoreReader> reader,
+                        const Normalize& normalize = {});
+
+  // One image: data [C,H,W] (uint8, or float32 when normalising), target int64 scalar.
+  torch::data::Example<> get(std::size_t index) const;
+  // One batch: data [B,C,H,W] in one preallocated tensor, target int64 [B].
+  torch::data::Example<> get_batch(c10::ArrayRef<std::size_t> indices) override;
+  // Same, const and for 64-bit indices.
+  torch::data::Example<> read_batch(const std::uint64_t* indices, std::size_t n) const;
+
+  torch::optional<std::size_t> size() const override { return reader_->size(); }
+  std::size_t count() const { return reader_->size(); }
+
+  const StoreReader& reader() const { return *reader_; }
+  const std::shared_ptr<const StoreReader>& shared_reader() const { return reader_; }
+  const Normalize& normalize() const { return normalize_; }
+  // Element type of data: torch::kUInt8 or torch::kFloat32.
+  torch::Dtype dtype() const;
+
+ protected:
+  StoreDataset(const std::filesystem::path& path, const DatasetOptions& options, Format expected);
+
+ private:
+  std::shared_ptr<const StoreReader> reader_;
+  Normalize normalize_;
+};
+
+// One thin type per format. Each throws UsageError if `path` holds another format.
+class PngDataset : public StoreDataset {
+ public:
+  explicit PngDataset(const std::filesystem::path& path, const DatasetOptions& options = {})
+      : StoreDataset(path, options, Format::Png) {}
+};
+
+class LmdbDataset : public StoreDataset {
+ public:
+  explicit LmdbDataset(const std::filesystem::path& path, const DatasetOptions& options = {})
+      : StoreDataset(path, options, Format::Lmdb) {}
+};
+
+class Hdf5Dataset : public StoreDataset {
+ public:
+  explicit Hdf5Dataset(const std::filesystem::path& path, const DatasetOptions& options = {})
+      : StoreDataset(path, options, Format::Hdf5) {}
+};
+
+// Detects the format at `path` and opens it.
+StoreDataset open_dataset(const std::filesystem::path& path, const DatasetOptions& options = {});
+
+}  // namespace imgstore

@@ -1,0 +1,142 @@
+// The prefetching loader: batches [B,C,H,W] read, decoded and transformed by a TBB pipeline
+// ahead of the training loop.
+//
+//   #include "imgstore/torch/loader.hpp"
+//
+//   imgstore::LoaderOptions opts;
+//   opts.batch_size = 256;
+//   opts.threads = 2;                       // its own tbb::task_arena
+//   opts.normalize = imgstore::Normalize::mean_std({0.4914f, 0.4822f, 0.4465f},
+//                                                  {0.2470f, 0.2435f, 0.2616f});
+//   opts.crop_padding = 4;                  // random 32x32 crop of the image padded by 4
+//   opts.horizontal_flip = true;            // flip half of the images
+//   opts.rank = rank; opts.world_size = world;  // optional sharding
+//   imgstore::PrefetchLoader loader("data/train.lmdb", opts);
+//   for (int epoch = 0; epoch < 10; ++epoch) {
+//     loader.set_epoch(epoch);              // optional: a pass otherwise takes the next epoch
+//     for (auto& batch : loader) {          // torch::data::Example<>
+//       auto out = model->forward(batch.data);   // float32 [256,3,32,32]
+//       auto loss = torch::nll_loss(out, batch.target);  // int64 [256]
+//     }
+//   }
+//
+// How it works: a tbb::parallel_pipeline on a background thread, in an arena of `threads`
+// threads: a serial in-order stage takes the next batch's indices and a free buffer from a pool
+// of `prefetch_depth` buffers, a parallel stage reads the records (StoreReader::read_many into
+// per-thread scratch) and writes them transposed and transformed into the buffer, and a serial
+// in-order stage hands the batch to the consumer. Buffers are recycled, so memory stays flat.
+//
+// Guarantees:
+// - The batches depend only on the options, the seed and the epoch: never on the thread count
+//   or timing. Shuffling is a seeded permutation per epoch; augmentation draws from a seed
+//   derived from (seed, epoch, record index).
+// - Sharding follows PyTorch's DistributedSampler: the epoch's permutation is padded (by
+//   repeating its start) to a multiple of world_size, or cut when drop_last, and rank r takes
+//   positions r, r+world_size, ...; so every rank gets the same number of batches.
+// - Leaving a loop early is fine: the next pass cancels the pipeline and starts cleanly.
+// - A failing read (e.g. a corrupt record) is rethrown to the consumer, with its type, from
+//   the iterator, after the batches before it; the loader stays usable.
+// - The batch a loop iteration sees is valid until the iterator advances, when its buffer
+//   goes back to the pool. Clone it to keep it. (If you keep a reference anyway, the loader
+//   notices and gives that buffer up instead of overwriting it.)
+// - prefetch_depth counts every batch buffer, including the one the loop holds, so use 2 or
+//   more to overlap loading with training. One pass at a time per loader; a moved-from loader
+//   may only be destroyed or assigned to.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <iterator>
+#include <memory>
+
+#include <torch/data/example.h>
+
+#include "imgstore/torch/dataset.hpp"
+
+namespace imgstore {
+
+struct LoaderOptions {
+  std::size_t batch_size = 64;
+  bool shuffle = true;
+  std::uint64_t seed = 0;
+  bool drop_last = false;          // drop the last partial batch (and uneven shard tail)
+  std::size_t prefetch_depth = 4;  // batches in flight or ready; bounds memory (>= 1)
+  unsigned threads = 0;            // threads of the pipeline's arena; 0: all cores (also the cap)
+  std::size_t rank = 0;            // this process's shard, < world_size
+  std::size_t world_size = 1;
+  // Transforms, run in the parallel stage.
+  Normalize normalize;             // uint8 by default; float32 (normalised) when asked
+  std::uint32_t crop_padding = 0;  // >0: random crop of the original size from the image
+                                   // zero-padded by this many pixels on each side
+  bool horizontal_flip = false;    // flip each image left-right with probability 1/2
+  ReaderOptions reader;            // used when the loader opens the store itself
+};
+
+class PrefetchLoader {
+ public:
+  class Iterator;
+
+ private:
+  struct State;
+
+ public:
+  // Opens the store at `path` (any format).
+  PrefetchLoader(const std::filesystem::path& path, const LoaderOptions& options = {});
+  // Shares a reader, or a dataset's reader (options.normalize is used, not the dataset's).
+  PrefetchLoader(std::shared_ptr<const StoreReader> reader, const LoaderOptions& options = {});
+  PrefetchLoader(const StoreDataset& dataset, const LoaderOptions& options = {});
+  // Cancels any running pass and joins its thread.
+  ~PrefetchLoader();
+  PrefetchLoader(const PrefetchLoader&) = delete;
+  PrefetchLoader& operator=(const PrefetchLoader&) = delete;
+  PrefetchLoader(PrefetchLoader&&) noexcept;
+  PrefetchLoader& operator=(PrefetchLoader&&) noexcept;
+
+  // Starts a pass over epoch epoch() (cancelling any unfinished one), then advances epoch()
+  // by one. Throws what the first batch's read threw.
+  Iterator begin();
+  Iterator end();
+
+  // The epoch the next pass uses. Call before each pass for DistributedSampler-style control.
+  void set_epoch(std::uint64_t epoch);
+  std::uint64_t epoch() const;
+  // Batches per pass for this rank.
+  std::size_t batches_per_epoch() const;
+  // Samples per pass for this rank (after padding or drop_last).
+  std::size_t samples_per_epoch() const;
+  // The record indices this rank visits in `epoch`, in order (what the batches hold).
+  std::vector<std::uint64_t> epoch_indices(std::uint64_t epoch) const;
+
+  const LoaderOptions& options() const;
+  const StoreReader& reader() const;
+
+  // Stops a running pass now (what begin() does implicitly). Safe to call any time.
+  void cancel();
+
+  class Iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = torch::data::Example<>;
+    using difference_type = std::ptrdiff_t;
+    using pointer = value_type*;
+    using reference = value_type&;
+
+    Iterator() = default;
+    reference operator*() const;
+    pointer operator->() const;
+    Iterator& operator++();  // returns the current batch's buffer, waits for the next
+    bool operator==(const Iterator& other) const { return state_ == other.state_; }
+    bool operator!=(const Iterator& other) const { return state_ != other.state_; }
+
+   private:
+    friend class PrefetchLoader;
+    explicit Iterator(State* state) : state_(state) {}
+    State* state_ = nullptr;  // null at the end; owned by the loader
+  };
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace imgstore
