@@ -11,7 +11,7 @@ packages=(
   libtorch-dev libtbb-dev liblmdb-dev libhdf5-dev libpng-dev zlib1g-dev libarchive-dev
   libxxhash-dev libfmt-dev nlohmann-json3-dev libcli11-dev doctest-dev
   dataset-fashion-mnist
-  python3 python3-numpy python3-pil python3-h5py python3-lmdb python3-xxhash
+  python3 python3-numpy python3-pil python3-h5py python3-lmdb python3-xxhash python3-torch
 )
 
 missing=()
