@@ -39,7 +39,48 @@ struct Args {
   int runs = 3, train_steps = 60, torch_threads = 0;
   unsigned threads = 0, train_loader_threads = 1;
   bool skip_stock = false;
+  std::string python = "/usr/bin/python3";  // empty: skip the Python peer
+  std::size_t python_png_images = 20000;
 };
+
+// Python's PyTorch DataLoader over the same stores (examples/python_dataloader.py), run as a
+// subprocess. Returns its JSON, or null with a note if Python or torch is unavailable.
+Json run_python_peer(const Args& a) {
+  if (a.python.empty()) return nullptr;
+  const std::string script = std::string(IMGSTORE_SOURCE_DIR) + "/examples/python_dataloader.py";
+  const std::string cmd = fmt::format(
+      "'{}' '{}' --stores '{}' --split '{}' --batch-size {} --runs {} --workers 0,2 "
+      "--max-images {}", a.python, script, a.stores, a.split, a.batch_size, a.runs,
+      a.python_png_images);
+  fmt::print("\n== Python peer: {}\n", cmd);
+  std::fflush(stdout);
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
+  if (!pipe) return nullptr;
+  std::string out;
+  char buf[4096];
+  while (std::size_t n = std::fread(buf, 1, sizeof buf, pipe.get())) out.append(buf, n);
+  const int status = ::pclose(pipe.release());
+  if (status != 0) {
+    fmt::print("  Python peer failed (exit status {}); skipped\n", status);
+    return nullptr;
+  }
+  try {
+    return Json::parse(out);
+  } catch (const std::exception& e) {
+    fmt::print("  Python peer printed no JSON ({}); skipped\n", e.what());
+    return nullptr;
+  }
+}
+
+// Best Python DataLoader rate for a format over its worker counts (0 if absent).
+double python_best(const Json& peer, const std::string& format) {
+  double best = 0;
+  if (peer.is_null()) return best;
+  for (const auto& r : peer.at("results")) {
+    if (r.at("format") == format) best = std::max(best, r.at("median").get<double>());
+  }
+  return best;
+}
 
 // Median and spread of a repeated measurement of images/s.
 struct Rate {
@@ -282,16 +323,19 @@ int run(const Args& a) {
     std::fflush(stdout);
     rows.push_back(row);
   }
+  const Json peer = run_python_peer(a);
+  report["python_peer"] = peer;
 
-  fmt::print("\n{:<5} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>10} {:>9} {:>10} {:>9}\n", "fmt",
-             "prefetch/s", "stock/s", "per-samp/s", "limit/s", "vs limit", "vs stock",
-             "vs sample", "train/s", "train mem/s", "train/mem");
+  fmt::print("\n{:<5} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>9}\n",
+             "fmt", "prefetch/s", "stock/s", "per-samp/s", "limit/s", "vs limit", "vs stock",
+             "vs sample", "python/s", "vs python", "train/s", "train mem/s", "train/mem");
   Json jrows = Json::array();
   std::ofstream csv(fs::path(a.out) / "throughput.csv");
   csv << "format,images,prefetch_ips,stock_w0_ips,stock_w2_ips,stock_per_sample_w0_ips,"
          "stock_per_sample_w2_ips,memory_ips,limit_ips,png_single_thread_decode_ips,"
          "prefetch_vs_limit,prefetch_vs_best_stock,prefetch_vs_best_per_sample,train_ips,"
-         "train_memory_ips,train_vs_memory,train_data_wait_share\n";
+         "train_memory_ips,train_vs_memory,train_data_wait_share,python_dataloader_ips,"
+         "prefetch_vs_python\n";
   for (const auto& r : rows) {
     const double best_stock = std::max(r.stock0.median, r.stock2.median);
     const double best_sample = std::max(r.sample0.median, r.sample2.median);
@@ -299,19 +343,22 @@ int run(const Args& a) {
     const double vs_stock = best_stock > 0 ? r.prefetch.median / best_stock : 0;
     const double vs_sample = best_sample > 0 ? r.prefetch.median / best_sample : 0;
     const double train_ratio = r.train.median / r.train_memory.median;
-    fmt::print("{:<5} {:>11.0f} {:>11.0f} {:>11.0f} {:>11.0f} {:>8.2f}x {:>8.1f}x {:>9.1f}x {:>9.0f} {:>10.0f} {:>8.2f}x\n",
+    const double py = python_best(peer, r.format);
+    const double vs_python = py > 0 ? r.prefetch.median / py : 0;
+    fmt::print("{:<5} {:>11.0f} {:>11.0f} {:>11.0f} {:>11.0f} {:>8.2f}x {:>8.1f}x {:>9.1f}x {:>10.0f} {:>8.1f}x {:>9.0f} {:>10.0f} {:>8.2f}x\n",
                r.format, r.prefetch.median, best_stock, best_sample, r.limit, vs_limit, vs_stock,
-               vs_sample, r.train.median, r.train_memory.median, train_ratio);
-    csv << fmt::format("{},{},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.3f},{:.3f},{:.3f},{:.0f},{:.0f},{:.3f},{:.3f}\n",
+               vs_sample, py, vs_python, r.train.median, r.train_memory.median, train_ratio);
+    csv << fmt::format("{},{},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.3f},{:.3f},{:.3f},{:.0f},{:.0f},{:.3f},{:.3f},{:.0f},{:.3f}\n",
                        r.format, r.images, r.prefetch.median, r.stock0.median, r.stock2.median,
                        r.sample0.median, r.sample2.median, r.memory.median, r.limit,
                        r.single_decode, vs_limit, vs_stock, vs_sample, r.train.median,
-                       r.train_memory.median, train_ratio, r.wait_share);
+                       r.train_memory.median, train_ratio, r.wait_share, py, vs_python);
     jrows.push_back({{"format", r.format}, {"images", r.images}, {"prefetch", r.prefetch.json()},
                      {"stock_workers0", r.stock0.json()}, {"stock_workers2", r.stock2.json()},
                      {"stock_per_sample_workers0", r.sample0.json()},
                      {"stock_per_sample_workers2", r.sample2.json()},
                      {"prefetch_vs_best_per_sample", vs_sample},
+                     {"python_dataloader_best", py}, {"prefetch_vs_python", vs_python},
                      {"memory_gather", r.memory.json()}, {"limit", r.limit},
                      {"png_single_thread_decode", r.single_decode},
                      {"prefetch_vs_limit", vs_limit}, {"prefetch_vs_best_stock", vs_stock},
@@ -320,7 +367,16 @@ int run(const Args& a) {
   }
   fmt::print("limit: memory gather (LMDB, HDF5) or PNG single-thread decode x threads. stock: "
              "LibTorch's DataLoader over our Dataset's get_batch; per-sample: the same Dataset's "
-             "get(i) + Stack<>; both the better of workers 0 and 2\n");
+             "get(i) + Stack<>; python: PyTorch's DataLoader in Python over the same store; all the "
+             "better of workers 0 and 2\n");
+  if (!peer.is_null()) {
+    for (const auto& r : peer.at("results")) {
+      if (r.at("format") == "memory") {
+        fmt::print("python in-memory TensorDataset + DataLoader: {:.0f} img/s\n",
+                   r.at("median").get<double>());
+      }
+    }
+  }
   report["results"] = jrows;
   std::ofstream(fs::path(a.out) / "throughput.json") << report.dump(2) << "\n";
   fmt::print("wrote {}/throughput.csv and throughput.json\n", a.out);
@@ -343,6 +399,10 @@ int main(int argc, char** argv) {
                  "loader threads while training (the rest of the cores go to torch)")->capture_default_str();
   app.add_option("--torch-threads", a.torch_threads, "torch intra-op threads (0: LibTorch default)");
   app.add_flag("--skip-stock", a.skip_stock, "skip the stock DataLoader figures");
+  app.add_option("--python", a.python, "python3 with torch for the Python DataLoader peer "
+                 "('' to skip)")->capture_default_str();
+  app.add_option("--python-png-images", a.python_png_images,
+                 "images per Python PNG epoch (Python decodes slowly)")->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
