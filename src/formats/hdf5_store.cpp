@@ -24,10 +24,12 @@
 // hyperslab write. Chunked /images is assembled in whole chunks here, compressed with zlib
 // outside the HDF5 lock (several chunks in parallel) and stored with H5Dwrite_chunk.
 // Reading needs neither HDF5 nor its lock once the file is open: open notes where /images (or
-// each of its chunks) lies in the file, and reads are pread() on the reader's own descriptor,
-// plus zlib for compressed chunks. Other layouts (chunks splitting images, shuffle or other
-// filters, chunks never written) are read with H5Dread under the lock.
+// each of its chunks) lies in the file, checks those ranges against the file size and maps the
+// file read-only; a read is then a memcpy from the mapping (pread() on the reader's own
+// descriptor if mmap failed), plus zlib for compressed chunks. Other layouts (chunks splitting
+// images, shuffle or other filters, chunks never written) are read with H5Dread under the lock.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -36,6 +38,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #include <fmt/format.h>
@@ -63,6 +66,69 @@ constexpr std::uint64_t kMaxExpansion = 1100;
 constexpr std::uint64_t kMaxImageBytes = std::uint64_t{1} << 30;
 constexpr std::uint64_t kMaxChunkBytes = std::uint64_t{1} << 30;
 constexpr std::uint64_t kMaxAttrBytes = std::uint64_t{16} << 20;
+
+std::atomic<bool> g_test_disable_mmap{false};
+
+// read_many prefetches this many records ahead on the mapped path.
+constexpr std::size_t kPrefetchAhead = 4;
+constexpr std::size_t kMaxPrefetchBytes = 1024;  // the hardware prefetcher does the rest
+
+// Asks the CPU to start loading [p, p + size), up to kMaxPrefetchBytes of it. A hint only.
+void prefetch_bytes(const void* p, std::size_t size) noexcept {
+  const auto* c = static_cast<const char*>(p);
+  const std::size_t n = std::min<std::size_t>(size, kMaxPrefetchBytes);
+  for (std::size_t off = 0; off < n; off += 64) __builtin_prefetch(c + off);
+  if (n > 0) __builtin_prefetch(c + n - 1);
+}
+
+// A read-only shared mapping of a whole file; empty if mapping failed (callers fall back to
+// pread). Move-only; unmaps on destruction.
+class MappedFile {
+ public:
+  MappedFile() = default;
+  // Maps `size` bytes of fd; returns an empty mapping on failure or if the file is now shorter
+  // than `size` (a mapping past the end of a file faults on access).
+  static MappedFile map(int fd, std::uint64_t size, bool random_access) {
+    if (size == 0 || size > std::numeric_limits<std::size_t>::max() ||
+        g_test_disable_mmap.load()) {
+      return {};
+    }
+    void* p = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) return {};
+    MappedFile m(static_cast<const std::uint8_t*>(p), static_cast<std::size_t>(size));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < size) return {};
+    // Shuffled reads of a store larger than RAM: fault in only the pages asked for.
+    if (random_access) ::madvise(p, static_cast<std::size_t>(size), MADV_RANDOM);
+    return m;
+  }
+  ~MappedFile() { unmap(); }
+  MappedFile(MappedFile&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  MappedFile& operator=(MappedFile&& o) noexcept {
+    if (this != &o) {
+      unmap();
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::uint8_t* data() const { return data_; }
+  explicit operator bool() const { return data_ != nullptr; }
+
+ private:
+  MappedFile(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
+  void unmap() noexcept {
+    if (data_) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+  const std::uint8_t* data_ = nullptr;
+  std::size_t size_ = 0;
+};
 
 // Owns a POSIX file descriptor.
 class Fd {
@@ -386,6 +452,7 @@ struct Inspection {
   bool tutorial = false;
   std::vector<std::int64_t> labels;
   Fd fd;
+  std::uint64_t file_size = 0;  // at open; every ChunkLoc lies within it
   H5File file;
   H5Dataset images;
   Access access = Access::Hdf5Read;
@@ -422,8 +489,13 @@ class Hdf5Reader final : public StoreReader {
       // Everything needed is known: HDF5 (and its lock) is not needed any more.
       images_.reset();
       file_.reset();
+      // Reads become a memcpy from the page cache instead of a pread() each. Every chunk's
+      // range was checked against the file size at open, so no read leaves the mapping.
+      map_ = MappedFile::map(fd_.get(), in.file_size, options.no_readahead);
     }
   }
+
+  bool mapped() const { return static_cast<bool>(map_); }
 
   // Tutorial layout: computes the checksums the file does not carry, reading it in blocks.
   void derive_checksums() {
@@ -458,6 +530,25 @@ class Hdf5Reader final : public StoreReader {
                  std::int64_t* labels) const override {
     for (std::size_t i = 0; i < n; ++i) check_index(indices[i]);
     const std::size_t bytes = image_bytes();
+    if (map_ && access_ == Access::Direct && !compressed_) {
+      // Copy and check each record while it is in cache. Shuffled reads miss the cache and
+      // the TLB on every record: prefetching a few records ahead overlaps those misses.
+      const bool verify = options_.verify_checksums;
+      for (std::size_t i = 0; i < n; ++i) {
+        if (i + kPrefetchAhead < n) {
+          const std::uint64_t later = indices[i + kPrefetchAhead];
+          prefetch_bytes(mapped_record(later), bytes);
+          __builtin_prefetch(&labels_[later]);
+          if (verify) __builtin_prefetch(&manifest_.checksums[later]);
+        }
+        const std::uint64_t index = indices[i];
+        std::memcpy(out + i * bytes, mapped_record(index), bytes);
+        const std::int64_t label = labels_[index];
+        if (labels) labels[i] = label;
+        check_record(index, out + i * bytes, label);
+      }
+      return;
+    }
     if (access_ == Access::Direct && !compressed_) {
       // Runs of consecutive indices become one pread each (per chunk).
       for (std::size_t i = 0; i < n;) {
@@ -499,6 +590,12 @@ class Hdf5Reader final : public StoreReader {
   }
 
  private:
+  // Where uncompressed record `index` lies in the mapping (Direct access, mapped).
+  const std::uint8_t* mapped_record(std::uint64_t index) const {
+    const std::uint64_t c = index / chunk_records_;
+    return map_.data() + chunks_[c].addr + (index - c * chunk_records_) * image_bytes();
+  }
+
   // Reads records [first, first+n) into out, unchecked.
   void read_raw(std::uint64_t first, std::uint64_t n, std::uint8_t* out) const {
     const std::size_t bytes = image_bytes();
@@ -509,6 +606,8 @@ class Hdf5Reader final : public StoreReader {
         const std::uint64_t piece = std::min(first + n, (c + 1) * chunk_records_) - i;
         if (chunks_[c].compressed) {
           std::memcpy(out, load_chunk(c) + within * bytes, piece * bytes);
+        } else if (map_) {
+          std::memcpy(out, map_.data() + chunks_[c].addr + within * bytes, piece * bytes);
         } else {
           pread_full(chunks_[c].addr + within * bytes, piece * bytes, out,
                      [&] { return record_range(i, piece); });
@@ -564,12 +663,17 @@ class Hdf5Reader final : public StoreReader {
           record_range(first, std::min<std::uint64_t>(chunk_records_, size() - first)));
     };
     const ChunkLoc& loc = chunks_[c];
-    cache.packed.resize(static_cast<std::size_t>(loc.size));
-    pread_full(loc.addr, loc.size, cache.packed.data(), name);
+    const std::uint8_t* packed = nullptr;
+    if (map_) {
+      packed = map_.data() + loc.addr;  // inflate straight from the mapping
+    } else {
+      cache.packed.resize(static_cast<std::size_t>(loc.size));
+      pread_full(loc.addr, loc.size, cache.packed.data(), name);
+      packed = cache.packed.data();
+    }
     cache.data.resize(chunk_bytes_);
     uLongf out_size = static_cast<uLongf>(chunk_bytes_);
-    int rc = uncompress(cache.data.data(), &out_size, cache.packed.data(),
-                        static_cast<uLong>(cache.packed.size()));
+    int rc = uncompress(cache.data.data(), &out_size, packed, static_cast<uLong>(loc.size));
     if (rc != Z_OK || out_size != chunk_bytes_) {
       throw DataError(fmt::format("corrupt {} in {}: it does not inflate to {} bytes (zlib: {})",
                                   name(), quote(path_), chunk_bytes_,
@@ -589,6 +693,7 @@ class Hdf5Reader final : public StoreReader {
   Fd fd_;
   H5File file_;
   H5Dataset images_;
+  MappedFile map_;  // Direct access only, when mmap succeeded; else reads use pread on fd_
   const Access access_;
   const std::uint64_t chunk_records_;
   const std::vector<ChunkLoc> chunks_;
@@ -731,6 +836,7 @@ Inspection inspect(const fs::path& path) {
   }
   if (!S_ISREG(st.st_mode)) throw DataError(fmt::format("{} is not a regular file", quote(path)));
   const std::uint64_t file_size = static_cast<std::uint64_t>(st.st_size);
+  in.file_size = file_size;
 
   Hdf5Lock lock;
   H5Plist fapl(check_h5<IoError>(H5Pcreate(H5P_FILE_ACCESS), "cannot create a plist"));
@@ -899,6 +1005,13 @@ std::unique_ptr<StoreWriter> create_hdf5_store(const fs::path& path, const Store
                                                const WriterOptions& options) {
   Hdf5Writer::check_options(path, spec, options);
   return std::make_unique<Hdf5Writer>(path, spec, options);
+}
+
+void set_hdf5_mmap_disabled_for_testing(bool disabled) { g_test_disable_mmap = disabled; }
+
+bool hdf5_reader_uses_mmap_for_testing(const StoreReader& reader) {
+  const auto* h5 = dynamic_cast<const Hdf5Reader*>(&reader);
+  return h5 != nullptr && h5->mapped();
 }
 
 std::unique_ptr<StoreReader> open_hdf5_store(const fs::path& path, const ReaderOptions& options) {

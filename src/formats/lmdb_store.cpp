@@ -32,7 +32,10 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <new>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -69,6 +72,12 @@ constexpr std::size_t kTxnValueBytes = std::size_t{32} << 20;
 // Idle read transactions kept per environment for reuse (reset/renew is far cheaper than
 // begin/abort, which allocate).
 constexpr std::size_t kMaxIdleTxns = 64;
+// Stores with more records than this get no value-location cache (16 bytes a record).
+constexpr std::uint64_t kMaxCachedRecords = std::uint64_t{1} << 27;
+// Shuffled reads miss the cache (and the TLB) on every record; read_many overlaps those misses
+// by prefetching this many records ahead (and the cache slots twice as far ahead).
+constexpr std::size_t kPrefetchAhead = 4;
+constexpr std::size_t kMaxPrefetchBytes = 1024;  // the hardware prefetcher does the rest
 
 std::atomic<std::size_t> g_test_initial_map_size{0};
 
@@ -123,6 +132,14 @@ std::size_t format_key(std::uint64_t index, char* out) {
     index /= 10;
   }
   return 8;
+}
+
+// Asks the CPU to start loading [p, p + size), up to kMaxPrefetchBytes of it. A hint only.
+void prefetch_bytes(const void* p, std::size_t size) noexcept {
+  const auto* c = static_cast<const char*>(p);
+  const std::size_t n = std::min(size, kMaxPrefetchBytes);
+  for (std::size_t off = 0; off < n; off += 64) __builtin_prefetch(c + off);
+  if (n > 0) __builtin_prefetch(c + n - 1);
 }
 
 std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
@@ -313,6 +330,10 @@ class LmdbWriter final : public StoreWriter {
 };
 
 // ---- reader: one shared environment per data file per process ----
+//
+// Small records make per-record fixed costs dominate, so after a record's first lookup (or the
+// cursor walk at open) its value's place in the map is cached, and a read is a validated
+// memcpy: header, length and (by default) checksum are checked on every read, as before.
 
 // LMDB forbids opening one environment twice in a process, so readers of the same store
 // share this. It also pools reset read transactions for reuse.
@@ -322,6 +343,21 @@ struct SharedEnv {
   lmdb::Dbi meta;
   std::mutex pool_mutex;
   std::vector<lmdb::Txn> idle;  // declared after env: aborted before the env closes
+  // Held open for the environment's whole life (MDB_NOTLS lets a read transaction outlive any
+  // one thread's use): LMDB guarantees that value pointers into the map stay valid only while
+  // a read transaction is open, and this is what keeps the pointers in `locations` valid.
+  // Never used for lookups (a transaction is single-threaded); those lease from `idle`.
+  lmdb::Txn pin;  // declared after env: aborted before the env closes
+  // Where each record's value lies in the map, filled at open by one cursor walk (unless
+  // no_readahead) and otherwise on first lookup; null: not known yet. Only a location is
+  // cached, never a verdict: every read still validates the header, length and checksum.
+  struct Location {
+    std::atomic<const std::uint8_t*> data{nullptr};
+    std::atomic<std::uint32_t> size{0};
+  };
+  std::unique_ptr<Location[]> locations;  // one cache line holds four: one miss per record
+  std::uint64_t cached_count = 0;         // entries in `locations`; 0: no cache
+  std::once_flag cache_once;
   // Size of data.mdb's used pages. LMDB does not check value sizes against the file, so a
   // damaged node could describe a value larger than the file; never read or allocate that.
   // (LMDB's own page structure is trusted beyond this and the truncation check at open.)
@@ -329,6 +365,86 @@ struct SharedEnv {
 
   bool plausible(const MDB_val& v) const {
     return v.mv_size <= file_bytes;
+  }
+
+  // Sizes the location cache for `count` records (once per environment) and, if `walk`, fills
+  // it with one cursor pass over the main database using `txn`. The walk touches every leaf
+  // page (not overflow pages), so callers skip it for stores read with no_readahead.
+  void init_cache(std::uint64_t count, bool walk, MDB_txn* txn, const std::string& name) {
+    std::call_once(cache_once, [&] {
+      if (count == 0 || count > kMaxCachedRecords) return;  // lookups as before
+      std::unique_ptr<Location[]> slots;
+      try {
+        slots = std::make_unique<Location[]>(count);
+      } catch (const std::bad_alloc&) {
+        return;
+      }
+      // Published only once complete, so a walk that throws (a damaged tree) leaves no cache;
+      // readers exist only after this call_once has finished, so they see it whole.
+      if (walk) walk_into(slots.get(), count, txn, name);
+      locations = std::move(slots);
+      cached_count = count;
+    });
+  }
+
+  // Fills `slots` with the location of every record key found by one cursor pass.
+  void walk_into(Location* slots, std::uint64_t count, MDB_txn* txn, const std::string& name) {
+    auto cursor = lmdb::Cursor::open(txn, main, name + ": cannot open a cursor");
+    MDB_val key{};
+    MDB_val value{};
+    char canonical[32];
+    const std::string what = name + ": cannot walk the database";
+    for (bool more = cursor.get(key, value, MDB_FIRST, what); more;
+         more = cursor.get(key, value, MDB_NEXT, what)) {
+      // Only canonical record keys; anything else (the "__imgstore__" entry) is skipped,
+      // and a record missing here is looked up, and reported, on its first read.
+      const auto* k = static_cast<const char*>(key.mv_data);
+      if (key.mv_size < 8 || key.mv_size > 20) continue;
+      std::uint64_t index = 0;
+      bool digits = true;
+      for (std::size_t i = 0; i < key.mv_size && digits; ++i) {
+        digits = k[i] >= '0' && k[i] <= '9';
+        index = index * 10 + static_cast<std::uint64_t>(k[i] - '0');
+      }
+      if (!digits || index >= count) continue;
+      const std::size_t len = format_key(index, canonical);
+      if (len != key.mv_size || std::memcmp(canonical, k, len) != 0) continue;
+      if (!plausible(value) || value.mv_size > std::numeric_limits<std::uint32_t>::max()) {
+        continue;  // left to the lookup on first read, which reports it
+      }
+      slots[index].size.store(static_cast<std::uint32_t>(value.mv_size),
+                              std::memory_order_relaxed);
+      slots[index].data.store(static_cast<const std::uint8_t*>(value.mv_data),
+                              std::memory_order_relaxed);
+    }
+  }
+
+  // A cached value location, if known. The size is stored before the pointer (release), so
+  // whoever sees the pointer (acquire) sees its size.
+  bool recall(std::uint64_t index, const std::uint8_t*& data, std::size_t& size) const noexcept {
+    if (index >= cached_count) return false;
+    data = locations[index].data.load(std::memory_order_acquire);
+    if (data == nullptr) return false;
+    size = locations[index].size.load(std::memory_order_relaxed);
+    return true;
+  }
+
+  // Starts loading a record's cache slot, or (once the slot is cached) its value.
+  void prefetch_slot(std::uint64_t index) const noexcept {
+    if (index < cached_count) __builtin_prefetch(&locations[index]);
+  }
+  void prefetch_value(std::uint64_t index) const noexcept {
+    const std::uint8_t* data = nullptr;
+    std::size_t size = 0;
+    if (recall(index, data, size)) prefetch_bytes(data, size);
+  }
+
+  // Threads racing on one index store identical values, so the race is harmless.
+  void remember(std::uint64_t index, const MDB_val& v) noexcept {
+    if (index >= cached_count || v.mv_size > std::numeric_limits<std::uint32_t>::max()) return;
+    locations[index].size.store(static_cast<std::uint32_t>(v.mv_size), std::memory_order_relaxed);
+    locations[index].data.store(static_cast<const std::uint8_t*>(v.mv_data),
+                                std::memory_order_release);
   }
 
   lmdb::Txn take(const std::string& what) {
@@ -435,6 +551,10 @@ std::shared_ptr<SharedEnv> open_shared_env(const fs::path& path, const struct st
   lmdb::check(rc, what(fmt::format("open the sub-database '{}'", kMetaDb)));
   // Committing a read transaction makes its dbi handles usable by later transactions.
   txn.commit(what("commit a read transaction"));
+  // The store is immutable and the map read-only, so no update can ever invalidate a value
+  // pointer; this transaction, open until the environment closes, makes that hold by LMDB's
+  // own rule too (pointers are valid while a read transaction of their snapshot is open).
+  shared->pin = lmdb::Txn::begin(shared->env.get(), MDB_RDONLY, what("begin a read transaction"));
   reg[id] = shared;
   return shared;
 }
@@ -450,6 +570,9 @@ class LmdbReader final : public StoreReader {
 
   std::int64_t read_one(std::uint64_t index, std::uint8_t* out) const override {
     check_index(index);
+    const std::uint8_t* data = nullptr;
+    std::size_t size = 0;
+    if (shared_->recall(index, data, size)) return decode_value(index, data, size, out);
     TxnLease txn(*shared_, read_what());
     return read_record(txn.get(), index, out);
   }
@@ -459,9 +582,24 @@ class LmdbReader final : public StoreReader {
     for (std::size_t i = 0; i < n; ++i) check_index(indices[i]);
     if (n == 0) return;
     const std::size_t bytes = image_bytes();
-    TxnLease txn(*shared_, read_what());
+    std::optional<TxnLease> txn;  // leased on the first cache miss only
+    const bool verify = options_.verify_checksums;
     for (std::size_t i = 0; i < n; ++i) {
-      const std::int64_t label = read_record(txn.get(), indices[i], out + i * bytes);
+      if (i + 2 * kPrefetchAhead < n) {
+        const std::uint64_t later = indices[i + 2 * kPrefetchAhead];
+        shared_->prefetch_slot(later);
+        if (verify) __builtin_prefetch(&manifest_.checksums[later]);
+      }
+      if (i + kPrefetchAhead < n) shared_->prefetch_value(indices[i + kPrefetchAhead]);
+      const std::uint8_t* data = nullptr;
+      std::size_t size = 0;
+      std::int64_t label = 0;
+      if (shared_->recall(indices[i], data, size)) {
+        label = decode_value(indices[i], data, size, out + i * bytes);
+      } else {
+        if (!txn) txn.emplace(*shared_, read_what());
+        label = read_record(txn->get(), indices[i], out + i * bytes);
+      }
       if (labels) labels[i] = label;
     }
   }
@@ -487,8 +625,10 @@ class LmdbReader final : public StoreReader {
     if (!shared_->plausible(value)) {
       throw corrupt(index, fmt::format("value is {} bytes, larger than data.mdb", value.mv_size));
     }
-    return decode_value(index, static_cast<const std::uint8_t*>(value.mv_data), value.mv_size,
-                        out);
+    const std::int64_t label =
+        decode_value(index, static_cast<const std::uint8_t*>(value.mv_data), value.mv_size, out);
+    shared_->remember(index, value);  // only once it has validated
+    return label;
   }
 
   DataError corrupt(std::uint64_t index, const std::string& problem) const {
@@ -630,6 +770,7 @@ std::unique_ptr<StoreReader> open_lmdb_store(const fs::path& path, const ReaderO
       throw DataError(fmt::format("{}: manifest says {} records, database holds {}", name,
                                   manifest.count, records));
     }
+    shared->init_cache(manifest.count, !options.no_readahead, txn.get(), name);
   }
   return std::make_unique<LmdbReader>(path, std::move(manifest), options, std::move(shared));
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -503,6 +504,96 @@ TEST_CASE("hdf5 reader detects pixels changed in place") {
     std::vector<std::uint8_t> tampered(images.image(6), images.image(7));
     std::copy(junk_bytes, junk_bytes + 6, tampered.begin() + (1 * 4 + 1) * 3);  // (y=1, x=1)
     CHECK(raw->read_one(6) == tampered);
+  }
+}
+
+namespace {
+
+// Makes readers opened in its scope read with pread() instead of a mapping.
+struct NoMmap {
+  NoMmap() { detail::set_hdf5_mmap_disabled_for_testing(true); }
+  ~NoMmap() { detail::set_hdf5_mmap_disabled_for_testing(false); }
+};
+
+// Overwrites record `index`'s first bytes in place through HDF5 (contiguous data stays put).
+void overwrite_record_start(const fs::path& path, std::uint64_t index) {
+  H5File file = open_rw(path);
+  Hdf5Lock lock;
+  H5Dataset ds(H5Dopen2(file.get(), "images", H5P_DEFAULT));
+  H5Space space(H5Dget_space(ds.get()));
+  const hsize_t start[4] = {index, 0, 0, 0}, count[4] = {1, 1, 2, 3};
+  REQUIRE(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr) >= 0);
+  H5Space mem(H5Screate_simple(4, count, nullptr));
+  const std::uint8_t junk[6] = {9, 8, 7, 6, 5, 4};
+  REQUIRE(H5Dwrite(ds.get(), H5T_NATIVE_UINT8, mem.get(), space.get(), H5P_DEFAULT, junk) >= 0);
+}
+
+}  // namespace
+
+TEST_CASE("hdf5 direct layouts read bit-exact through the mapping and through pread") {
+  test::TempDir dir;
+  const ImageBatch images = fixtures::make_images(41, {7, 5, 3}, 4, 31);
+  struct Case {
+    const char* name;
+    std::size_t chunk;
+    int deflate;
+  };
+  for (const Case& c : {Case{"contiguous", 0, 0}, Case{"chunked", 6, 0}, Case{"deflate", 6, 3}}) {
+    CAPTURE(c.name);
+    WriterOptions options;
+    options.hdf5_chunk_records = c.chunk;
+    options.hdf5_deflate = c.deflate;
+    options.durable = false;
+    const auto path = dir / (std::string(c.name) + ".h5");
+    write_store(path, images, options);
+    for (bool random : {false, true}) {
+      CAPTURE(random);
+      ReaderOptions ro;
+      ro.no_readahead = random;  // MADV_RANDOM on the mapping
+      auto mapped = open_store(path, ro);
+      CHECK(detail::hdf5_reader_uses_mmap_for_testing(*mapped));
+      check_reads_back(*mapped, images);
+      check_reads_back(*mapped, images);  // again, now from warm pages and caches
+    }
+    {
+      NoMmap fallback;
+      auto plain = open_store(path);
+      CHECK_FALSE(detail::hdf5_reader_uses_mmap_for_testing(*plain));
+      check_reads_back(*plain, images);
+    }
+    CHECK(detail::hdf5_reader_uses_mmap_for_testing(*open_store(path)));  // hook released
+  }
+}
+
+TEST_CASE("hdf5 mapped and pread readers both catch a record changed after open") {
+  test::TempDir dir;
+  const ImageBatch images = fixtures::make_images(10, {4, 4, 3}, 4, 32);
+  for (bool use_mmap : {true, false}) {
+    CAPTURE(use_mmap);
+    WriterOptions options;
+    options.durable = false;
+    const auto path = dir / (use_mmap ? "mapped.h5" : "pread.h5");
+    write_store(path, images, options);
+    std::unique_ptr<StoreReader> reader;
+    if (use_mmap) {
+      reader = open_store(path);
+    } else {
+      NoMmap fallback;
+      reader = open_store(path);
+    }
+    REQUIRE(detail::hdf5_reader_uses_mmap_for_testing(*reader) == use_mmap);
+    CHECK(reader->read_one(3) == std::vector<std::uint8_t>(images.image(3), images.image(4)));
+    overwrite_record_start(path, 3);  // the mapping shows the new bytes at once
+    const std::string where = "corrupt record in '" + path.string() + "' record 3";
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      CAPTURE(attempt);
+      CHECK_THROWS_WITH_AS(reader->read_one(3), doctest::Contains(where.c_str()), DataError);
+      const std::uint64_t idx[3] = {1, 3, 2};
+      std::vector<std::uint8_t> out(3 * images.shape.bytes());
+      CHECK_THROWS_WITH_AS(reader->read_many(idx, 3, out.data(), nullptr),
+                           doctest::Contains(where.c_str()), DataError);
+    }
+    CHECK(reader->read_one(4) == std::vector<std::uint8_t>(images.image(4), images.image(5)));
   }
 }
 

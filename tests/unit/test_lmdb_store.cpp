@@ -1,6 +1,7 @@
 // LMDB store: round trips, map growth, shared environments, concurrency, and corrupt input.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include <chrono>
 #include <ctime>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <numeric>
 #include <random>
@@ -428,6 +430,163 @@ TEST_CASE("lmdb reader rejects corrupt records, naming the store and key") {
     CHECK_THROWS_WITH_AS(r->read_one(5, out.data()), has("key '00000005' is missing"),
                          DataError);
   }
+}
+
+namespace {
+
+// Reads every record twice, shuffled through read_many and one by one, and checks both.
+void check_read_twice(const StoreReader& r, const ImageBatch& images) {
+  std::vector<std::uint64_t> order(images.size());
+  std::iota(order.begin(), order.end(), std::uint64_t{0});
+  std::shuffle(order.begin(), order.end(), std::mt19937(7));
+  std::vector<std::uint8_t> out(order.size() * images.shape.bytes());
+  std::vector<std::int64_t> labels(order.size());
+  for (int pass = 0; pass < 2; ++pass) {
+    CAPTURE(pass);
+    r.read_many(order.data(), order.size(), out.data(), labels.data());
+    for (std::size_t k = 0; k < order.size(); ++k) {
+      CHECK(labels[k] == images.labels[order[k]]);
+      CHECK(std::equal(images.image(order[k]), images.image(order[k]) + images.shape.bytes(),
+                       out.data() + k * images.shape.bytes()));
+    }
+    check_same(read_all(r), images);
+  }
+}
+
+// Damages record `index`'s payload in place (byte `at` XOR 0x40), where data.mdb holds it, so
+// that a reader that already mapped the value sees the change at the same address.
+void flip_in_place(const fs::path& store, const ImageBatch& images, std::size_t index,
+                   std::size_t at) {
+  const fs::path data = store / "data.mdb";
+  std::vector<std::uint8_t> file(fs::file_size(data));
+  {
+    std::ifstream in(data, std::ios::binary);
+    REQUIRE(in.read(reinterpret_cast<char*>(file.data()), static_cast<std::streamsize>(file.size())));
+  }
+  const std::uint8_t* img = images.image(index);
+  auto it = std::search(file.begin(), file.end(), img, img + images.shape.bytes());
+  REQUIRE(it != file.end());
+  const auto offset = static_cast<off_t>((it - file.begin()) + at);
+  std::uint8_t byte = static_cast<std::uint8_t>(img[at] ^ 0x40);
+  const int fd = ::open(data.c_str(), O_WRONLY);
+  REQUIRE(fd >= 0);
+  CHECK(::pwrite(fd, &byte, 1, offset) == 1);
+  ::close(fd);
+}
+
+}  // namespace
+
+TEST_CASE("lmdb cached value locations: every record reads the same twice, walked or lazy") {
+  test::TempDir dir;
+  auto images = fixtures::make_images(300, kCifar, 10, 21);
+  for (bool lazy : {false, true}) {
+    CAPTURE(lazy);
+    // A store of its own per mode: the location cache belongs to the shared environment.
+    const auto path = dir / (lazy ? "lazy.lmdb" : "walked.lmdb");
+    write_store(path, images);
+    ReaderOptions options;
+    options.no_readahead = lazy;  // no walk at open: locations are cached on first lookup
+    auto r = open_store(path, options);
+    check_read_twice(*r, images);
+    // A second reader of the same environment uses the cache filled by the first.
+    auto again = open_store(path);
+    check_read_twice(*again, images);
+    // So does a reader that skips checksum verification.
+    ReaderOptions fast = options;
+    fast.verify_checksums = false;
+    check_read_twice(*open_store(path, fast), images);
+  }
+}
+
+TEST_CASE("lmdb corrupt values are caught on the first and every later read") {
+  test::TempDir dir;
+  auto images = fixtures::make_images(12, kCifar, 10, 22);
+  const std::uint64_t pair[2] = {4, 5};
+  std::vector<std::uint8_t> out(2 * kCifar.bytes());
+  for (bool lazy : {false, true}) {
+    CAPTURE(lazy);
+    ReaderOptions options;
+    options.no_readahead = lazy;
+    {
+      INFO("damaged before open");
+      const auto path = dir / (lazy ? "before-lazy.lmdb" : "before.lmdb");
+      write_store(path, images);
+      RawStore(path).modify("00000005", [](auto& v) { v[32 + 7] ^= 0x40; });
+      const std::string where =
+          "corrupt record in " + detail::quote(path) + " key '00000005': payload checksum";
+      auto r = open_store(path, options);
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        CAPTURE(attempt);
+        CHECK_THROWS_WITH_AS(r->read_one(5, out.data()), has(where), DataError);
+        CHECK_THROWS_WITH_AS(r->read_many(pair, 2, out.data(), nullptr), has(where), DataError);
+        CHECK(r->read_one(4, out.data()) == images.labels[4]);
+      }
+    }
+    {
+      INFO("damaged after its location was cached");
+      const auto path = dir / (lazy ? "after-lazy.lmdb" : "after.lmdb");
+      write_store(path, images);
+      auto r = open_store(path, options);
+      CHECK(r->read_one(5, out.data()) == images.labels[5]);  // cached now, in both modes
+      flip_in_place(path, images, 5, 100);
+      const std::string where =
+          "corrupt record in " + detail::quote(path) + " key '00000005': ";
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        CAPTURE(attempt);
+        CHECK_THROWS_WITH_AS(r->read_one(5, out.data()), has(where + "payload checksum"),
+                             DataError);
+        CHECK_THROWS_WITH_AS(r->read_many(pair, 2, out.data(), nullptr), has(where), DataError);
+      }
+      // Unverified reads still check the header, and return the bytes as they now are.
+      ReaderOptions fast = options;
+      fast.verify_checksums = false;
+      CHECK(open_store(path, fast)->read_one(5, out.data()) == images.labels[5]);
+      CHECK(out[100] == (images.image(5)[100] ^ 0x40));
+    }
+  }
+}
+
+TEST_CASE("lmdb concurrent readers fill and use the location cache together") {
+  test::TempDir dir;
+  auto images = fixtures::make_images(400, Shape{8, 8, 3}, 10, 23);
+  const auto path = dir / "race.lmdb";
+  write_store(path, images);
+  ReaderOptions lazy;
+  lazy.no_readahead = true;  // start with an empty cache so threads race to fill it
+  auto r1 = open_store(path, lazy);
+  auto r2 = open_store(path, lazy);
+  const std::size_t bytes = images.shape.bytes();
+  std::atomic<int> mismatches{0}, errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        const StoreReader& r = (t % 2) ? *r1 : *r2;
+        std::mt19937 rng(100 + t);
+        std::vector<std::uint64_t> idx(32);
+        std::vector<std::uint8_t> buf(idx.size() * bytes);
+        std::vector<std::int64_t> labels(idx.size());
+        for (int iter = 0; iter < 60; ++iter) {
+          for (auto& i : idx) i = rng() % images.size();
+          r.read_many(idx.data(), idx.size(), buf.data(), labels.data());
+          for (std::size_t k = 0; k < idx.size(); ++k) {
+            if (labels[k] != images.labels[idx[k]] ||
+                !std::equal(buf.begin() + k * bytes, buf.begin() + (k + 1) * bytes,
+                            images.image(idx[k]))) {
+              ++mismatches;
+            }
+          }
+          if (r.read_one(idx[0], buf.data()) != images.labels[idx[0]]) ++mismatches;
+        }
+      } catch (...) {
+        ++errors;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(errors == 0);
+  CHECK(mismatches == 0);
+  check_same(read_all(*r1), images);
 }
 
 TEST_CASE("lmdb reader rejects a store whose structure is wrong") {
