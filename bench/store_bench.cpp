@@ -1,0 +1,768 @@
+// imgstore-store-bench: how fast each store format is written, against the tutorial's Python
+// code and against a plain sequential write() of the same bytes (issue #2, performance part).
+//
+//   imgstore-store-bench [--count N | --base 50000 --repeat 2] [--out DIR] [--threads N]
+//                        [--png-level 6] [--runs 3] [--json FILE] [--no-python]
+//
+// The data set is generated once into memory (the tutorial doubles its 50,000 images to
+// 100,000) and every case writes those same images. Each case runs --runs times, interleaved;
+// the median is reported with min..max. Before each timed run the output is removed and sync()
+// flushes earlier runs' dirty pages, so no run pays for another's writeback; the page cache is
+// otherwise warm (sources in memory, nothing dropped). See bench/README.md.
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <tbb/global_control.h>
+#include <tbb/task_arena.h>
+
+#include "imgstore/convert.hpp"
+#include "imgstore/error.hpp"
+#include "imgstore/manifest.hpp"
+#include "imgstore/source.hpp"
+#include "imgstore/store.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+using imgstore::Format;
+
+constexpr std::size_t kBatchRecords = 1024;  // as imgstore-convert's default
+constexpr double kMiB = 1024.0 * 1024.0;
+
+struct Options {
+  std::uint64_t count = 0;  // 0: base * repeat
+  std::uint64_t base = 50000;
+  std::uint32_t repeat = 2;
+  std::string source;  // empty: synthetic with n = base (or count)
+  fs::path out = "/tmp/imgstore-store-bench";
+  unsigned threads = 0;
+  int png_level = 6;
+  int runs = 3;
+  std::string json_file;
+  bool no_python = false;
+  std::vector<std::string> skip;  // case keys not to run, e.g. png_durable
+  double case_budget = 300;       // a case whose runs took longer than this is not repeated
+  std::string python = "/usr/bin/python3";
+  bool no_stream = false;     // skip the streaming-conversion memory measurement
+  bool stream_child = false;  // hidden: run the streaming conversion and print JSON
+};
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// ---- machine and process facts ----
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) == 0) {
+      auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
+    }
+  }
+  return "unknown";
+}
+
+// A "Key:   123 kB" line of a /proc file, in bytes; 0 if absent.
+std::uint64_t proc_kib_field(const char* file, const std::string& key) {
+  std::ifstream in(file);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(key, 0) == 0) return std::stoull(line.substr(key.size())) * 1024;
+  }
+  return 0;
+}
+
+// Peak RSS of this process image. VmHWM is reset by exec, unlike ru_maxrss, which a child
+// inherits from the mm it replaced.
+std::uint64_t peak_rss_hwm() { return proc_kib_field("/proc/self/status", "VmHWM:"); }
+
+std::uint64_t peak_rss_maxrss() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<std::uint64_t>(ru.ru_maxrss) * 1024;
+}
+
+std::string fs_type(const fs::path& path) {
+  struct statfs st {};
+  if (statfs(path.c_str(), &st) != 0) return "unknown";
+  switch (static_cast<unsigned long>(st.f_type)) {
+    case 0xEF53: return "ext4";
+    case 0x58465342: return "xfs";
+    case 0x01021994: return "tmpfs";
+    case 0x9123683E: return "btrfs";
+    case 0x794C7630: return "overlayfs";
+    default: return fmt::format("0x{:x}", static_cast<unsigned long>(st.f_type));
+  }
+}
+
+std::vector<double> load_average() {
+  double l[3] = {0, 0, 0};
+  if (getloadavg(l, 3) < 0) return {};
+  return {l[0], l[1], l[2]};
+}
+
+json machine_info(const fs::path& out) {
+  utsname u{};
+  uname(&u);
+  return {{"cpu", cpu_model()},
+          {"cores", std::thread::hardware_concurrency()},
+          {"ram_bytes", proc_kib_field("/proc/meminfo", "MemTotal:")},
+          {"kernel", std::string(u.sysname) + " " + u.release},
+          {"out_dir_filesystem", fs_type(out)},
+          {"load_average_at_start", load_average()}};
+}
+
+// ---- files ----
+
+struct DiskUsage {
+  std::uint64_t apparent = 0;   // sum of file sizes
+  std::uint64_t allocated = 0;  // blocks actually used (a 2 KiB PNG takes a 4 KiB block)
+};
+
+DiskUsage disk_usage(const fs::path& path) {
+  DiskUsage u;
+  auto add = [&u](const fs::path& p) {
+    struct stat st {};
+    if (lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      u.apparent += static_cast<std::uint64_t>(st.st_size);
+      u.allocated += static_cast<std::uint64_t>(st.st_blocks) * 512;
+    }
+  };
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    for (fs::recursive_directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+      add(it->path());
+    }
+  } else {
+    add(path);
+  }
+  return u;
+}
+
+void remove_quietly(const fs::path& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+}
+
+// Moves what a previous run left into `trash` (deleting 100,000 files takes a minute on this
+// kind of disk, so it is done once at the end) and flushes everything dirty, so that this run
+// neither finds its output nor pays for another run's writeback.
+void prepare(const fs::path& path, const fs::path& trash) {
+  std::error_code ec;
+  if (fs::exists(path, ec)) {
+    static unsigned counter = 0;
+    fs::create_directories(trash, ec);
+    fs::rename(path, trash / fmt::format("{}-{}", path.filename().string(), counter++), ec);
+    if (ec) remove_quietly(path);
+  }
+  ::sync();
+}
+
+void write_all(int fd, const void* data, std::size_t size, const fs::path& path) {
+  const auto* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd, p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw imgstore::IoError(fmt::format("cannot write '{}': {}", path.string(), std::strerror(errno)));
+    }
+    p += n;
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
+void fsync_or_throw(const fs::path& path, int flags) {
+  int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    int e = errno;
+    if (fd >= 0) ::close(fd);
+    throw imgstore::IoError(fmt::format("cannot fsync '{}': {}", path.string(), std::strerror(e)));
+  }
+  ::close(fd);
+}
+
+// ---- the data set, in memory ----
+
+struct DataSet {
+  std::string description;
+  std::string split;
+  imgstore::SplitInfo info;
+  std::uint64_t count = 0;
+  std::vector<imgstore::ImageBatch> batches;  // consecutive, kBatchRecords each (the last less)
+};
+
+std::string synthetic_spec(std::uint64_t n) {
+  return fmt::format("synthetic:n={},h=32,w=32,c=3,classes=10,seed=1", n);
+}
+
+std::string pick_split(const imgstore::Source& source, imgstore::SplitInfo* info) {
+  auto splits = source.splits();
+  if (splits.empty()) throw imgstore::DataError(source.description() + " has no splits");
+  auto it = std::find_if(splits.begin(), splits.end(), [](auto& s) { return s.name == "train"; });
+  *info = it != splits.end() ? *it : splits.front();
+  return info->name;
+}
+
+// Reads the split once and repeats it in memory, as the tutorial concatenates its array.
+DataSet load(const std::string& spec, std::uint32_t repeat) {
+  DataSet ds;
+  auto source = imgstore::open_source(spec);
+  ds.description = source->description();
+  ds.split = pick_split(*source, &ds.info);
+  auto stream = source->open(ds.split);
+  imgstore::ImageBatch batch;
+  while (stream->next(batch, kBatchRecords)) {
+    if (batch.size() == 0) continue;
+    ds.batches.push_back(batch);
+  }
+  const std::size_t per_pass = ds.batches.size();
+  for (std::uint32_t r = 1; r < repeat; ++r) {
+    for (std::size_t i = 0; i < per_pass; ++i) ds.batches.push_back(ds.batches[i]);
+  }
+  for (auto& b : ds.batches) ds.count += b.size();
+  return ds;
+}
+
+// N×H×W×C uint8 and N int64 labels as .npy files (format 1.0), for the Python side.
+void write_npy(const fs::path& path, const std::string& descr, const std::vector<std::uint64_t>& shape,
+               const std::function<void(std::FILE*)>& body) {
+  std::string dims;
+  for (auto d : shape) dims += fmt::format("{}, ", d);
+  if (shape.size() > 1) dims.resize(dims.size() - 2);  // "(N,)" keeps its comma
+  else dims.pop_back();
+  std::string header =
+      fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, dims);
+  const std::size_t unpadded = 10 + header.size() + 1;
+  header.append((64 - unpadded % 64) % 64, ' ');
+  header += '\n';
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) throw imgstore::IoError(fmt::format("cannot create '{}': {}", path.string(), std::strerror(errno)));
+  const std::uint16_t len = static_cast<std::uint16_t>(header.size());
+  std::fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+  const unsigned char len_le[2] = {static_cast<unsigned char>(len & 0xff),
+                                   static_cast<unsigned char>(len >> 8)};
+  std::fwrite(len_le, 1, 2, f);
+  std::fwrite(header.data(), 1, header.size(), f);
+  body(f);
+  if (std::fclose(f) != 0) {
+    throw imgstore::IoError(fmt::format("cannot write '{}'", path.string()));
+  }
+}
+
+// ---- child processes ----
+
+struct ChildResult {
+  std::string out;
+  int status = 0;
+  double seconds = 0;
+};
+
+// Runs argv, capturing its stdout (stderr passes through).
+ChildResult run_child(const std::vector<std::string>& argv) {
+  int pipefd[2];
+  if (pipe2(pipefd, O_CLOEXEC) != 0) throw imgstore::IoError("pipe failed");
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::fflush(stdout);
+  auto t0 = Clock::now();
+  pid_t pid = fork();
+  if (pid < 0) throw imgstore::IoError("fork failed");
+  if (pid == 0) {
+    dup2(pipefd[1], STDOUT_FILENO);
+    execv(args[0], args.data());
+    std::fprintf(stderr, "cannot run '%s': %s\n", args[0], std::strerror(errno));
+    _exit(127);
+  }
+  ::close(pipefd[1]);
+  ChildResult r;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(pipefd[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    r.out.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(pipefd[0]);
+  while (waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
+  }
+  r.seconds = seconds_since(t0);
+  return r;
+}
+
+std::string self_exe() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) throw imgstore::IoError("cannot resolve /proc/self/exe");
+  return p.string();
+}
+
+imgstore::WriterOptions writer_options(const Options& o, bool durable) {
+  imgstore::WriterOptions w;
+  w.png_level = o.png_level;
+  w.durable = durable;
+  w.overwrite = true;
+  w.threads = o.threads;
+  return w;
+}
+
+// Hidden mode: the streaming conversion imgstore-convert does, all formats in one pass, in a
+// fresh process so that its peak RSS is its own. Durable off: fsync changes the time, not the
+// memory, and the PNG folder's per-file fsync would cost minutes here.
+int stream_child_main(const Options& o, const std::string& spec) {
+  auto source = imgstore::open_source(spec);
+  imgstore::SplitInfo info;
+  const std::string split = pick_split(*source, &info);
+  const fs::path dir = o.out / "stream";
+  prepare(dir, o.out / "trash");
+  imgstore::ConvertOptions co;
+  co.repeat = o.repeat;
+  co.writer = writer_options(o, false);
+  auto t0 = Clock::now();
+  auto r = imgstore::convert_split(*source, split, dir, co);
+  const double seconds = seconds_since(t0);
+  json j{{"count", r.count},
+         {"seconds", seconds},
+         {"read_seconds", r.read_seconds},
+         {"durable", false},
+         {"peak_rss_bytes", peak_rss_hwm()},
+         {"ru_maxrss_bytes", peak_rss_maxrss()},
+         {"formats", json::array()}};
+  for (auto& f : r.formats) {
+    j["formats"].push_back({{"format", imgstore::to_string(f.format)},
+                            {"seconds", f.seconds},
+                            {"bytes_on_disk", f.bytes_on_disk}});
+  }
+  prepare(dir, o.out / "trash");
+  std::cout << j.dump() << std::endl;
+  return 0;
+}
+
+// ---- measurement bookkeeping ----
+
+struct Case {
+  std::string key;    // JSON key, e.g. "lmdb_durable"
+  std::string label;  // table row
+  std::string sync;   // what is flushed before "done"
+  std::vector<double> seconds;
+  DiskUsage usage;
+  std::vector<double> user, sys;  // CPU seconds of the writing process (all its threads)
+};
+
+// (user, system) CPU seconds this process has used so far, all threads.
+std::pair<double, double> cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return {sec(ru.ru_utime), sec(ru.ru_stime)};
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+json case_json(const Case& c, std::uint64_t count) {
+  const double m = median(c.seconds);
+  return {{"label", c.label},
+          {"flush", c.sync},
+          {"seconds", c.seconds},
+          {"median_seconds", m},
+          {"min_seconds", c.seconds.empty() ? 0 : *std::min_element(c.seconds.begin(), c.seconds.end())},
+          {"max_seconds", c.seconds.empty() ? 0 : *std::max_element(c.seconds.begin(), c.seconds.end())},
+          {"images_per_second", m > 0 ? count / m : 0},
+          {"bytes_on_disk", c.usage.apparent},
+          {"bytes_allocated", c.usage.allocated},
+          {"cpu_user_seconds", c.user},
+          {"cpu_system_seconds", c.sys}};
+}
+
+int bench_main(const Options& o) {
+  const std::uint64_t n_source = o.count ? o.count : o.base;
+  const std::uint32_t repeat = o.count ? 1 : o.repeat;
+  const std::string spec = o.source.empty() ? synthetic_spec(n_source) : o.source;
+
+  std::optional<tbb::global_control> limit;
+  if (o.threads) limit.emplace(tbb::global_control::max_allowed_parallelism, o.threads);
+  std::error_code ec;
+  fs::create_directories(o.out, ec);
+  if (ec) throw imgstore::IoError(fmt::format("cannot create '{}': {}", o.out.string(), ec.message()));
+
+  json report;
+  report["machine"] = machine_info(o.out);
+  const unsigned tbb_threads = static_cast<unsigned>(tbb::this_task_arena::max_concurrency());
+  fmt::print("machine: {}, {} cores, {:.1f} GiB RAM; output on {} ({})\n",
+             report["machine"]["cpu"].get<std::string>(), std::thread::hardware_concurrency(),
+             report["machine"]["ram_bytes"].get<double>() / (kMiB * 1024), o.out.string(),
+             report["machine"]["out_dir_filesystem"].get<std::string>());
+
+  // 1. Streaming conversion first, in a child, before this process holds the data set.
+  std::optional<json> stream;
+  if (!o.no_stream) {
+    std::vector<std::string> argv{self_exe(), "--stream-child", "--out", o.out.string(),
+                                  "--threads", std::to_string(o.threads),
+                                  "--png-level", std::to_string(o.png_level)};
+    if (o.count) {
+      argv.insert(argv.end(), {"--count", std::to_string(o.count)});
+    } else {
+      argv.insert(argv.end(), {"--base", std::to_string(o.base), "--repeat", std::to_string(o.repeat)});
+    }
+    if (!o.source.empty()) argv.insert(argv.end(), {"--source", o.source});
+    fmt::print("streaming conversion (all formats, durable off) in a child process...\n");
+    auto r = run_child(argv);
+    if (WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0 && json::accept(r.out)) {
+      stream = json::parse(r.out);
+    } else {
+      fmt::print(stderr, "warning: the streaming conversion child failed (status {})\n", r.status);
+    }
+  }
+
+  // 2. The data set in memory.
+  auto t_load = Clock::now();
+  DataSet ds = load(spec, repeat);
+  const double load_seconds = seconds_since(t_load);
+  const auto shape = ds.info.shape;
+  const std::uint64_t pixel_bytes = ds.count * shape.bytes();
+  fmt::print("data set: {} ({} split), {} images of {} repeated {}x = {} images, {:.1f} MiB of "
+             "pixels, generated in {:.2f} s\n",
+             ds.description, ds.split, ds.count / repeat, imgstore::to_string(shape), repeat,
+             ds.count, pixel_bytes / kMiB, load_seconds);
+  fmt::print("threads: imgstore/TBB {} (hardware {}), Python 1; runs: {}; PNG zlib level {}\n",
+             tbb_threads, std::thread::hardware_concurrency(), o.runs, o.png_level);
+  fmt::print("page cache warm (nothing dropped); sync() before each timed run; output in {}\n\n",
+             o.out.string());
+
+  imgstore::StoreSpec sspec;
+  sspec.split = ds.split;
+  sspec.source = ds.description;
+  sspec.count = ds.count;
+  sspec.shape = shape;
+  sspec.class_names = ds.info.class_names;
+
+  const fs::path cxx_dir = o.out / "imgstore";
+  fs::create_directories(cxx_dir, ec);
+
+  std::vector<Case> cases;
+  struct Runner {
+    std::size_t index;
+    fs::path path;
+    std::function<void()> run;
+  };
+  std::vector<Runner> runners;
+  auto add_store_case = [&](Format f, bool durable, const std::string& name) {
+    const auto key = imgstore::to_string(f) + (durable ? "_durable" : "_nosync");
+    cases.push_back({key, name, durable ? "fsync files+dir" : "none (page cache)", {}, {}, {}, {}});
+    auto path = cxx_dir / imgstore::store_file_name(key, f);
+    auto opts = writer_options(o, durable);
+    runners.push_back({cases.size() - 1, path, [&, f, path, opts] {
+                         auto w = imgstore::create_store(f, path, sspec, opts);
+                         for (const auto& b : ds.batches) w->write(b);
+                         w->commit();
+                       }});
+  };
+  auto add_plain_case = [&](bool durable) {
+    cases.push_back({durable ? "plain_durable" : "plain_nosync", "plain write() of the pixels",
+                     durable ? "fsync file+dir" : "none (page cache)", {}, {}, {}, {}});
+    auto path = cxx_dir / (durable ? "plain_durable.raw" : "plain_nosync.raw");
+    runners.push_back({cases.size() - 1, path, [&, path, durable] {
+                         int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                         if (fd < 0) throw imgstore::IoError("cannot create " + path.string());
+                         for (const auto& b : ds.batches) write_all(fd, b.pixels.data(), b.pixels.size(), path);
+                         if (durable && ::fsync(fd) != 0) throw imgstore::IoError("fsync failed");
+                         ::close(fd);
+                         if (durable) fsync_or_throw(path.parent_path(), O_RDONLY | O_DIRECTORY);
+                       }});
+  };
+  for (Format f : {Format::Png, Format::Lmdb, Format::Hdf5}) {
+    const std::string name = f == Format::Png ? "PNG folder (imgstore)"
+                             : f == Format::Lmdb ? "LMDB (imgstore)" : "HDF5 (imgstore)";
+    add_store_case(f, true, name);
+    add_store_case(f, false, name);
+  }
+  add_plain_case(true);
+  add_plain_case(false);
+
+  // 3. Interleaved runs: a slow moment of the machine spreads over all cases.
+  std::vector<std::string> failures;
+  for (int run = 0; run < o.runs; ++run) {
+    for (auto& r : runners) {
+      Case& c = cases[r.index];
+      if (std::find(failures.begin(), failures.end(), c.key) != failures.end()) continue;
+      if (std::find(o.skip.begin(), o.skip.end(), c.key) != o.skip.end()) continue;
+      double spent = 0;
+      for (double t : c.seconds) spent += t;
+      if (spent > o.case_budget) {
+        if (run + 1 == o.runs) {
+          fmt::print("  {}: {} run(s) only, they took {:.0f} s (> --case-budget {:.0f} s)\n", c.key,
+                     c.seconds.size(), spent, o.case_budget);
+        }
+        continue;
+      }
+      const auto t_prep = Clock::now();
+      prepare(r.path, o.out / "trash");
+      const double prep_seconds = seconds_since(t_prep);
+      if (prep_seconds > 2) {
+        fmt::print("  (removing the previous output and sync() took {:.1f} s)\n", prep_seconds);
+      }
+      try {
+        const auto cpu0 = cpu_seconds();
+        auto t0 = Clock::now();
+        r.run();
+        c.seconds.push_back(seconds_since(t0));
+        const auto cpu1 = cpu_seconds();
+        c.user.push_back(cpu1.first - cpu0.first);
+        c.sys.push_back(cpu1.second - cpu0.second);
+        c.usage = disk_usage(r.path);
+        fmt::print("  run {}/{}  {:<28} {:<18} {:8.3f} s\n", run + 1, o.runs, c.label, c.sync,
+                   c.seconds.back());
+      } catch (const std::exception& e) {
+        fmt::print(stderr, "  {} failed: {}\n", c.key, e.what());
+        failures.push_back(c.key);
+      }
+      std::fflush(stdout);
+    }
+  }
+
+  // 4. The tutorial's Python code on the same images.
+  std::optional<json> py;
+  if (!o.no_python) {
+    const fs::path py_dir = o.out / "tutorial";
+    fs::create_directories(py_dir, ec);
+    const fs::path img_npy = py_dir / "images.npy", lab_npy = py_dir / "labels.npy";
+    write_npy(img_npy, "|u1", {ds.count, shape.height, shape.width, shape.channels},
+              [&](std::FILE* f) {
+                for (auto& b : ds.batches) std::fwrite(b.pixels.data(), 1, b.pixels.size(), f);
+              });
+    write_npy(lab_npy, "<i8", {ds.count}, [&](std::FILE* f) {
+      for (auto& b : ds.batches) std::fwrite(b.labels.data(), sizeof(std::int64_t), b.labels.size(), f);
+    });
+    const std::string script = std::string(IMGSTORE_SOURCE_DIR) + "/bench/tutorial_store.py";
+    fmt::print("tutorial (Python, {}): {} runs of store_many_disk/lmdb/hdf5...\n", o.python, o.runs);
+    std::fflush(stdout);
+    auto r = run_child({o.python, script, "--images", img_npy.string(), "--labels", lab_npy.string(),
+                        "--out", (py_dir / "out").string(), "--png-level", std::to_string(o.png_level),
+                        "--runs", std::to_string(o.runs), "--budget", fmt::format("{}", o.case_budget)});
+    if (WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0 && json::accept(r.out)) {
+      py = json::parse(r.out);
+    } else {
+      fmt::print(stderr, "warning: the tutorial script failed (status {}); no Python figures\n", r.status);
+    }
+  }
+  if (py) {
+    const std::pair<const char*, const char*> methods[] = {
+        {"disk", "PNG + CSV (tutorial, Pillow)"}, {"lmdb", "LMDB (tutorial, py-lmdb)"},
+        {"hdf5", "HDF5 (tutorial, h5py)"}};
+    for (auto& [m, label] : methods) {
+      if (!(*py)["methods"].contains(m)) continue;
+      auto& pm = (*py)["methods"][m];
+      Case c{std::string("tutorial_") + m, label,
+             std::string(m) == "lmdb" ? "LMDB commit (sync)" : "none (page cache)",
+             pm["seconds"].get<std::vector<double>>(),
+             {pm["bytes_on_disk"].get<std::uint64_t>(), pm["bytes_allocated"].get<std::uint64_t>()},
+             pm.value("user_seconds", std::vector<double>{}),
+             pm.value("sys_seconds", std::vector<double>{})};
+      cases.push_back(c);
+    }
+  }
+
+  // 5. Table.
+  fmt::print("\n{} images of {}, median of {} runs (min..max)\n", ds.count, imgstore::to_string(shape), o.runs);
+  fmt::print("{:<30} {:<19} {:>9} {:>19} {:>10} {:>9} {:>9} {:>12}\n", "case",
+             "flushed before done", "median s", "min..max s", "images/s", "MiB", "MiB alloc",
+             "CPU usr+sys");
+  auto find = [&](const std::string& key) -> const Case* {
+    for (auto& c : cases) {
+      if (c.key == key && !c.seconds.empty()) return &c;
+    }
+    return nullptr;
+  };
+  const char* order[] = {"png_durable", "png_nosync", "tutorial_disk", "lmdb_durable", "lmdb_nosync",
+                         "tutorial_lmdb", "hdf5_durable", "hdf5_nosync", "tutorial_hdf5",
+                         "plain_durable", "plain_nosync"};
+  for (const char* key : order) {
+    const Case* c = find(key);
+    if (!c) continue;
+    const double m = median(c->seconds);
+    fmt::print("{:<30} {:<19} {:>9.3f} {:>19} {:>10.0f} {:>9.1f} {:>9.1f} {:>12}\n", c->label,
+               c->sync, m,
+               fmt::format("{:.3f}..{:.3f}", *std::min_element(c->seconds.begin(), c->seconds.end()),
+                           *std::max_element(c->seconds.begin(), c->seconds.end())),
+               ds.count / m, c->usage.apparent / kMiB, c->usage.allocated / kMiB,
+               c->user.empty() ? std::string("-")
+                               : fmt::format("{:.2f}+{:.2f}", median(c->user), median(c->sys)));
+  }
+
+  // 6. Ratios against the issue's targets.
+  json ratios = json::array();
+  fmt::print("\nratios (target in brackets)\n");
+  auto ratio = [&](const std::string& name, const char* num, const char* den, bool higher_better,
+                   double target, const std::string& note) {
+    const Case* a = find(num);
+    const Case* b = find(den);
+    if (!a || !b) return;
+    const double v = median(a->seconds) / median(b->seconds);
+    const bool ok = higher_better ? v >= target : v <= target;
+    fmt::print("  {:<52} {:7.2f}  [{} {:.1f}] {}  ({})\n", name, v, higher_better ? ">=" : "<=",
+               target, ok ? "met" : "MISSED", note);
+    ratios.push_back({{"name", name}, {"numerator", num}, {"denominator", den}, {"value", v},
+                      {"target", target}, {"target_is_minimum", higher_better}, {"met", ok},
+                      {"note", note}});
+  };
+  ratio("LMDB speed-up vs tutorial (imgstore fsync)", "tutorial_lmdb", "lmdb_durable", true, 10,
+        "both sync on commit");
+  ratio("LMDB speed-up vs tutorial (imgstore no fsync)", "tutorial_lmdb", "lmdb_nosync", true, 10,
+        "imgstore without sync");
+  ratio("HDF5 time / plain write time (both fsync)", "hdf5_durable", "plain_durable", false, 1.2,
+        "like for like");
+  ratio("HDF5 time / plain write time (neither fsync)", "hdf5_nosync", "plain_nosync", false, 1.2,
+        "like for like");
+  ratio("PNG speed-up vs tutorial (imgstore fsync)", "tutorial_disk", "png_durable", true, 3,
+        "tutorial does not fsync");
+  ratio("PNG speed-up vs tutorial (imgstore no fsync)", "tutorial_disk", "png_nosync", true, 3,
+        "like for like");
+
+  // 7. Memory.
+  const std::uint64_t self_peak = peak_rss_maxrss();
+  fmt::print("\npeak RSS\n");
+  fmt::print("  {:<58} {:8.1f} MiB\n",
+             fmt::format("this process (holds the {:.0f} MiB data set)", pixel_bytes / kMiB),
+             self_peak / kMiB);
+  json memory{{"bench_process_peak_rss_bytes", self_peak}};
+  if (stream) {
+    const double peak = (*stream)["peak_rss_bytes"].get<double>();
+    fmt::print("  {:<58} {:8.1f} MiB  [<= 256] {}  ({:.2f} s)\n",
+               fmt::format("streaming convert_split, 3 formats, {} images (child)",
+                           (*stream)["count"].get<std::uint64_t>()),
+               peak / kMiB, peak <= 256 * kMiB ? "met" : "MISSED", (*stream)["seconds"].get<double>());
+    std::string per_format;
+    for (auto& f : (*stream)["formats"]) {
+      per_format += fmt::format("{} {:.2f} s, ", f["format"].get<std::string>(),
+                                f["seconds"].get<double>());
+    }
+    fmt::print("    (time inside each writer, durable off: {}source {:.2f} s)\n", per_format,
+               (*stream)["read_seconds"].get<double>());
+    memory["streaming_convert"] = *stream;
+    memory["streaming_convert_target_bytes"] = 256 * 1024 * 1024;
+    memory["streaming_convert_target_met"] = peak <= 256 * kMiB;
+  }
+  if (py && py->contains("peak_rss_bytes")) {
+    fmt::print("  {:<58} {:8.1f} MiB\n", "tutorial Python process (holds the data set)",
+               (*py)["peak_rss_bytes"].get<double>() / kMiB);
+    memory["tutorial_python_peak_rss_bytes"] = (*py)["peak_rss_bytes"];
+  }
+  if (!failures.empty()) {
+    fmt::print("\nfailed cases: {}\n", fmt::join(failures, ", "));
+  }
+
+  const auto load_end = load_average();
+  if (load_end.size() == 3) {
+    fmt::print("\nload average at start {:.2f}, at end {:.2f} {:.2f} {:.2f} (1/5/15 min)\n",
+               report["machine"]["load_average_at_start"][0].get<double>(), load_end[0],
+               load_end[1], load_end[2]);
+  }
+  report["machine"]["load_average_at_end"] = load_end;
+  if (!o.json_file.empty()) {
+    report["config"] = {{"source", spec}, {"source_description", ds.description},
+                        {"split", ds.split}, {"repeat", repeat}, {"count", ds.count},
+                        {"shape", {shape.height, shape.width, shape.channels}},
+                        {"pixel_bytes", pixel_bytes}, {"batch_records", kBatchRecords},
+                        {"runs", o.runs}, {"png_level", o.png_level},
+                        {"threads_requested", o.threads}, {"threads_tbb", tbb_threads},
+                        {"threads_python", 1}, {"out", o.out.string()},
+                        {"skipped_cases", o.skip}, {"case_budget_seconds", o.case_budget},
+                        {"page_cache", "warm; sync() before each timed run, nothing dropped"},
+                        {"imgstore_version", imgstore::tool_version()}};
+    json jc = json::object();
+    for (auto& c : cases) jc[c.key] = case_json(c, ds.count);
+    report["cases"] = jc;
+    report["ratios"] = ratios;
+    report["memory"] = memory;
+    if (py) report["tutorial_versions"] = (*py)["versions"];
+    report["failed_cases"] = failures;
+    std::ofstream out(o.json_file);
+    out << report.dump(2) << '\n';
+    if (!out) throw imgstore::IoError("cannot write '" + o.json_file + "'");
+    fmt::print("\nwrote {}\n", o.json_file);
+  }
+  // Scratch output goes last: its deletion is slow and measures nothing.
+  fmt::print("removing the scratch output in {} ...\n", o.out.string());
+  std::fflush(stdout);
+  for (const char* sub : {"trash", "imgstore", "tutorial", "stream"}) remove_quietly(o.out / sub);
+  fs::remove(o.out, ec);  // only if nothing else was in it
+  return failures.empty() ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"Write speed of PNG folder, LMDB and HDF5 stores vs the tutorial's Python code"};
+  auto* count = app.add_option("--count", o.count, "Images in total (no repetition)");
+  auto* base = app.add_option("--base", o.base, "Images generated (default 50000)");
+  auto* repeat = app.add_option("--repeat", o.repeat, "Times the data set is repeated (default 2)");
+  count->excludes(base)->excludes(repeat);
+  app.add_option("--source", o.source, "Source spec instead of the synthetic one (its train split)");
+  app.add_option("--out", o.out, "Scratch directory (default /tmp/imgstore-store-bench)");
+  app.add_option("--threads", o.threads, "Writer threads (0: all cores)");
+  app.add_option("--png-level", o.png_level, "zlib level for both sides (default 6)")
+      ->check(CLI::Range(0, 9));
+  app.add_option("--runs", o.runs, "Runs per case; the median is reported (default 3)")
+      ->check(CLI::Range(1, 100));
+  app.add_option("--json", o.json_file, "Write all figures to this JSON file");
+  app.add_flag("--no-python", o.no_python, "Skip the tutorial's Python code");
+  app.add_option("--skip", o.skip, "Cases not to run (png_durable, lmdb_nosync, plain_durable, ...)")
+      ->delimiter(',');
+  app.add_option("--case-budget", o.case_budget,
+                 "Seconds after which a case is not run again (default 300)");
+  app.add_option("--python", o.python, "Interpreter with numpy, Pillow, h5py, lmdb");
+  app.add_flag("--no-stream", o.no_stream, "Skip the streaming conversion's peak RSS");
+  app.add_flag("--stream-child", o.stream_child)->group("");
+  CLI11_PARSE(app, argc, argv);
+  if (o.count == 0 && (o.base == 0 || o.repeat == 0)) {
+    std::cerr << "--base and --repeat must be at least 1\n";
+    return 2;
+  }
+  try {
+    if (o.stream_child) {
+      std::optional<tbb::global_control> limit;
+      if (o.threads) limit.emplace(tbb::global_control::max_allowed_parallelism, o.threads);
+      if (o.count) o.base = o.count, o.repeat = 1;
+      return stream_child_main(o, o.source.empty() ? synthetic_spec(o.base) : o.source);
+    }
+    return bench_main(o);
+  } catch (const imgstore::UsageError& e) {
+    std::cerr << "error: " << e.what() << '\n';
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << '\n';
+    return 1;
+  }
+}
