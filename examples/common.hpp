@@ -6,14 +6,17 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <iostream>
 #include <numeric>
 #include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include "imgstore/error.hpp"
 #include "imgstore/store.hpp"
 
 namespace imgstore::examples {
@@ -125,6 +128,26 @@ inline torch::Tensor normalise(const torch::Tensor& batch, const std::vector<flo
   auto m = torch::tensor(mean).view({1, c, 1, 1});
   auto s = torch::tensor(stdev).view({1, c, 1, 1});
   return (batch.to(torch::kFloat32).div_(255.0f) - m) / s;
+}
+
+// Parses the command line and runs `body`, mapping errors to exit codes: 2 for usage,
+// 1 for anything else, with the program's name and the message on stderr.
+template <class Body>
+int run_main(CLI::App& app, int argc, char** argv, Body&& body) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  try {
+    return body();
+  } catch (const UsageError& e) {
+    std::cerr << app.get_name() << ": " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << app.get_name() << ": " << e.what() << "\n";
+    return 1;
+  }
 }
 
 }  // namespace imgstore::examples

@@ -387,7 +387,8 @@ int run(const Args& a) {
 
 int main(int argc, char** argv) {
   Args a;
-  CLI::App app{"imgstore-throughput: shuffled-epoch read and training throughput per store format"};
+  CLI::App app{"imgstore-throughput: shuffled-epoch read and training throughput per store format",
+               "imgstore-throughput"};
   app.add_option("--stores", a.stores, "directory holding <split>.png, <split>.lmdb, <split>.h5")->required();
   app.add_option("--split", a.split)->capture_default_str();
   app.add_option("--out", a.out, "directory for throughput.csv and throughput.json")->capture_default_str();
@@ -403,18 +404,5 @@ int main(int argc, char** argv) {
                  "('' to skip)")->capture_default_str();
   app.add_option("--python-png-images", a.python_png_images,
                  "images per Python PNG epoch (Python decodes slowly)")->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
-  try {
-    return run(a);
-  } catch (const UsageError& e) {
-    std::cerr << "imgstore-throughput: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "imgstore-throughput: " << e.what() << "\n";
-    return 1;
-  }
+  return run_main(app, argc, argv, [&] { return run(a); });
 }

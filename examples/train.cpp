@@ -110,10 +110,10 @@ int run(const Args& a) {
     }
     EpochStats st;
     const auto start = Clock::now();
-    if (prefetch) {
-      prefetch->set_epoch(static_cast<std::uint64_t>(epoch));
+    // Trains on every batch of an iterable loader, timing how long each batch was waited for.
+    auto train_on = [&](auto& loader) {
       auto t = Clock::now();
-      for (auto it = prefetch->begin(); it != prefetch->end();) {
+      for (auto it = loader.begin(); it != loader.end();) {
         st.wait_seconds += seconds_since(t);
         st.loss += step(model, opt, it->data, it->target);
         st.images += static_cast<std::size_t>(it->data.size(0));
@@ -121,6 +121,10 @@ int run(const Args& a) {
         ++it;
       }
       st.wait_seconds += seconds_since(t);
+    };
+    if (prefetch) {
+      prefetch->set_epoch(static_cast<std::uint64_t>(epoch));
+      train_on(*prefetch);
     } else if (memory) {
       const auto n = memory->images.size(0);
       auto perm = permutation(n, a.seed * 1000003 + static_cast<std::uint64_t>(epoch));
@@ -137,15 +141,7 @@ int run(const Args& a) {
       StoreDataset ds(train_reader, normalize);
       auto loader = torch::data::make_data_loader(
           ds, torch::data::DataLoaderOptions().batch_size(a.batch_size).workers(a.workers));
-      auto t = Clock::now();
-      for (auto it = loader->begin(); it != loader->end();) {
-        st.wait_seconds += seconds_since(t);
-        st.loss += step(model, opt, it->data, it->target);
-        st.images += static_cast<std::size_t>(it->data.size(0));
-        t = Clock::now();
-        ++it;
-      }
-      st.wait_seconds += seconds_since(t);
+      train_on(*loader);
     }
     st.seconds = seconds_since(start);
     const double acc = evaluate(model, test);
@@ -175,7 +171,7 @@ int run(const Args& a) {
 
 int main(int argc, char** argv) {
   Args a;
-  CLI::App app{"imgstore-train: train a small convnet from an imgstore store"};
+  CLI::App app{"imgstore-train: train a small convnet from an imgstore store", "imgstore-train"};
   app.add_option("--train", a.train, "training store (PNG folder, LMDB or HDF5)")->required();
   app.add_option("--test", a.test, "test store")->required();
   app.add_option("--epochs", a.epochs)->capture_default_str();
@@ -189,18 +185,5 @@ int main(int argc, char** argv) {
   app.add_option("--seed", a.seed)->capture_default_str();
   app.add_flag("--augment", a.augment, "random crop with padding and horizontal flip");
   app.add_option("--json", a.json, "write per-epoch figures to this file");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
-  try {
-    return run(a);
-  } catch (const UsageError& e) {
-    std::cerr << "imgstore-train: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "imgstore-train: " << e.what() << "\n";
-    return 1;
-  }
+  return run_main(app, argc, argv, [&] { return run(a); });
 }
