@@ -40,7 +40,6 @@ struct Args {
   unsigned threads = 0, train_loader_threads = 1;
   bool skip_stock = false;
   std::string python = "/usr/bin/python3";  // empty: skip the Python peer
-  std::size_t python_png_images = 20000;
 };
 
 // Python's PyTorch DataLoader over the same stores (examples/python_dataloader.py), run as a
@@ -49,9 +48,8 @@ Json run_python_peer(const Args& a) {
   if (a.python.empty()) return nullptr;
   const std::string script = std::string(IMGSTORE_SOURCE_DIR) + "/examples/python_dataloader.py";
   const std::string cmd = fmt::format(
-      "'{}' '{}' --stores '{}' --split '{}' --batch-size {} --runs {} --workers 0,2 "
-      "--max-images {}", a.python, script, a.stores, a.split, a.batch_size, a.runs,
-      a.python_png_images);
+      "'{}' '{}' --stores '{}' --split '{}' --batch-size {} --runs {} --workers 0,2",
+      a.python, script, a.stores, a.split, a.batch_size, a.runs);
   fmt::print("\n== Python peer: {}\n", cmd);
   std::fflush(stdout);
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
@@ -402,7 +400,6 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-stock", a.skip_stock, "skip the stock DataLoader figures");
   app.add_option("--python", a.python, "python3 with torch for the Python DataLoader peer "
                  "('' to skip)")->capture_default_str();
-  app.add_option("--python-png-images", a.python_png_images,
-                 "images per Python PNG epoch (Python decodes slowly)")->capture_default_str();
+
   return run_main(app, argc, argv, [&] { return run(a); });
 }
