@@ -194,6 +194,14 @@ std::pair<double, double> train_rate(const StoreReader& reader, int steps, Next&
   return {images / secs, wait / secs};
 }
 
+// Resident set size of this process in bytes.
+double rss_bytes() {
+  std::ifstream in("/proc/self/statm");
+  double pages = 0, resident = 0;
+  in >> pages >> resident;
+  return resident * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+}
+
 std::string cpu_model() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
@@ -227,7 +235,7 @@ int run(const Args& a) {
     std::string format;
     std::size_t images = 0;
     Rate prefetch, stock0, stock2, sample0, sample2, memory, train, train_memory;
-    double limit = 0, wait_share = 0, single_decode = 0;
+    double limit = 0, wait_share = 0, single_decode = 0, rss_growth = 0, rss_bound = 0;
   };
   std::vector<Row> rows;
   for (Format f : {Format::Png, Format::Lmdb, Format::Hdf5}) {
@@ -250,6 +258,14 @@ int run(const Args& a) {
     PrefetchLoader loader(reader, lo);
     row.prefetch = measure(a.runs, [&] { return prefetch_epoch(loader); });
     fmt::print("  (a) prefetch loader      {:>10.0f} img/s\n", row.prefetch.median);
+    // Memory stays flat across epochs: RSS growth over 10 more epochs, against the bound of
+    // prefetch_depth batch buffers.
+    const double rss_before = rss_bytes();
+    for (int e = 0; e < 10; ++e) prefetch_epoch(loader);
+    row.rss_growth = rss_bytes() - rss_before;
+    row.rss_bound = static_cast<double>(lo.prefetch_depth * a.batch_size * (reader->image_bytes() + 8));
+    fmt::print("      RSS growth over 10 more epochs: {:.2f} MiB (prefetch depth x batch bytes = "
+               "{:.2f} MiB)\n", row.rss_growth / 1048576, row.rss_bound / 1048576);
     std::fflush(stdout);
 
     StoreDataset ds(reader);
@@ -361,7 +377,9 @@ int run(const Args& a) {
                      {"png_single_thread_decode", r.single_decode},
                      {"prefetch_vs_limit", vs_limit}, {"prefetch_vs_best_stock", vs_stock},
                      {"train_fed_by_loader", r.train.json()}, {"train_fed_from_memory", r.train_memory.json()},
-                     {"train_vs_memory", train_ratio}, {"train_data_wait_share", r.wait_share}});
+                     {"train_vs_memory", train_ratio}, {"train_data_wait_share", r.wait_share},
+                     {"rss_growth_10_epochs_bytes", r.rss_growth},
+                     {"prefetch_depth_x_batch_bytes", r.rss_bound}});
   }
   fmt::print("limit: memory gather (LMDB, HDF5) or PNG single-thread decode x threads. stock: "
              "LibTorch's DataLoader over our Dataset's get_batch; per-sample: the same Dataset's "
