@@ -1,5 +1,8 @@
 #include "imgstore/manifest.hpp"
 
+#include <limits>
+#include <type_traits>
+
 #include <nlohmann/json.hpp>
 
 #include <fmt/format.h>
@@ -14,6 +17,31 @@
 namespace imgstore {
 
 std::string tool_version() { return IMGSTORE_VERSION; }
+
+namespace {
+
+// nlohmann's get<T>() casts floats and negative numbers unchecked (undefined behaviour when out
+// of range, silent wrap-around otherwise): accept only JSON integers that fit in T.
+template <typename T>
+T get_integer(const nlohmann::json& j, const char* key, const std::string& what) {
+  const auto& v = j.at(key);
+  bool fits = false;
+  if (v.is_number_unsigned()) {
+    fits = v.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<T>::max());
+  } else if (v.is_number_integer()) {
+    fits = std::is_signed_v<T> &&
+           v.get<std::int64_t>() >= static_cast<std::int64_t>(std::numeric_limits<T>::min());
+  }
+  if (!fits) {
+    std::string shown = v.dump();
+    if (shown.size() > 40) shown = shown.substr(0, 40) + "...";
+    throw DataError(fmt::format("{}: manifest field '{}' is not an integer in range: {}", what,
+                                key, shown));
+  }
+  return v.get<T>();
+}
+
+}  // namespace
 
 std::string to_string(const Shape& shape) {
   return fmt::format("{}x{}x{}", shape.height, shape.width, shape.channels);
@@ -67,7 +95,7 @@ Manifest Manifest::from_json(const std::string& text, const std::string& what) {
   Manifest m;
   try {
     m.format = parse_format(j.at("imgstore_format").get<std::string>());
-    m.format_version = j.at("format_version").get<int>();
+    m.format_version = get_integer<int>(j, "format_version", what);
     if (m.format_version != kFormatVersion) {
       throw DataError(fmt::format("{}: manifest format_version {} is not supported (expected {})",
                                   what, m.format_version, kFormatVersion));
@@ -75,10 +103,10 @@ Manifest Manifest::from_json(const std::string& text, const std::string& what) {
     m.tool_version = j.value("tool_version", "");
     m.split = j.value("split", "");
     m.source = j.value("source", "");
-    m.count = j.at("count").get<std::uint64_t>();
-    m.shape.height = j.at("height").get<std::uint32_t>();
-    m.shape.width = j.at("width").get<std::uint32_t>();
-    m.shape.channels = j.at("channels").get<std::uint32_t>();
+    m.count = get_integer<std::uint64_t>(j, "count", what);
+    m.shape.height = get_integer<std::uint32_t>(j, "height", what);
+    m.shape.width = get_integer<std::uint32_t>(j, "width", what);
+    m.shape.channels = get_integer<std::uint32_t>(j, "channels", what);
     m.encoding = j.value("encoding", "raw");
     m.class_names = j.value("class_names", std::vector<std::string>{});
     m.content_digest = parse_hex64(j.at("content_digest").get<std::string>(),

@@ -801,6 +801,11 @@ Manifest parse_manifest(const fs::path& path, const std::string& json,
   std::uint64_t count = 0;
   std::string digest_text;
   try {
+    // get<uint64_t>() would cast a float (UB out of range) or a negative number unchecked.
+    if (!j.at("count").is_number_unsigned()) {
+      throw DataError(fmt::format("{}: manifest field 'count' is not a non-negative integer: {}",
+                                  what, j.at("count").dump().substr(0, 40)));
+    }
     count = j.at("count").get<std::uint64_t>();
     digest_text = j.at("content_digest").get<std::string>();
   } catch (const nlohmann::json::exception& e) {

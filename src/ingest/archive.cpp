@@ -99,7 +99,14 @@ class ArchiveReader {
     if (a_ == nullptr) throw IoError(fmt::format("cannot open {}: out of memory", quote(path_)));
     archive_read_support_format_tar(a_);
     if (archive_read_open(a_, &feed_, nullptr, &GzipFeed::read_cb, nullptr) != ARCHIVE_OK) {
-      fail("open");
+      // A throwing constructor never runs the destructor: free the handle here.
+      try {
+        fail("open");
+      } catch (...) {
+        archive_read_free(a_);
+        a_ = nullptr;
+        throw;
+      }
     }
   }
   ~ArchiveReader() {
