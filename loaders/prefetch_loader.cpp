@@ -289,12 +289,18 @@ struct PrefetchLoader::State {
       const std::uint64_t* idx = indices.data() + first;
       std::int64_t* labels = s.target.data_ptr<std::int64_t>();
       const std::size_t bytes = reader->image_bytes();
+      // Isolated: a reader may run its own parallel_for (PNG decodes in parallel). Without
+      // isolation a thread waiting for that loop can steal the pipeline's input stage, which
+      // blocks until the consumer frees a buffer, stalling the whole batch behind it.
+      auto read = [&](std::uint8_t* out) {
+        tbb::this_task_arena::isolate([&] { reader->read_many(idx, s.n, out, labels); });
+      };
       if (!writer.to_float() && !writer.augments() && shape.channels == 1) {
-        reader->read_many(idx, s.n, s.data.data_ptr<std::uint8_t>(), labels);
+        read(s.data.data_ptr<std::uint8_t>());
         return;
       }
       std::uint8_t* scratch = detail::thread_scratch(s.n * bytes);
-      reader->read_many(idx, s.n, scratch, labels);
+      read(scratch);
       void* out = s.data.data_ptr();
       for (std::size_t i = 0; i < s.n; ++i) {
         writer.write(scratch + i * bytes, out, i, writer.draw(options.seed, epoch, idx[i]));
