@@ -20,6 +20,8 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/task_arena.h>
 #include <torch/torch.h>
 
 #include "../unit/test_support.hpp"
@@ -128,11 +130,21 @@ void good_pass(const fs::path& good_store) {
 }
 
 // Thread count of the process once loaders have run on a good store (TBB keeps its workers).
-// TBB starts its workers lazily and asynchronously, so warm up twice with a pause: a worker
-// that appears later is TBB's pool growing, not a thread a loader leaked.
+// TBB's worker pool is shared by every arena (the loader's, the PNG writer's) and lives while
+// any arena does, so its threads come and go independently of loaders. Pin it: keep one
+// arena alive for the whole run and make every worker start, so that the count measured here
+// only grows if a loader leaks a thread.
 int warm_thread_count(const fs::path& good_store) {
+  static tbb::task_arena pinned = [] {
+    tbb::task_arena arena;
+    arena.initialize();
+    return arena;
+  }();
+  pinned.execute([] {
+    tbb::parallel_for(0, 64, [](int) { std::this_thread::sleep_for(std::chrono::milliseconds(5)); });
+  });
   good_pass(good_store);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   good_pass(good_store);
   return imgstore::test::thread_count();
 }
