@@ -165,6 +165,17 @@ std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
 // doctest::Contains takes a doctest::String, which it copies.
 doctest::Contains has(const std::string& s) { return doctest::Contains(s.c_str()); }
 
+// Two passes over `bad`: the first fails naming `first` after delivering the batches before
+// the bad record; the next pass (another epoch, another order) meets it too, failing with
+// `second`. The loader stays usable in between.
+void check_fails_midway(const fs::path& bad, const std::string& first, const std::string& second) {
+  PrefetchLoader loader(bad, bad_loader_options());
+  std::size_t batches = 0;
+  CHECK_THROWS_WITH_AS(consume(loader, batches), has(first), DataError);
+  CHECK(batches == kBadPosition / kBatch);
+  CHECK_THROWS_WITH_AS(consume(loader, batches), has(second), DataError);
+}
+
 }  // namespace
 
 TEST_CASE("bad store: a missing path fails at open naming it") {
@@ -236,14 +247,7 @@ TEST_CASE("bad store: an LMDB record with a corrupt pixel fails at that key afte
   edit_lmdb(dir, bad, key, "flip");
 
   {
-    PrefetchLoader loader(bad, bad_loader_options());
-    std::size_t batches = 0;
-    CHECK_THROWS_WITH_AS(consume(loader, batches),
-                         has(fmt::format("{} key '{}'", quoted(bad), key)),
-                         DataError);
-    CHECK(batches == kBadPosition / kBatch);
-    // The loader stays usable: the next pass (another epoch, another order) meets it too.
-    CHECK_THROWS_WITH_AS(consume(loader, batches), has("checksum"), DataError);
+    check_fails_midway(bad, fmt::format("{} key '{}'", quoted(bad), key), "checksum");
   }
   check_recovers(good, threads);
 
@@ -276,14 +280,8 @@ TEST_CASE("bad store: a truncated LMDB value fails at that key naming the payloa
   edit_lmdb(dir, bad, key, "truncate");
 
   {
-    PrefetchLoader loader(bad, bad_loader_options());
-    std::size_t batches = 0;
-    CHECK_THROWS_WITH_AS(consume(loader, batches),
-                         has(fmt::format("{} key '{}'", quoted(bad), key)),
-                         DataError);
-    CHECK(batches == kBadPosition / kBatch);
-    CHECK_THROWS_WITH_AS(consume(loader, batches),
-                         has("payload is 191 bytes, expected 192"), DataError);
+    check_fails_midway(bad, fmt::format("{} key '{}'", quoted(bad), key),
+                       "payload is 191 bytes, expected 192");
   }
   check_recovers(good, threads);
 }
@@ -336,13 +334,7 @@ with h5py.File(sys.argv[1], "r+") as f:
 )",
                {bad.string(), std::to_string(record)});
     {
-      PrefetchLoader loader(bad, bad_loader_options());
-      std::size_t batches = 0;
-      CHECK_THROWS_WITH_AS(consume(loader, batches),
-                           has(fmt::format("{} record {}:", quoted(bad), record)),
-                           DataError);
-      CHECK(batches == kBadPosition / kBatch);
-      CHECK_THROWS_WITH_AS(consume(loader, batches), has("checksum"), DataError);
+      check_fails_midway(bad, fmt::format("{} record {}:", quoted(bad), record), "checksum");
     }
     check_recovers(good, threads);
   }
@@ -361,24 +353,13 @@ TEST_CASE("bad store: a PNG file swapped for another image or truncated fails na
     const auto bad = dir / "swapped.png";
     write_store(Format::Png, bad);
     fs::copy_file(bad / other, bad / file, fs::copy_options::overwrite_existing);
-    PrefetchLoader loader(bad, bad_loader_options());
-    std::size_t batches = 0;
-    CHECK_THROWS_WITH_AS(consume(loader, batches),
-                         has(fmt::format("{} file '{}'", quoted(bad), file)),
-                         DataError);
-    CHECK(batches == kBadPosition / kBatch);
-    CHECK_THROWS_WITH_AS(consume(loader, batches), has("checksum"), DataError);
+    check_fails_midway(bad, fmt::format("{} file '{}'", quoted(bad), file), "checksum");
   }
   SUBCASE("a truncated file") {
     const auto bad = dir / "truncated.png";
     write_store(Format::Png, bad);
     fs::resize_file(bad / file, fs::file_size(bad / file) / 2);
-    PrefetchLoader loader(bad, bad_loader_options());
-    std::size_t batches = 0;
-    CHECK_THROWS_WITH_AS(consume(loader, batches),
-                         has(quoted(bad / file)), DataError);
-    CHECK(batches == kBadPosition / kBatch);
-    CHECK_THROWS_WITH_AS(consume(loader, batches), has("corrupt PNG"), DataError);
+    check_fails_midway(bad, quoted(bad / file), "corrupt PNG");
   }
   check_recovers(good, threads);
 }
