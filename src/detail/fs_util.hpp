@@ -45,7 +45,7 @@ class StagedOutput {
 
   const fs::path& temp() const { return temp_; }
   const fs::path& target() const { return target_; }
-  // fsyncs (when durable) everything staged, renames it onto target, fsyncs the parent.
+  // Flushes (when durable) everything staged, renames it onto target, fsyncs the parent.
   void commit(bool durable);
   // Removes the temporary now (the destructor does the same).
   void discard() noexcept;

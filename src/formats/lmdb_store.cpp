@@ -183,7 +183,7 @@ class LmdbWriter final : public StoreWriter {
     env_.set_maxdbs(2, what("configure"));
     env_.set_mapsize(map_size_, what("set the map size"));
     // NOLOCK: one writer in a private staging directory, and no lock.mdb left behind.
-    // NOSYNC: intermediate commits need not reach the disk; finish() syncs once if durable.
+    // NOSYNC: intermediate commits need not reach the disk; the staged commit flushes once if durable.
     env_.open(staged_.temp().string(), MDB_NOLOCK | MDB_NOSYNC, 0644,
               what("open the LMDB environment in " + quote(staged_.temp())));
     auto txn = lmdb::Txn::begin(env_.get(), 0, what("begin a transaction"));
@@ -248,9 +248,8 @@ class LmdbWriter final : public StoreWriter {
       lmdb::check(rc, what("write the manifest"));
       break;
     }
-    if (options_.durable) env_.sync(true, what("flush"));
     env_.close();
-    staged_.commit(options_.durable);
+    staged_.commit(options_.durable);  // flushes data.mdb once, with the directory
   }
 
  private:

@@ -155,19 +155,8 @@ class PngFolderWriter final : public StoreWriter {
     }
     write_file(staged_.temp() / kLabelsName, csv, false);
     write_file(staged_.temp() / kManifestName, manifest.to_json(), false);
-    if (options_.durable) {
-      // One syncfs() writes back every staged file and directory entry in a single journal
-      // commit; fsyncing thousands of small files one by one (what StagedOutput::commit(true)
-      // does) costs a journal commit each on ext4.
-      if (::syncfs(dir_.get()) != 0) throw_io("flush", staged_.temp(), errno);
-    }
     dir_.close();
-    staged_.commit(false);
-    if (options_.durable) {
-      // The rename itself, as commit(true) would.
-      auto parent = path_.parent_path();
-      fsync_path(parent.empty() ? fs::path(".") : parent);
-    }
+    staged_.commit(options_.durable);
   }
 
  private:
