@@ -246,9 +246,7 @@ TEST_CASE("bad store: an LMDB record with a corrupt pixel fails at that key afte
   const std::string key = fmt::format("{:08d}", record);
   edit_lmdb(dir, bad, key, "flip");
 
-  {
-    check_fails_midway(bad, fmt::format("{} key '{}'", quoted(bad), key), "checksum");
-  }
+  check_fails_midway(bad, fmt::format("{} key '{}'", quoted(bad), key), "checksum");
   check_recovers(good, threads);
 
   // The least prefetch, and a corrupt record in the first batch: begin() itself throws.
@@ -279,10 +277,8 @@ TEST_CASE("bad store: a truncated LMDB value fails at that key naming the payloa
   const std::string key = fmt::format("{:08d}", record);
   edit_lmdb(dir, bad, key, "truncate");
 
-  {
-    check_fails_midway(bad, fmt::format("{} key '{}'", quoted(bad), key),
-                       "payload is 191 bytes, expected 192");
-  }
+  check_fails_midway(bad, fmt::format("{} key '{}'", quoted(bad), key),
+                     "payload is 191 bytes, expected 192");
   check_recovers(good, threads);
 }
 
@@ -333,9 +329,7 @@ with h5py.File(sys.argv[1], "r+") as f:
     f["images"][int(sys.argv[2])] = 0
 )",
                {bad.string(), std::to_string(record)});
-    {
-      check_fails_midway(bad, fmt::format("{} record {}:", quoted(bad), record), "checksum");
-    }
+    check_fails_midway(bad, fmt::format("{} record {}:", quoted(bad), record), "checksum");
     check_recovers(good, threads);
   }
 }

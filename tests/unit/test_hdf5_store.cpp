@@ -39,18 +39,7 @@ void write_store(const fs::path& path, const ImageBatch& images, const WriterOpt
   spec.count = images.size();
   spec.shape = images.shape;
   spec.class_names = kClasses;
-  auto writer = create_store(Format::Hdf5, path, spec, options);
-  for (std::size_t first = 0; first < images.size(); first += batch) {
-    const std::size_t n = std::min(batch, images.size() - first);
-    ImageBatch part;
-    part.resize(images.shape, n);
-    std::copy(images.image(first), images.image(first) + n * images.shape.bytes(),
-              part.pixels.begin());
-    std::copy(images.labels.begin() + first, images.labels.begin() + first + n,
-              part.labels.begin());
-    writer->write(part);
-  }
-  writer->commit();
+  test::write_in_batches(*create_store(Format::Hdf5, path, spec, options), images, batch);
 }
 
 bool same_image(const ImageBatch& expected, std::size_t index, const std::uint8_t* pixels) {

@@ -46,19 +46,7 @@ void write_store(const fs::path& path, const ImageBatch& images, WriterOptions o
   spec.count = images.size();
   spec.shape = images.shape;
   spec.class_names = kClasses;
-  auto writer = detail::create_lmdb_store(path, spec, options);
-  if (batch_size == 0) batch_size = std::max<std::size_t>(1, images.size());
-  for (std::size_t start = 0; start < images.size(); start += batch_size) {
-    const std::size_t n = std::min(batch_size, images.size() - start);
-    ImageBatch part;
-    part.resize(images.shape, n);
-    std::copy(images.image(start), images.image(start) + n * images.shape.bytes(),
-              part.pixels.begin());
-    std::copy(images.labels.begin() + start, images.labels.begin() + start + n,
-              part.labels.begin());
-    writer->write(part);
-  }
-  writer->commit();
+  test::write_in_batches(*detail::create_lmdb_store(path, spec, options), images, batch_size);
 }
 
 void check_same(const ImageBatch& a, const ImageBatch& b) {

@@ -18,6 +18,7 @@
 #include "fixtures.hpp"
 #include "imgstore/image.hpp"
 #include "imgstore/source.hpp"
+#include "imgstore/store.hpp"
 
 namespace imgstore::test {
 
@@ -42,6 +43,22 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// Writes `images` through `writer` in batches of `batch` records (0: one batch), then commits.
+inline void write_in_batches(StoreWriter& writer, const ImageBatch& images, std::size_t batch) {
+  if (batch == 0) batch = std::max<std::size_t>(1, images.size());
+  for (std::size_t first = 0; first < images.size(); first += batch) {
+    const std::size_t n = std::min(batch, images.size() - first);
+    ImageBatch part;
+    part.resize(images.shape, n);
+    std::copy(images.image(first), images.image(first) + n * images.shape.bytes(),
+              part.pixels.begin());
+    std::copy(images.labels.begin() + first, images.labels.begin() + first + n,
+              part.labels.begin());
+    writer.write(part);
+  }
+  writer.commit();
+}
 
 // Names of the entries directly in `dir`, sorted.
 inline std::vector<std::string> list_dir(const std::filesystem::path& dir) {
