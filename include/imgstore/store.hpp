@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "imgstore/image.hpp"
@@ -50,6 +51,13 @@ class StoreReader {
 
   // Bytes the store occupies on disk (all its files).
   std::uint64_t bytes_on_disk() const;
+
+  // The record ranges [begin, end) of the store's shards, in order and covering [0, size()).
+  // A store of one file or folder is one shard: {{0, size()}}. Sharded stores (written with
+  // `--shards K`) return one range per shard file, so a rank can read whole shards.
+  virtual std::vector<std::pair<std::uint64_t, std::uint64_t>> shard_ranges() const {
+    return {{0, static_cast<std::uint64_t>(size())}};
+  }
 
  protected:
   StoreReader(std::filesystem::path path, Manifest manifest, ReaderOptions options)

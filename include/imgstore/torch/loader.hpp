@@ -49,6 +49,8 @@
 #include <filesystem>
 #include <iterator>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include <torch/data/example.h>
 
@@ -71,6 +73,34 @@ struct LoaderOptions {
                                    // zero-padded by this many pixels on each side
   bool horizontal_flip = false;    // flip each image left-right with probability 1/2
   ReaderOptions reader;            // used when the loader opens the store itself
+  // Sharded stores only: rank r reads whole shards r, r+world_size, ... (local-disk friendly,
+  // as WebDataset/MDS do) instead of a slice of a global permutation. Each epoch shuffles the
+  // rank's shard order and the records within them; ranks still take equal step counts
+  // (padded, or cut when drop_last).
+  bool whole_shards = false;
+};
+
+// Where a loader stands, saved with a model checkpoint for an exact mid-epoch resume. A loader
+// restored from it yields exactly the batches an uninterrupted run would have yielded next, in
+// the same order, whatever the thread count; batches that were prefetched but not consumed are
+// simply produced again.
+struct LoaderState {
+  std::uint64_t epoch = 0;             // epoch in progress
+  std::uint64_t batches_consumed = 0;  // batches of that epoch the training loop has taken
+  // What the position means; restore() refuses a state that disagrees with the loader.
+  std::uint64_t seed = 0;
+  bool shuffle = true;
+  bool drop_last = false;
+  bool whole_shards = false;
+  std::size_t batch_size = 0;
+  std::size_t rank = 0;
+  std::size_t world_size = 1;
+  std::uint64_t store_count = 0;
+  std::uint64_t content_digest = 0;    // the store's Manifest::content_digest
+
+  std::string to_json() const;
+  // Throws DataError naming `what` on malformed text.
+  static LoaderState from_json(const std::string& text, const std::string& what = "loader state");
 };
 
 class PrefetchLoader {
@@ -107,6 +137,14 @@ class PrefetchLoader {
   std::size_t samples_per_epoch() const;
   // The record indices this rank visits in `epoch`, in order (what the batches hold).
   std::vector<std::uint64_t> epoch_indices(std::uint64_t epoch) const;
+
+  // The position after the batches handed out so far (the batch the loop holds counts as
+  // consumed). Save it with the checkpoint.
+  LoaderState state() const;
+  // Makes the next begin() resume at state's epoch and batch. Throws UsageError, naming the
+  // field, if the state was taken with another store (count or digest), seed, batch size,
+  // shuffle, drop_last, whole_shards, rank or world size. Cancels any running pass.
+  void restore(const LoaderState& state);
 
   const LoaderOptions& options() const;
   const StoreReader& reader() const;
