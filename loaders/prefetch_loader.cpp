@@ -7,17 +7,27 @@
 // the thread that waits in the input stage (with one thread TBB runs each batch through every
 // stage before it takes the next input), so the wait cannot deadlock.
 //
+// Sampling: a Sampler gives each epoch's record order for this rank, either DistributedSampler
+// slices of a global permutation (detail::SamplingPlan) or whole shards.
+//
+// Resume: the consumer counts the batches it has taken (`consumed`); state() reports that
+// position and restore() makes the next pass start its input stage at that batch. Batch k of an
+// epoch depends only on (options, epoch, k), so the resumed pass yields what the interrupted
+// one would have, and batches prefetched but never taken are simply built again.
+//
 // Errors: the parallel stage catches a failing read and marks its slot; the in-order output
 // stage turns the first marked slot into an error entry in the queue and stops the pass. So the
 // consumer sees every batch before the failed one, then the exception, deterministically.
 #include "imgstore/torch/loader.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 #include <oneapi/tbb/info.h>
@@ -26,6 +36,7 @@
 #include <torch/torch.h>
 
 #include "batch_fill.hpp"
+#include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore {
@@ -63,15 +74,125 @@ std::exception_ptr with_context(std::exception_ptr e, const std::string& context
   }
 }
 
+// This rank's records per epoch: DistributedSampler slices, or whole shards.
+class Sampler {
+ public:
+  Sampler(const StoreReader& reader, const LoaderOptions& o) {
+    plan_.count = reader.size();
+    plan_.shuffle = o.shuffle;
+    plan_.seed = o.seed;
+    plan_.drop_last = o.drop_last;
+    plan_.rank = o.rank;
+    plan_.world_size = o.world_size;
+    plan_.batch_size = o.batch_size;
+    whole_shards_ = o.whole_shards;
+    if (whole_shards_) plan_shards(reader, o);
+  }
+
+  std::size_t batches() const {
+    if (!whole_shards_) return plan_.batches();
+    const std::size_t b = plan_.batch_size;
+    return plan_.drop_last ? per_rank_ / b : (per_rank_ + b - 1) / b;
+  }
+
+  std::size_t samples() const {
+    if (plan_.drop_last) return batches() * plan_.batch_size;
+    return whole_shards_ ? per_rank_ : plan_.samples_per_rank();
+  }
+
+  std::vector<std::uint64_t> indices(std::uint64_t epoch) const {
+    if (!whole_shards_) return plan_.indices(epoch);
+    // The rank's shards in a per-epoch order, each shard's records shuffled within it, so a
+    // rank still reads shard by shard.
+    std::vector<std::size_t> order(shards_.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    const std::uint64_t epoch_seed = detail::mix_seed(plan_.seed, epoch);
+    if (plan_.shuffle) shuffle(order.data(), order.size(), detail::SplitMix(epoch_seed));
+    std::vector<std::uint64_t> seq;
+    seq.reserve(own_);
+    for (std::size_t i : order) {
+      const std::size_t first = seq.size();
+      for (std::uint64_t r = shards_[i].begin; r < shards_[i].end; ++r) seq.push_back(r);
+      if (plan_.shuffle) {
+        // Seeded by the shard's global number, so its order does not depend on the world size.
+        shuffle(seq.data() + first, seq.size() - first,
+                detail::SplitMix(detail::mix_seed(epoch_seed, shards_[i].id + 1)));
+      }
+    }
+    const std::size_t n = samples();
+    std::vector<std::uint64_t> mine(n);
+    // Padding repeats the rank's sequence from its start (own_ > 0 whenever n > 0).
+    for (std::size_t k = 0; k < n; ++k) mine[k] = seq[k % seq.size()];
+    return mine;
+  }
+
+ private:
+  struct Shard {
+    std::size_t id;
+    std::uint64_t begin, end;
+  };
+
+  // Fisher-Yates, as SamplingPlan shuffles.
+  template <typename T>
+  static void shuffle(T* v, std::size_t n, detail::SplitMix rng) {
+    for (std::size_t i = n; i > 1; --i) {
+      std::swap(v[i - 1], v[static_cast<std::size_t>(rng.below(i))]);
+    }
+  }
+
+  void plan_shards(const StoreReader& reader, const LoaderOptions& o) {
+    const auto ranges = reader.shard_ranges();
+    const std::size_t s = ranges.size(), w = o.world_size;
+    if (s < w) {
+      throw UsageError(fmt::format("PrefetchLoader: store '{}' has {} shard{}, cannot give whole "
+                                   "shards to {} ranks (use fewer ranks or whole_shards = false)",
+                                   reader.path().string(), s, s == 1 ? "" : "s", w));
+    }
+    // Ranges come from the store's own files; check them before sizing anything by them.
+    std::vector<std::uint64_t> per_rank(w, 0);
+    std::uint64_t prev_end = 0;
+    for (std::size_t i = 0; i < s; ++i) {
+      const auto [b, e] = ranges[i];
+      if (b < prev_end || b > e || e > reader.size()) {
+        throw DataError(fmt::format("store '{}': shard {} has records [{}, {}), which is not "
+                                    "within the store's {} records in order",
+                                    reader.path().string(), i, b, e, reader.size()));
+      }
+      prev_end = e;
+      per_rank[i % w] += e - b;
+      if (i % w == o.rank) shards_.push_back(Shard{i, b, e});
+    }
+    own_ = static_cast<std::size_t>(per_rank[o.rank]);
+    // Equal step counts on every rank: pad to the largest rank, or cut to the smallest.
+    per_rank_ = static_cast<std::size_t>(
+        o.drop_last ? *std::min_element(per_rank.begin(), per_rank.end())
+                    : *std::max_element(per_rank.begin(), per_rank.end()));
+    if (own_ == 0 && samples() > 0) {
+      throw UsageError(fmt::format("PrefetchLoader: rank {}'s shards of '{}' hold no records, so "
+                                   "it cannot pad to the {} samples of the other ranks",
+                                   o.rank, reader.path().string(), per_rank_));
+    }
+  }
+
+  detail::SamplingPlan plan_;
+  bool whole_shards_ = false;
+  std::vector<Shard> shards_;  // this rank's shards, ascending
+  std::size_t own_ = 0;        // records in them
+  std::size_t per_rank_ = 0;   // samples per rank before drop_last's batch cut
+};
+
+std::string hex(std::uint64_t v) { return "0x" + to_hex64(v); }
+
 }  // namespace
 
 struct PrefetchLoader::State {
   std::shared_ptr<const StoreReader> reader;
   LoaderOptions options;
-  detail::SamplingPlan plan;
+  Sampler sampler;
   detail::BatchWriter writer;
   tbb::task_arena arena;
   std::uint64_t next_epoch = 0;
+  std::size_t next_offset = 0;  // first batch of the next pass (set by restore())
 
   // One background thread for the loader's life, so its per-thread scratch is reused across
   // epochs. It runs one pass per request.
@@ -100,19 +221,17 @@ struct PrefetchLoader::State {
   Slot* current = nullptr;            // the batch the consumer holds
   torch::data::Example<> example;     // views of current
   bool active = false;                // a pass is being consumed
+  // Position for state(): `consumed` batches of `epoch` taken, valid once a pass has begun and
+  // until set_epoch() or restore() sets the next pass's position instead.
+  std::size_t consumed = 0;
+  bool position_from_pass = false;
 
   State(std::shared_ptr<const StoreReader> r, const LoaderOptions& o)
       : reader(std::move(r)),
         options(o),
-        writer(check(reader, o).shape(), o.normalize, o.crop_padding, o.horizontal_flip),
+        sampler(check(reader, o), o),
+        writer(reader->shape(), o.normalize, o.crop_padding, o.horizontal_flip),
         arena(arena_threads(o.threads)) {
-    plan.count = reader->size();
-    plan.shuffle = o.shuffle;
-    plan.seed = o.seed;
-    plan.drop_last = o.drop_last;
-    plan.rank = o.rank;
-    plan.world_size = o.world_size;
-    plan.batch_size = o.batch_size;
     for (std::size_t i = 0; i < o.prefetch_depth; ++i) {
       slots.push_back(std::make_unique<Slot>());
       free_slots.push_back(slots.back().get());
@@ -188,12 +307,14 @@ struct PrefetchLoader::State {
     active = false;
   }
 
-  void start(std::uint64_t pass_epoch) {
+  void start(std::uint64_t pass_epoch, std::size_t first_batch) {
     cancel();
     epoch = pass_epoch;
-    indices = plan.indices(epoch);
-    batches = plan.batches();
-    next_batch = 0;
+    indices = sampler.indices(epoch);
+    batches = sampler.batches();
+    next_batch = std::min(first_batch, batches);
+    consumed = next_batch;
+    position_from_pass = true;
     active = true;
     {
       std::lock_guard<std::mutex> lock(mutex);
@@ -344,6 +465,7 @@ struct PrefetchLoader::State {
     }
     if (e.slot) {
       current = e.slot;
+      consumed = e.slot->batch + 1;
       if (e.slot->n == options.batch_size) {
         example = {e.slot->data, e.slot->target};
       } else {
@@ -378,22 +500,98 @@ PrefetchLoader::PrefetchLoader(PrefetchLoader&&) noexcept = default;
 PrefetchLoader& PrefetchLoader::operator=(PrefetchLoader&&) noexcept = default;
 
 PrefetchLoader::Iterator PrefetchLoader::begin() {
-  state_->start(state_->next_epoch++);
+  const std::size_t first = std::exchange(state_->next_offset, 0);
+  state_->start(state_->next_epoch++, first);
   if (!state_->next()) return end();
   return Iterator(state_.get());
 }
 
 PrefetchLoader::Iterator PrefetchLoader::end() { return Iterator(); }
 
-void PrefetchLoader::set_epoch(std::uint64_t epoch) { state_->next_epoch = epoch; }
-std::uint64_t PrefetchLoader::epoch() const { return state_->next_epoch; }
-std::size_t PrefetchLoader::batches_per_epoch() const { return state_->plan.batches(); }
-std::size_t PrefetchLoader::samples_per_epoch() const {
-  return state_->options.drop_last ? state_->plan.batches() * state_->options.batch_size
-                                   : state_->plan.samples_per_rank();
+void PrefetchLoader::set_epoch(std::uint64_t epoch) {
+  // A restored position survives set_epoch() of its own epoch (the usual resume loop calls it).
+  if (epoch != state_->next_epoch) state_->next_offset = 0;
+  state_->next_epoch = epoch;
+  state_->position_from_pass = false;
 }
+std::uint64_t PrefetchLoader::epoch() const { return state_->next_epoch; }
+std::size_t PrefetchLoader::batches_per_epoch() const { return state_->sampler.batches(); }
+std::size_t PrefetchLoader::samples_per_epoch() const { return state_->sampler.samples(); }
 std::vector<std::uint64_t> PrefetchLoader::epoch_indices(std::uint64_t epoch) const {
-  return state_->plan.indices(epoch);
+  return state_->sampler.indices(epoch);
+}
+
+LoaderState PrefetchLoader::state() const {
+  const State& st = *state_;
+  LoaderState s;
+  if (st.position_from_pass) {
+    // A finished pass is reported as the start of the next epoch, so a checkpoint taken on
+    // the last batch resumes with the next epoch rather than an empty pass.
+    if (st.consumed >= st.batches) {
+      s.epoch = st.epoch + 1;
+      s.batches_consumed = 0;
+    } else {
+      s.epoch = st.epoch;
+      s.batches_consumed = st.consumed;
+    }
+  } else {
+    s.epoch = st.next_epoch;
+    s.batches_consumed = st.next_offset;
+  }
+  const LoaderOptions& o = st.options;
+  s.seed = o.seed;
+  s.shuffle = o.shuffle;
+  s.drop_last = o.drop_last;
+  s.whole_shards = o.whole_shards;
+  s.batch_size = o.batch_size;
+  s.rank = o.rank;
+  s.world_size = o.world_size;
+  s.store_count = st.reader->size();
+  s.content_digest = st.reader->manifest().content_digest;
+  return s;
+}
+
+void PrefetchLoader::restore(const LoaderState& s) {
+  State& st = *state_;
+  const LoaderState mine = state();
+  if (s.store_count != mine.store_count) {
+    throw UsageError(fmt::format("loader state is from another data set: store count {} vs {} "
+                                 "in '{}'",
+                                 s.store_count, mine.store_count, st.reader->path().string()));
+  }
+  if (s.content_digest != mine.content_digest) {
+    throw UsageError(fmt::format("loader state is from another data set: content digest {} vs "
+                                 "{} in '{}'",
+                                 hex(s.content_digest), hex(mine.content_digest),
+                                 st.reader->path().string()));
+  }
+  auto differs = [](const char* field, auto saved, auto ours) {
+    if (saved == ours) return;
+    throw UsageError(fmt::format("loader state does not match this loader: {} {} vs {}", field,
+                                 saved, ours));
+  };
+  differs("seed", s.seed, mine.seed);
+  differs("batch_size", s.batch_size, mine.batch_size);
+  differs("shuffle", s.shuffle, mine.shuffle);
+  differs("drop_last", s.drop_last, mine.drop_last);
+  differs("whole_shards", s.whole_shards, mine.whole_shards);
+  differs("rank", s.rank, mine.rank);
+  differs("world_size", s.world_size, mine.world_size);
+  const std::size_t batches = st.sampler.batches();
+  if (s.batches_consumed > batches) {
+    throw UsageError(fmt::format("loader state: batches_consumed {} exceeds the {} batches of an "
+                                 "epoch",
+                                 s.batches_consumed, batches));
+  }
+  st.cancel();
+  st.position_from_pass = false;
+  if (batches > 0 && s.batches_consumed == batches) {
+    st.next_epoch = s.epoch + 1;  // the epoch was complete
+    st.next_offset = 0;
+  } else {
+    st.next_epoch = s.epoch;
+    st.next_offset = static_cast<std::size_t>(s.batches_consumed);
+  }
 }
 const LoaderOptions& PrefetchLoader::options() const { return state_->options; }
 const StoreReader& PrefetchLoader::reader() const { return *state_->reader; }
