@@ -63,7 +63,7 @@ ConvertResult convert_split(const Source& source, const std::string& split,
   for (Format f : options.formats) {
     auto path = out_dir / store_file_name(split, f);
     writers.push_back(create_store(f, path, spec, options.writer));
-    result.formats.push_back(FormatResult{f, path, 0, 0});
+    result.formats.push_back(FormatResult{f, path, options.writer.shards, 0, 0});
   }
 
   ImageBatch batch;

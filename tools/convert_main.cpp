@@ -28,6 +28,8 @@ Examples:
   imgstore-convert convert cifar-10-python.tar.gz --to lmdb,hdf5 --split train --out stores/
   # The tutorial's experiment: 50,000 synthetic CIFAR-sized images, doubled
   imgstore-convert convert synthetic:n=50000 --split train --repeat 2 --out bench/
+  # Four LMDB shards per split (a directory of shard stores plus shards.json)
+  imgstore-convert convert synthetic:n=50000 --to lmdb --shards 4 --out sharded/
   # Stores convert into each other
   imgstore-convert convert stores/train.lmdb --to hdf5 --out copies/
   # Check every checksum, then compare two formats record by record
@@ -76,6 +78,25 @@ Json describe(const StoreReader& reader) {
   j["source"] = m.source;
   j["tool_version"] = m.tool_version;
   j["content_digest"] = to_hex64(m.content_digest);
+  const auto ranges = reader.shard_ranges();
+  j["shard_count"] = ranges.size();
+  if (m.shard) {  // the path is one shard of a sharded store
+    j["shard"] = {{"index", m.shard->index},
+                  {"shards", m.shard->shards},
+                  {"first_record", m.shard->first_record},
+                  {"conversion_id", m.shard->conversion_id}};
+  }
+  if (is_sharded_store(reader.path())) {
+    const ShardIndex index = read_shard_index(reader.path());
+    j["conversion_id"] = index.conversion_id;
+    j["shards"] = Json::array();
+    for (const auto& s : index.shards) {
+      j["shards"].push_back({{"file", s.file},
+                             {"first_record", s.first_record},
+                             {"count", s.count},
+                             {"content_digest", to_hex64(s.content_digest)}});
+    }
+  }
   return j;
 }
 
@@ -84,6 +105,7 @@ struct ConvertArgs {
   std::vector<std::string> splits;
   std::uint64_t limit = 0;
   std::uint32_t repeat = 1;
+  std::uint32_t shards = 1;
   unsigned threads = 0;
   int png_level = 6, hdf5_deflate = 0;
   std::size_t hdf5_chunk = 0;
@@ -102,6 +124,7 @@ int run_convert(const ConvertArgs& a) {
   options.writer.overwrite = a.overwrite;
   options.writer.durable = !a.no_fsync;
   options.writer.threads = a.threads;
+  options.writer.shards = a.shards;
   if (a.lmdb_encoding != "raw" && a.lmdb_encoding != "png") {
     throw UsageError("--lmdb-encoding must be raw or png");
   }
@@ -117,6 +140,16 @@ int run_convert(const ConvertArgs& a) {
   std::vector<std::string> splits = a.splits;
   if (splits.empty()) {
     for (const auto& s : source->splits()) splits.push_back(s.name);
+  }
+  // Check --shards against every split before writing any, so a bad value leaves no output.
+  for (const auto& s : source->splits()) {
+    if (std::find(splits.begin(), splits.end(), s.name) == splits.end()) continue;
+    const std::uint64_t per_pass = a.limit ? std::min<std::uint64_t>(a.limit, s.count) : s.count;
+    const std::uint64_t total = per_pass * a.repeat;
+    if (a.shards > 1 && a.shards > total) {
+      throw UsageError(fmt::format("--shards {} is more than the {} records of split '{}'",
+                                   a.shards, total, s.name));
+    }
   }
   Json summary;
   summary["source"] = source->description();
@@ -146,6 +179,7 @@ int run_convert(const ConvertArgs& a) {
       const double rate = f.seconds > 0 ? r.count / f.seconds : 0;
       js["stores"].push_back({{"format", to_string(f.format)},
                               {"path", f.path.string()},
+                              {"shards", f.shards},
                               {"seconds", f.seconds},
                               {"images_per_second", rate},
                               {"bytes_on_disk", f.bytes_on_disk}});
@@ -173,6 +207,7 @@ int run_verify(const std::string& store, const std::string& against, bool quiet,
   j["store"] = reader->path().string();
   j["format"] = to_string(reader->format());
   j["records"] = result.records;
+  j["shard_count"] = reader->shard_ranges().size();
   j["content_digest"] = to_hex64(result.content_digest);
   if (!against.empty()) {
     auto other = open_store(against);
@@ -188,8 +223,10 @@ int run_verify(const std::string& store, const std::string& against, bool quiet,
   if (json) {
     std::cout << j.dump(2) << "\n";
   } else if (!quiet) {
-    fmt::print("ok: {} ({}) {} records, checksums and content digest {} verified\n",
-               reader->path().string(), to_string(reader->format()), result.records,
+    const auto shards = reader->shard_ranges().size();
+    fmt::print("ok: {} ({}{}) {} records, checksums and content digest {} verified\n",
+               reader->path().string(), to_string(reader->format()),
+               shards > 1 ? fmt::format(", {} shards", shards) : "", result.records,
                to_hex64(result.content_digest));
     if (!against.empty()) {
       fmt::print("ok: identical to {} record by record (pixels and labels)\n", against);
@@ -218,6 +255,16 @@ int run_info(const std::string& store, bool json) {
   fmt::print("source:    {}\n", m.source);
   fmt::print("written by imgstore {}\n", m.tool_version);
   fmt::print("digest:    {}\n", to_hex64(m.content_digest));
+  if (j.contains("shards")) {
+    std::vector<std::uint64_t> counts;
+    for (const auto& s : j["shards"]) counts.push_back(s["count"].get<std::uint64_t>());
+    fmt::print("shards:    {} ({} records), conversion {}\n", counts.size(),
+               fmt::join(counts, ", "), j["conversion_id"].get<std::string>());
+  }
+  if (m.shard) {
+    fmt::print("shard:     {} of {}, records {}.. of the whole store, conversion {}\n",
+               m.shard->index, m.shard->shards, m.shard->first_record, m.shard->conversion_id);
+  }
   return cli::kOk;
 }
 
@@ -240,6 +287,10 @@ int main(int argc, char** argv) {
   convert->add_option("--repeat", ca.repeat, "write each split K times over (the tutorial doubled CIFAR-10)")
       ->check(CLI::Range(1u, 1000u));
   convert->add_option("--threads", ca.threads, "worker threads (default: all cores)");
+  convert->add_option("--shards", ca.shards,
+                      "write each store as K shards plus an index (shards.json), 1..99999 and at "
+                      "most the record count")
+      ->check(CLI::Range(1u, ShardIndex::kMaxShards))->capture_default_str();
   convert->add_option("--png-level", ca.png_level, "zlib level for PNG, 0..9")
       ->check(CLI::Range(0, 9))->capture_default_str();
   convert->add_option("--lmdb-encoding", ca.lmdb_encoding, "LMDB payload: raw or png")

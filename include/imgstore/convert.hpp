@@ -26,6 +26,7 @@ struct ConvertOptions {
 struct FormatResult {
   Format format;
   std::filesystem::path path;
+  std::uint32_t shards = 1;     // > 1: a sharded store (a directory of shards + shards.json)
   double seconds = 0;           // time spent inside this format's writer, commit included
   std::uint64_t bytes_on_disk = 0;
 };

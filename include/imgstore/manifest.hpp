@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "imgstore/image.hpp"
@@ -14,6 +16,21 @@ enum class Format { Png, Lmdb, Hdf5 };
 
 std::string to_string(Format format);            // "png", "lmdb", "hdf5"
 Format parse_format(const std::string& name);    // throws UsageError on an unknown name
+
+// Where one shard of a sharded store sits (docs/sharding.md). Only shards carry it; a
+// manifest without it (every store written before sharding existed) parses as before.
+struct ShardPosition {
+  std::string conversion_id;       // 32 hex digits, the same in every shard of one conversion
+  std::uint32_t index = 0;         // this shard's position, 0-based
+  std::uint32_t shards = 0;        // how many shards the store has
+  std::uint64_t first_record = 0;  // index in the whole store of this shard's record 0
+
+  bool operator==(const ShardPosition& o) const {
+    return conversion_id == o.conversion_id && index == o.index && shards == o.shards &&
+           first_record == o.first_record;
+  }
+  bool operator!=(const ShardPosition& o) const { return !(*this == o); }
+};
 
 struct Manifest {
   static constexpr int kFormatVersion = 1;
@@ -29,6 +46,7 @@ struct Manifest {
   std::string encoding = "raw";    // payload encoding (LMDB: raw|png; PNG folder: png; HDF5: raw)
   std::vector<std::uint64_t> checksums;  // record_checksum() of each record, in index order
   std::uint64_t content_digest = 0;      // ContentDigest over checksums
+  std::optional<ShardPosition> shard;    // set in each shard of a sharded store, else empty
 
   // Serialise / parse. `what` names the file or key in error messages.
   std::string to_json() const;
@@ -40,5 +58,49 @@ struct Manifest {
 };
 
 std::string tool_version();
+
+// One entry of a sharded store's index.
+struct ShardEntry {
+  std::string file;                 // shard store's name inside the store directory
+  std::uint64_t first_record = 0;   // its records are [first_record, first_record + count)
+  std::uint64_t count = 0;
+  std::uint64_t content_digest = 0; // the shard's own content digest
+};
+
+// The index of a sharded store, `<store>/shards.json` (docs/sharding.md): what the combined
+// store holds, and its shards in record order.
+struct ShardIndex {
+  static constexpr int kFormatVersion = 1;
+  static constexpr std::uint32_t kMaxShards = 99999;  // shard names carry 5 digits
+  static constexpr const char* kFileName = "shards.json";
+
+  Format format = Format::Png;      // format of every shard
+  int format_version = kFormatVersion;
+  std::string tool_version;
+  std::string split;
+  std::string source;
+  std::uint64_t count = 0;          // records in the whole store
+  Shape shape;
+  std::vector<std::string> class_names;
+  std::string encoding = "raw";
+  std::string conversion_id;        // 32 hex digits, random per conversion
+  std::uint64_t content_digest = 0; // ContentDigest over every record, as an unsharded store's
+  std::vector<ShardEntry> shards;
+
+  std::string to_json() const;
+  // Parses and validates; throws DataError naming `what`.
+  static ShardIndex from_json(const std::string& text, const std::string& what);
+  // Throws DataError naming `what` unless: 1..kMaxShards shards, contiguous ranges from 0 that
+  // add up to count, none empty, canonical file names, a 32-hex-digit conversion id.
+  void validate(const std::string& what) const;
+};
+
+// "shard-00002-of-00004.lmdb": the file name of shard `index` of `shards` in `format`.
+std::string shard_file_name(Format format, std::uint32_t index, std::uint32_t shards);
+
+// Record range [first, first + count) of shard `index` when `records` are split into `shards`
+// contiguous ranges as equal as possible (the first records % shards ranges get one more).
+std::pair<std::uint64_t, std::uint64_t> shard_range(std::uint64_t records, std::uint32_t shards,
+                                                    std::uint32_t index);
 
 }  // namespace imgstore

@@ -2,6 +2,7 @@
 //   PNG folder  DIR/<split>.png/   00000000.png ..., labels.csv, manifest.json
 //   LMDB        DIR/<split>.lmdb/  data.mdb (+ lock.mdb), key = 8-digit index
 //   HDF5        DIR/<split>.h5     /images (N,H,W,C) uint8, /labels (N,), /checksums (N,)
+//   sharded     DIR/<split>.<ext>/ shards.json + shard-00000-of-0000K.<ext> ... (any format)
 // Layouts are documented in README.md for readers in other languages.
 #pragma once
 
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -90,6 +92,9 @@ struct WriterOptions {
   bool overwrite = false;              // replace an existing store at the path
   bool durable = true;                 // fsync data and directory before the final rename
   unsigned threads = 0;                // 0: all cores (TBB default)
+  // 1: one store. K > 1: a sharded store, a directory at the path holding shards.json and K
+  // stores of `format` over contiguous record ranges (docs/sharding.md). 1..min(count, 99999).
+  std::uint32_t shards = 1;
 };
 
 // What a writer must know before the first record.
@@ -99,6 +104,8 @@ struct StoreSpec {
   std::uint64_t count = 0;
   Shape shape;
   std::vector<std::string> class_names;
+  // Set by the sharded writer on each shard it writes: recorded in that shard's manifest.
+  std::optional<ShardPosition> shard;
 };
 
 // Writes one store atomically: everything goes to a temporary name beside the target, and
@@ -156,5 +163,12 @@ ImageBatch read_all(const StoreReader& reader);
 
 // The file name a store of `format` gets for `split` inside an output directory.
 std::string store_file_name(const std::string& split, Format format);
+
+// Sharded stores (docs/sharding.md). open_store() and every reader open them transparently;
+// these are for tools that want to show or check the shards themselves.
+// True if `path` is a directory holding a shard index (shards.json).
+bool is_sharded_store(const std::filesystem::path& path);
+// Reads and validates `path`/shards.json (not the shards). Throws IoError or DataError.
+ShardIndex read_shard_index(const std::filesystem::path& path);
 
 }  // namespace imgstore

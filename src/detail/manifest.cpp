@@ -1,5 +1,6 @@
 #include "imgstore/manifest.hpp"
 
+#include <algorithm>
 #include <limits>
 #include <type_traits>
 
@@ -39,6 +40,29 @@ T get_integer(const nlohmann::json& j, const char* key, const std::string& what)
                                 key, shown));
   }
   return v.get<T>();
+}
+
+bool is_conversion_id(const std::string& id) {
+  return id.size() == 32 && std::all_of(id.begin(), id.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+void check_conversion_id(const std::string& id, const std::string& what) {
+  if (!is_conversion_id(id)) {
+    std::string shown = id.size() > 40 ? id.substr(0, 40) + "..." : id;
+    throw DataError(fmt::format("{}: conversion_id '{}' is not 32 lowercase hex digits", what,
+                                shown));
+  }
+}
+
+// The JSON object's string field `key`, or DataError naming it.
+std::string get_string(const nlohmann::json& j, const char* key, const std::string& what) {
+  const auto& v = j.at(key);
+  if (!v.is_string()) {
+    throw DataError(fmt::format("{}: field '{}' is not a string", what, key));
+  }
+  return v.get<std::string>();
 }
 
 }  // namespace
@@ -82,6 +106,13 @@ std::string Manifest::to_json() const {
   j["content_digest"] = to_hex64(content_digest);
   auto& sums = j["checksums"] = nlohmann::ordered_json::array();
   for (auto c : checksums) sums.push_back(to_hex64(c));
+  if (shard) {
+    // After the checksums in the text, but an optional field: old readers ignore it.
+    j["shard"] = {{"conversion_id", shard->conversion_id},
+                  {"index", shard->index},
+                  {"shards", shard->shards},
+                  {"first_record", shard->first_record}};
+  }
   return j.dump(1);
 }
 
@@ -118,6 +149,16 @@ Manifest Manifest::from_json(const std::string& text, const std::string& what) {
       m.checksums.push_back(
           parse_hex64(sums[i].get<std::string>(), fmt::format("{} checksum of record {}", what, i)));
     }
+    if (j.contains("shard")) {
+      const auto& s = j.at("shard");
+      if (!s.is_object()) throw DataError(what + ": manifest 'shard' is not an object");
+      ShardPosition p;
+      p.conversion_id = get_string(s, "conversion_id", what + " shard");
+      p.index = get_integer<std::uint32_t>(s, "index", what);
+      p.shards = get_integer<std::uint32_t>(s, "shards", what);
+      p.first_record = get_integer<std::uint64_t>(s, "first_record", what);
+      m.shard = std::move(p);
+    }
   } catch (const UsageError& e) {
     throw DataError(fmt::format("{}: {}", what, e.what()));
   } catch (const nlohmann::json::exception& e) {
@@ -142,6 +183,149 @@ void Manifest::validate(const std::string& what) const {
   if (digest.value() != content_digest) {
     throw DataError(fmt::format("{}: manifest content_digest {} does not match its checksums ({})",
                                 what, to_hex64(content_digest), to_hex64(digest.value())));
+  }
+  if (shard) {
+    check_conversion_id(shard->conversion_id, what + " shard");
+    if (shard->shards == 0 || shard->shards > ShardIndex::kMaxShards ||
+        shard->index >= shard->shards) {
+      throw DataError(fmt::format("{}: manifest says shard {} of {}, not a valid position", what,
+                                  shard->index, shard->shards));
+    }
+  }
+}
+
+// ---- sharded stores ----
+
+std::string shard_file_name(Format format, std::uint32_t index, std::uint32_t shards) {
+  const char* ext = format == Format::Png ? "png" : (format == Format::Lmdb ? "lmdb" : "h5");
+  return fmt::format("shard-{:05d}-of-{:05d}.{}", index, shards, ext);
+}
+
+std::pair<std::uint64_t, std::uint64_t> shard_range(std::uint64_t records, std::uint32_t shards,
+                                                    std::uint32_t index) {
+  if (shards == 0 || index >= shards) {
+    throw UsageError(fmt::format("shard {} of {} does not exist", index, shards));
+  }
+  const std::uint64_t base = records / shards, extra = records % shards;
+  const std::uint64_t first = index * base + std::min<std::uint64_t>(index, extra);
+  return {first, base + (index < extra ? 1 : 0)};
+}
+
+std::string ShardIndex::to_json() const {
+  nlohmann::ordered_json j;
+  j["imgstore_sharded"] = imgstore::to_string(format);
+  j["format_version"] = format_version;
+  j["tool_version"] = tool_version;
+  j["split"] = split;
+  j["source"] = source;
+  j["count"] = count;
+  j["height"] = shape.height;
+  j["width"] = shape.width;
+  j["channels"] = shape.channels;
+  j["encoding"] = encoding;
+  j["class_names"] = class_names;
+  j["conversion_id"] = conversion_id;
+  j["content_digest"] = to_hex64(content_digest);
+  auto& list = j["shards"] = nlohmann::ordered_json::array();
+  for (const auto& s : shards) {
+    list.push_back({{"file", s.file},
+                    {"first_record", s.first_record},
+                    {"count", s.count},
+                    {"content_digest", to_hex64(s.content_digest)}});
+  }
+  return j.dump(1);
+}
+
+ShardIndex ShardIndex::from_json(const std::string& text, const std::string& what) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw DataError(fmt::format("{}: shard index is not valid JSON: {}", what, e.what()));
+  }
+  ShardIndex x;
+  try {
+    if (!j.is_object()) throw DataError(what + ": shard index is not a JSON object");
+    x.format = parse_format(get_string(j, "imgstore_sharded", what));
+    x.format_version = get_integer<int>(j, "format_version", what);
+    if (x.format_version != kFormatVersion) {
+      throw DataError(fmt::format("{}: shard index format_version {} is not supported (expected {})",
+                                  what, x.format_version, kFormatVersion));
+    }
+    x.tool_version = j.value("tool_version", "");
+    x.split = j.value("split", "");
+    x.source = j.value("source", "");
+    x.count = get_integer<std::uint64_t>(j, "count", what);
+    x.shape.height = get_integer<std::uint32_t>(j, "height", what);
+    x.shape.width = get_integer<std::uint32_t>(j, "width", what);
+    x.shape.channels = get_integer<std::uint32_t>(j, "channels", what);
+    x.encoding = j.value("encoding", "raw");
+    x.class_names = j.value("class_names", std::vector<std::string>{});
+    x.conversion_id = get_string(j, "conversion_id", what);
+    x.content_digest = parse_hex64(get_string(j, "content_digest", what), what + " content_digest");
+    const auto& list = j.at("shards");
+    if (!list.is_array()) throw DataError(what + ": 'shards' is not an array");
+    // Checked before reserving: the list's length comes from the file.
+    if (list.empty() || list.size() > kMaxShards) {
+      throw DataError(fmt::format("{}: lists {} shards, expected 1..{}", what, list.size(),
+                                  kMaxShards));
+    }
+    x.shards.reserve(list.size());
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      const auto& e = list[i];
+      const std::string ewhat = fmt::format("{} shard {}", what, i);
+      if (!e.is_object()) throw DataError(ewhat + ": entry is not an object");
+      ShardEntry s;
+      s.file = get_string(e, "file", ewhat);
+      s.first_record = get_integer<std::uint64_t>(e, "first_record", ewhat);
+      s.count = get_integer<std::uint64_t>(e, "count", ewhat);
+      s.content_digest = parse_hex64(get_string(e, "content_digest", ewhat),
+                                     ewhat + " content_digest");
+      x.shards.push_back(std::move(s));
+    }
+  } catch (const UsageError& e) {
+    throw DataError(fmt::format("{}: {}", what, e.what()));
+  } catch (const nlohmann::json::exception& e) {
+    throw DataError(fmt::format("{}: shard index field missing or of the wrong type: {}", what,
+                                e.what()));
+  }
+  x.validate(what);
+  return x;
+}
+
+void ShardIndex::validate(const std::string& what) const {
+  if (shape.height == 0 || shape.width == 0 || shape.channels == 0 || shape.channels > 4) {
+    throw DataError(fmt::format("{}: shape {} is not a valid image shape", what,
+                                imgstore::to_string(shape)));
+  }
+  check_conversion_id(conversion_id, what);
+  if (shards.empty() || shards.size() > kMaxShards) {
+    throw DataError(fmt::format("{}: lists {} shards, expected 1..{}", what, shards.size(),
+                                kMaxShards));
+  }
+  const auto k = static_cast<std::uint32_t>(shards.size());
+  std::uint64_t next = 0;
+  for (std::uint32_t i = 0; i < k; ++i) {
+    const auto& s = shards[i];
+    const auto expected = shard_file_name(format, i, k);
+    if (s.file != expected) {
+      std::string shown = s.file.size() > 60 ? s.file.substr(0, 60) + "..." : s.file;
+      throw DataError(fmt::format("{}: shard {} is named '{}', expected '{}'", what, i, shown,
+                                  expected));
+    }
+    if (s.first_record != next) {
+      throw DataError(fmt::format("{}: shard '{}' starts at record {}, expected {} (the shards "
+                                  "must follow each other)", what, s.file, s.first_record, next));
+    }
+    if (s.count == 0 || s.count > count - next) {
+      throw DataError(fmt::format("{}: shard '{}' holds {} records, but {} of the store's {} "
+                                  "remain", what, s.file, s.count, count - next, count));
+    }
+    next += s.count;
+  }
+  if (next != count) {
+    throw DataError(fmt::format("{}: the shards hold {} records, the store says {}", what, next,
+                                count));
   }
 }
 

@@ -131,6 +131,7 @@ void StoreWriter::commit() {
   ContentDigest digest;
   for (auto c : checksums_) digest.add(c);
   m.content_digest = digest.value();
+  m.shard = spec_.shard;
   finish(m);
   committed_ = true;
 }
@@ -142,6 +143,7 @@ Format detect_store_format(const fs::path& path) {
   auto status = fs::status(path, ec);
   if (!fs::exists(status)) throw IoError(fmt::format("{} does not exist", quote(path)));
   if (fs::is_directory(status)) {
+    if (is_sharded_store(path)) return read_shard_index(path).format;
     if (fs::exists(path / "manifest.json", ec)) return Format::Png;
     if (fs::exists(path / "data.mdb", ec)) return Format::Lmdb;
     throw DataError(fmt::format("{} is a directory but not an imgstore store "
@@ -156,7 +158,18 @@ Format detect_store_format(const fs::path& path) {
                               quote(path)));
 }
 
+std::unique_ptr<StoreReader> detail::open_single_store(Format format, const fs::path& path,
+                                                       const ReaderOptions& options) {
+  switch (format) {
+    case Format::Png: return detail::open_png_folder(path, options);
+    case Format::Lmdb: return detail::open_lmdb_store(path, options);
+    case Format::Hdf5: return detail::open_hdf5_store(path, options);
+  }
+  throw DataError(fmt::format("{}: unknown store format", quote(path)));
+}
+
 std::unique_ptr<StoreReader> open_store(const fs::path& path, const ReaderOptions& options) {
+  if (is_sharded_store(path)) return detail::open_sharded_store(path, options);
   switch (detect_store_format(path)) {
     case Format::Png: return detail::open_png_folder(path, options);
     case Format::Lmdb: return detail::open_lmdb_store(path, options);
@@ -167,6 +180,19 @@ std::unique_ptr<StoreReader> open_store(const fs::path& path, const ReaderOption
 
 std::unique_ptr<StoreWriter> create_store(Format format, const fs::path& path,
                                           const StoreSpec& spec, const WriterOptions& options) {
+  if (options.shards == 0 || options.shards > ShardIndex::kMaxShards) {
+    throw UsageError(fmt::format("{}: --shards {} is not in 1..{}", quote(path), options.shards,
+                                 ShardIndex::kMaxShards));
+  }
+  if (options.shards > 1) {
+    if (spec.shard) throw UsageError(fmt::format("{}: a shard cannot be sharded", quote(path)));
+    if (options.shards > spec.count) {
+      throw UsageError(fmt::format("{}: cannot split {} records into {} shards (--shards must "
+                                   "not exceed the record count)", quote(path), spec.count,
+                                   options.shards));
+    }
+    return detail::create_sharded_store(format, path, spec, options);
+  }
   switch (format) {
     case Format::Png: return detail::create_png_folder(path, spec, options);
     case Format::Lmdb: return detail::create_lmdb_store(path, spec, options);

@@ -49,7 +49,9 @@ std::unique_ptr<Source> open_source(const std::string& spec, const SourceOptions
   const auto name = path.filename().string();
 
   if (fs::is_directory(status)) {
-    if (has_any(path, {"manifest.json", "data.mdb"})) return detail::open_store_source(path);
+    if (has_any(path, {"manifest.json", "data.mdb", "shards.json"})) {
+      return detail::open_store_source(path);
+    }
     if (has_any(path, {"data_batch_1.bin", "test_batch.bin", "train.bin", "test.bin"})) {
       return detail::open_cifar_binary_dir(path, options);
     }
