@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include <fmt/format.h>
+
 #include "imgstore/error.hpp"
 #include "imgstore/store.hpp"
 #include "ingest/sources.hpp"
@@ -30,11 +32,36 @@ class StoreStream : public BatchStream {
   std::vector<std::uint64_t> indices_;
 };
 
+// The split name becomes a file name under --out (convert writes OUT/<split>.png etc.), and a
+// store's manifest is untrusted input: a name with '/' (or an absolute one) would put the output
+// outside --out. Only a plain file-name component is accepted.
+std::string checked_split_name(const std::string& name, const std::string& store) {
+  bool plain = !name.empty() && name != "." && name != ".." && name.size() <= 255;
+  for (char c : name) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '/' || c == '\\' || u < 0x20 || u == 0x7f) plain = false;
+  }
+  if (!plain) {
+    std::string shown;
+    for (char c : name.substr(0, 80)) {
+      const auto u = static_cast<unsigned char>(c);
+      shown += u >= 0x20 && u != 0x7f && c != '\\' ? std::string(1, c)
+                                                    : fmt::format("\\x{:02x}", u);
+    }
+    throw DataError(fmt::format("store '{}': its manifest names the split '{}', which is not a "
+                                "plain name (no '/', '\\', control characters, '.' or '..'; at "
+                                "most 255 bytes): it would be a file name in the output directory",
+                                store, shown));
+  }
+  return name;
+}
+
 class StoreSource : public Source {
  public:
   explicit StoreSource(std::unique_ptr<StoreReader> reader) : reader_(std::move(reader)) {
     const auto& m = reader_->manifest();
-    info_.name = m.split.empty() ? reader_->path().stem().string() : m.split;
+    info_.name = checked_split_name(m.split.empty() ? reader_->path().stem().string() : m.split,
+                                    reader_->path().string());
     info_.count = m.count;
     info_.shape = m.shape;
     info_.class_names = m.class_names;
