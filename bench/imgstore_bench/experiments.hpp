@@ -1,0 +1,37 @@
+// imgstore-bench: the timed operations (experiments.cpp). Each returns one run's seconds;
+// opening stores and building loaders stays outside the timing unless the tutorial timed it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "bench.hpp"
+
+namespace imgstore::bench {
+
+// 0..n-1, or a seeded permutation of it (the same for every format and run).
+std::vector<std::uint64_t> read_order(std::uint64_t n, bool shuffled, std::uint64_t seed);
+
+double time_store_one(const Variant& v, const fs::path& path, const ImageBatch& data);
+double time_store_many(const Variant& v, const fs::path& path, const ImageBatch& images,
+                       const std::vector<std::string>& class_names);
+// Open + read one record (as the tutorial's read_single_*).
+double time_read_one(const fs::path& path, std::uint64_t index);
+// Open + read every record of `order` into memory on one thread.
+double time_read_many(const fs::path& path, const std::vector<std::uint64_t>& order);
+// Sequential read() of every file of the store; bytes receives what was read.
+double time_seqread(const fs::path& store, std::uint64_t& bytes);
+// memcpy of data's images in `order` into batch buffers, `threads` threads.
+double time_gather(const ImageBatch& data, const std::vector<std::uint64_t>& order,
+                   std::size_t batch, unsigned threads);
+// PNG files of data's first n images (not timed), and one thread decoding the first n.
+std::vector<std::vector<std::uint8_t>> encode_pngs(const ImageBatch& data, std::size_t n, int level);
+double time_decode(const std::vector<std::vector<std::uint8_t>>& pngs, std::size_t n,
+                   const Shape& shape);
+// One shuffled epoch; images receives the count delivered.
+double time_epoch_prefetch(const fs::path& store, std::size_t batch, unsigned threads,
+                           std::uint64_t seed, std::uint64_t epoch, std::uint64_t& images);
+double time_epoch_stock(const fs::path& store, std::size_t batch, unsigned threads,
+                        std::uint64_t& images);
+
+}  // namespace imgstore::bench
