@@ -1,10 +1,13 @@
 #include "detail/fs_util.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <random>
 
@@ -121,7 +124,60 @@ void flush_staged(const fs::path& path) {
   fsync_path(path);
 }
 
+// The writer's pid if `entry` is a staging sibling ".<name>.tmp-<pid>-<8 hex>" of `name`, else 0.
+long staging_pid(const std::string& entry, const std::string& name) {
+  const std::string prefix = "." + name + ".tmp-";
+  if (entry.size() <= prefix.size() + 9 || entry.compare(0, prefix.size(), prefix) != 0) return 0;
+  const std::string rest = entry.substr(prefix.size());
+  const auto dash = rest.find('-');
+  if (dash == 0 || dash > 10 || rest.size() != dash + 9) return 0;
+  long pid = 0;
+  for (std::size_t i = 0; i < dash; ++i) {
+    if (rest[i] < '0' || rest[i] > '9') return 0;
+    pid = pid * 10 + (rest[i] - '0');
+  }
+  for (std::size_t i = dash + 1; i < rest.size(); ++i) {
+    const char c = rest[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return 0;
+  }
+  return pid;
+}
+
+// A staging sibling is stale when its writer's process is gone here AND nobody holds the lock
+// live writers keep on their staging data (StagedOutput's flock on a directory, libhdf5's on
+// its file). The lock covers writers in other PID namespaces sharing the directory; the pid
+// covers writers whose lock cannot be seen (a file between creation and H5Fcreate).
+bool staging_is_stale(const fs::path& path, long pid) {
+  if (pid <= 0 || pid == static_cast<long>(::getpid())) return false;
+  if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) return false;
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (fd.get() < 0) return false;
+  return ::flock(fd.get(), LOCK_EX | LOCK_NB) == 0;  // released when fd closes
+}
+
 }  // namespace
+
+std::size_t remove_stale_staging(const fs::path& target) noexcept {
+  std::size_t removed = 0;
+  try {
+    auto parent = target.parent_path();
+    if (parent.empty()) parent = ".";
+    const std::string name = target.filename().string();
+    std::error_code ec;
+    std::vector<fs::path> stale;
+    for (fs::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+      const long pid = staging_pid(it->path().filename().string(), name);
+      if (pid > 0 && staging_is_stale(it->path(), pid)) stale.push_back(it->path());
+    }
+    for (const auto& p : stale) {
+      std::error_code rm;
+      if (fs::remove_all(p, rm) > 0 && !rm) ++removed;
+    }
+  } catch (...) {
+    // Best effort: a leftover is harmless (hidden, never opened at the store path).
+  }
+  return removed;
+}
 
 StagedOutput::StagedOutput(fs::path target, Kind kind, bool overwrite)
     : target_(std::move(target)), kind_(kind), overwrite_(overwrite) {
@@ -130,9 +186,18 @@ StagedOutput::StagedOutput(fs::path target, Kind kind, bool overwrite)
     throw IoError(fmt::format("{} already exists (pass --overwrite to replace it)",
                               quote(target_)));
   }
+  // Runs killed mid-write (SIGKILL, power loss) could not remove their staging data; without
+  // this, it would pile up beside the store forever.
+  remove_stale_staging(target_);
   temp_ = sibling_name(target_, ".tmp-");
   if (kind_ == Kind::Directory) {
     if (::mkdir(temp_.c_str(), 0755) != 0) throw_errno("create a directory in", temp_.parent_path());
+    // Held until commit or discard; where flock is unsupported, the pid alone marks us alive.
+    lock_fd_ = ::open(temp_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (lock_fd_ >= 0 && ::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(lock_fd_);
+      lock_fd_ = -1;
+    }
   } else {
     Fd fd(::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
     if (fd.get() < 0) throw_errno("create a file in", temp_.parent_path());
@@ -146,6 +211,8 @@ void StagedOutput::discard() noexcept {
   done_ = true;
   std::error_code ec;
   fs::remove_all(temp_, ec);
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  lock_fd_ = -1;
 }
 
 void StagedOutput::commit(bool durable) {
@@ -157,12 +224,29 @@ void StagedOutput::commit(bool durable) {
     if (!overwrite_) {
       throw IoError(fmt::format("{} appeared while writing; not replacing it", quote(target_)));
     }
-    // Directories cannot be renamed over a non-empty directory: move the old one aside first.
-    old = sibling_name(target_, ".old-");
-    if (::rename(target_.c_str(), old.c_str()) != 0) throw_errno("move aside", target_);
+    // Swap the new store in and the old one out in one step: the path always holds a complete
+    // store, and if we die before removing the old one it is a stale staging sibling.
+    if (::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, target_.c_str(), RENAME_EXCHANGE) == 0) {
+      old = temp_;
+    } else {
+      // Not supported here: directories cannot be renamed over a non-empty directory, so move
+      // the old one aside first (a moment with no store at the path, never a partial one).
+      old = sibling_name(target_, ".old-");
+      if (::rename(target_.c_str(), old.c_str()) != 0) throw_errno("move aside", target_);
+      if (::rename(temp_.c_str(), target_.c_str()) != 0) throw_errno("rename into place", target_);
+    }
+  } else if (::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, target_.c_str(), RENAME_NOREPLACE) !=
+             0) {
+    // RENAME_NOREPLACE: a store that appeared meanwhile is never clobbered without --overwrite.
+    if (errno == EEXIST) {
+      throw IoError(fmt::format("{} appeared while writing; not replacing it", quote(target_)));
+    }
+    if (errno != EINVAL && errno != ENOSYS) throw_errno("rename into place", target_);
+    if (::rename(temp_.c_str(), target_.c_str()) != 0) throw_errno("rename into place", target_);
   }
-  if (::rename(temp_.c_str(), target_.c_str()) != 0) throw_errno("rename into place", target_);
   done_ = true;
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  lock_fd_ = -1;
   if (!old.empty()) fs::remove_all(old, ec);
   if (durable) {
     auto parent = target_.parent_path();

@@ -31,13 +31,14 @@ void fsync_path(const fs::path& path);
 std::uint64_t bytes_on_disk(const fs::path& path);
 
 // A temporary sibling of `target` that becomes `target` on commit() and is removed otherwise.
-// Its name starts with '.' and contains ".tmp-", so an interrupted run never leaves anything
-// that looks like a store.
+// Its name is ".<target name>.tmp-<pid>-<8 hex digits>", so an interrupted run never leaves
+// anything that looks like a store. A staged directory is flock()ed while its writer lives.
 class StagedOutput {
  public:
   enum class Kind { File, Directory };
   // Throws IoError if the parent directory is not writable, or if `target` exists and
-  // overwrite is false.
+  // overwrite is false. First removes stale staging siblings of `target` left by writers that
+  // died (SIGKILL, power loss): their process is gone and nobody holds their lock.
   StagedOutput(fs::path target, Kind kind, bool overwrite);
   ~StagedOutput();
   StagedOutput(const StagedOutput&) = delete;
@@ -46,6 +47,8 @@ class StagedOutput {
   const fs::path& temp() const { return temp_; }
   const fs::path& target() const { return target_; }
   // Flushes (when durable) everything staged, renames it onto target, fsyncs the parent.
+  // An existing target (overwrite) is swapped out atomically where the file system supports
+  // renameat2(RENAME_EXCHANGE), so the path never lacks a complete store.
   void commit(bool durable);
   // Removes the temporary now (the destructor does the same).
   void discard() noexcept;
@@ -56,6 +59,11 @@ class StagedOutput {
   Kind kind_;
   bool overwrite_;
   bool done_ = false;
+  int lock_fd_ = -1;  // flock()ed staging directory: tells other runs this writer is alive
 };
+
+// Removes the staging siblings of `target` whose writer is gone (see StagedOutput). Returns how
+// many it removed. Best effort: never throws.
+std::size_t remove_stale_staging(const fs::path& target) noexcept;
 
 }  // namespace imgstore::detail

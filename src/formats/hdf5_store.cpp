@@ -222,6 +222,21 @@ class Hdf5Writer final : public StoreWriter {
     checksums_ds_ = create_dataset("checksums", H5T_STD_U64LE, 1, dims, contiguous_plist());
   }
 
+  // Abandoned (error, interrupt): closing still makes libhdf5 write what it caches. On a full
+  // disk that fails again, and libhdf5 1.10 then keeps a half-freed file that crashes the
+  // process at exit (H5F__close_cb). The file is about to be deleted: empty it first, so the
+  // last writes land in a sparse file on the space just freed.
+  ~Hdf5Writer() override {
+    if (committed_ || !file_) return;
+    if (::truncate(staged_.temp().c_str(), 0) != 0) {
+      // Nothing better to do: the handles below still close, most likely fine.
+    }
+    images_.reset();
+    labels_.reset();
+    checksums_ds_.reset();
+    file_.reset();
+  }
+
   static void check_options(const fs::path& path, const StoreSpec& spec, const WriterOptions& o) {
     if (o.hdf5_deflate < 0 || o.hdf5_deflate > 9) {
       throw UsageError(
@@ -310,10 +325,24 @@ class Hdf5Writer final : public StoreWriter {
       check_h5<IoError>(H5Tset_cset(fixed.get(), H5T_CSET_UTF8), "cannot make a string type");
       write_attr(kManifestAttr, fixed.get(), fixed.get(), H5Screate(H5S_SCALAR), json.c_str());
 
+      // libhdf5 1.10 cannot recover from a failed metadata flush: the cache stays "slist
+      // enabled", every later flush or close fails, and the process crashes at exit. So the
+      // space the flush writes into is reserved first, where a full disk fails cleanly.
+      reserve_for_flush();
+      check_h5<IoError>(H5Fflush(file_.get(), H5F_SCOPE_LOCAL),
+                        fmt::format("cannot flush {}", quote(staged_.temp())));
       images_.close(what("cannot close /images in"));
       labels_.close(what("cannot close /labels in"));
       checksums_ds_.close(what("cannot close /checksums in"));
       file_.close(fmt::format("cannot flush and close {}", quote(staged_.temp())));
+    }
+    // Frees what the reservation allocated past the end of the file (ext4 and tmpfs free
+    // preallocated blocks on a truncate to the same size).
+    struct stat st {};
+    if (::stat(staged_.temp().c_str(), &st) == 0) {
+      if (::truncate(staged_.temp().c_str(), st.st_size) != 0) {
+        // Harmless: the blocks stay allocated, the content is complete.
+      }
     }
     staged_.commit(options_.durable);
   }
@@ -321,6 +350,24 @@ class Hdf5Writer final : public StoreWriter {
  private:
   std::string what(const std::string& action) const {
     return fmt::format("{} {}", action, quote(path_));
+  }
+
+  // Allocates every block the final flush can write: holes below the end of the file's
+  // address space (metadata placed at creation, written only at flush) and a margin past it.
+  void reserve_for_flush() {
+    constexpr hsize_t kMargin = hsize_t{64} << 10;
+    hsize_t size = 0;
+    check_h5<IoError>(H5Fget_filesize(file_.get(), &size),
+                      fmt::format("cannot get the size of {}", quote(staged_.temp())));
+    Fd fd(::open(staged_.temp().c_str(), O_WRONLY | O_CLOEXEC));
+    if (fd.get() < 0) {
+      throw IoError(fmt::format("cannot open {}: {}", quote(staged_.temp()), std::strerror(errno)));
+    }
+    if (::fallocate(fd.get(), FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(size + kMargin)) != 0 &&
+        errno != EOPNOTSUPP && errno != ENOSYS) {  // unsupported: flush unprotected, as before
+      throw IoError(fmt::format("cannot write {} (finishing {}): {}", quote(staged_.temp()),
+                                quote(path_), std::strerror(errno)));
+    }
   }
 
   H5Plist contiguous_plist() {

@@ -25,9 +25,11 @@
 //   So the main database holds manifest.count + 1 entries.
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <cstring>
 #include <limits>
@@ -221,8 +223,9 @@ class LmdbWriter final : public StoreWriter {
           grow();
           continue;  // redo this range in a fresh transaction
         }
-        lmdb::check(rc, what(fmt::format("write records {}..{}", first_index + start,
-                                          first_index + end - 1)));
+        lmdb::check(explain_short_write(rc, (end - start) * value_guess),
+                    what(fmt::format("write records {}..{} to {}", first_index + start,
+                                     first_index + end - 1, data_file())));
         break;
       }
     }
@@ -245,7 +248,8 @@ class LmdbWriter final : public StoreWriter {
         grow();
         continue;
       }
-      lmdb::check(rc, what("write the manifest"));
+      lmdb::check(explain_short_write(rc, json.size() + 2 * page_size()),
+                  what("write the manifest to " + data_file()));
       break;
     }
     env_.close();
@@ -261,6 +265,19 @@ class LmdbWriter final : public StoreWriter {
 
   std::string what(const std::string& action) const {
     return fmt::format("{}: cannot {}", name_, action);
+  }
+
+  std::string data_file() const { return quote(staged_.temp() / "data.mdb"); }
+
+  // LMDB reports a short write, which is what a full disk gives, as EIO ("Input/output
+  // error"). Say ENOSPC when the file system has less room left than the commit needed.
+  int explain_short_write(int rc, std::size_t bytes) const {
+    struct statvfs st {};
+    if (rc == EIO && ::statvfs(staged_.temp().c_str(), &st) == 0 &&
+        static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize < bytes) {
+      return ENOSPC;
+    }
+    return rc;
   }
 
   // PNG encoding is the slow part of a PNG-encoded store: do it in parallel, before any
