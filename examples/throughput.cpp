@@ -5,10 +5,14 @@
 //   (c) the in-memory limit: gathering the same bytes from one RAM tensor into batches
 //       (and, for PNG, threads x the single-thread decode rate);
 //   (d) training images/s fed by the prefetching loader, against training fed from memory.
+// With --checksums both, (a) is measured with record checksum checking on and off, in
+// alternating runs, and the cost of checking is printed as their ratio.
 // Prints a table of figures and ratios; writes CSV and JSON. Medians of --runs runs after one
 // warm-up pass (page cache warm).
 //
 //   imgstore-throughput --stores out/stores --split train --out out/throughput
+//   imgstore-throughput --stores out/stores --checksums both --skip-stock --skip-train --python ''
+
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -16,6 +20,7 @@
 #include <filesystem>
 #include <iostream>
 #include <thread>
+#include <tuple>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -38,7 +43,8 @@ struct Args {
   std::size_t batch_size = 256;
   int runs = 3, train_steps = 60, torch_threads = 0;
   unsigned threads = 0, train_loader_threads = 1;
-  bool skip_stock = false;
+  bool skip_stock = false, skip_train = false;
+  std::string checksums = "on";  // on | off | both (record checksum checking while reading)
   std::string python = "/usr/bin/python3";  // empty: skip the Python peer
 };
 
@@ -92,6 +98,20 @@ Rate measure(int runs, F&& once) {
   std::vector<double> v;
   for (int r = 0; r < runs; ++r) v.push_back(once());
   return {median(v), *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end())};
+}
+
+// Runs a and b alternately (after one warm-up pass each) so that drift in the machine's load
+// hits both alike; returns their rates.
+template <class A, class B>
+std::pair<Rate, Rate> measure_pair(int runs, A&& a, B&& b) {
+  a(), b();
+  std::vector<double> va, vb;
+  for (int r = 0; r < runs; ++r) va.push_back(a()), vb.push_back(b());
+  auto rate = [](const std::vector<double>& v) {
+    return Rate{median(v), *std::min_element(v.begin(), v.end()),
+                *std::max_element(v.begin(), v.end())};
+  };
+  return {rate(va), rate(vb)};
 }
 
 double prefetch_epoch(PrefetchLoader& loader) {
@@ -222,19 +242,26 @@ int run(const Args& a) {
   report["machine"] = {{"cpu", cpu_model()}, {"cores", cores},
                        {"memory_gib", sysconf(_SC_PHYS_PAGES) * double(sysconf(_SC_PAGE_SIZE)) / (1 << 30)},
                        {"kernel", std::string(uts.release)}};
+  if (a.checksums != "on" && a.checksums != "off" && a.checksums != "both") {
+    throw UsageError("--checksums must be on, off or both");
+  }
+  ReaderOptions reader_options;
+  reader_options.verify_checksums = a.checksums != "off";
   report["settings"] = {{"batch_size", a.batch_size}, {"loader_threads", threads},
+                        {"checksums", a.checksums},
                         {"runs", a.runs}, {"page_cache", "warm (one untimed pass first)"},
                         {"train_steps", a.train_steps},
                         {"train_loader_threads", a.train_loader_threads},
                         {"torch_threads", torch::get_num_threads()}};
   fmt::print("machine: {}, {} cores; batch {}, loader threads {}, torch intra-op threads {}; "
-             "page cache warm; medians of {} runs\n", cpu_model(), cores, a.batch_size, threads,
-             torch::get_num_threads(), a.runs);
+             "page cache warm; medians of {} runs; record checksums {}\n", cpu_model(), cores,
+             a.batch_size, threads, torch::get_num_threads(), a.runs, a.checksums);
 
   struct Row {
     std::string format;
     std::size_t images = 0;
-    Rate prefetch, stock0, stock2, sample0, sample2, memory, train, train_memory;
+    Rate prefetch, prefetch_unchecked, stock0, stock2, sample0, sample2, memory, train,
+        train_memory;
     double limit = 0, wait_share = 0, single_decode = 0, rss_growth = 0, rss_bound = 0;
   };
   std::vector<Row> rows;
@@ -244,7 +271,7 @@ int run(const Args& a) {
       fmt::print("skip {}: {} not found\n", to_string(f), path.string());
       continue;
     }
-    auto reader = std::shared_ptr<const StoreReader>(open_store(path));
+    auto reader = std::shared_ptr<const StoreReader>(open_store(path, reader_options));
     Row row;
     row.format = to_string(f);
     row.images = reader->size();
@@ -256,8 +283,25 @@ int run(const Args& a) {
     lo.threads = threads;
     lo.seed = 1;
     PrefetchLoader loader(reader, lo);
-    row.prefetch = measure(a.runs, [&] { return prefetch_epoch(loader); });
-    fmt::print("  (a) prefetch loader      {:>10.0f} img/s\n", row.prefetch.median);
+    if (a.checksums == "both") {
+      ReaderOptions unchecked = reader_options;
+      unchecked.verify_checksums = false;
+      PrefetchLoader loader_unchecked(
+          std::shared_ptr<const StoreReader>(open_store(path, unchecked)), lo);
+      std::tie(row.prefetch, row.prefetch_unchecked) =
+          measure_pair(a.runs, [&] { return prefetch_epoch(loader); },
+                       [&] { return prefetch_epoch(loader_unchecked); });
+      fmt::print("  (a) prefetch loader      {:>10.0f} img/s checksums on (min {:.0f}, max {:.0f})\n"
+                 "                           {:>10.0f} img/s checksums off (min {:.0f}, max {:.0f})\n"
+                 "                           on/off = {:.3f}\n",
+                 row.prefetch.median, row.prefetch.min, row.prefetch.max,
+                 row.prefetch_unchecked.median, row.prefetch_unchecked.min,
+                 row.prefetch_unchecked.max, row.prefetch.median / row.prefetch_unchecked.median);
+    } else {
+      row.prefetch = measure(a.runs, [&] { return prefetch_epoch(loader); });
+      fmt::print("  (a) prefetch loader      {:>10.0f} img/s (checksums {})\n", row.prefetch.median,
+                 a.checksums);
+    }
     // Memory stays flat across epochs: RSS growth over 10 more epochs, against the bound of
     // prefetch_depth batch buffers.
     const double rss_before = rss_bytes();
@@ -296,6 +340,10 @@ int run(const Args& a) {
     }
     std::fflush(stdout);
 
+    if (a.skip_train) {
+      rows.push_back(row);
+      continue;
+    }
     // (d) training fed by the prefetch loader (float, normalised) vs from memory.
     auto [mean, stdev] = channel_stats(*reader, 5000);
     LoaderOptions tlo = lo;
@@ -349,24 +397,27 @@ int run(const Args& a) {
          "stock_per_sample_w2_ips,memory_ips,limit_ips,png_single_thread_decode_ips,"
          "prefetch_vs_limit,prefetch_vs_best_stock,prefetch_vs_best_per_sample,train_ips,"
          "train_memory_ips,train_vs_memory,train_data_wait_share,python_dataloader_ips,"
-         "prefetch_vs_python\n";
+         "prefetch_vs_python,checksums,prefetch_checksums_off_ips,prefetch_checksums_on_vs_off\n";
   for (const auto& r : rows) {
     const double best_stock = std::max(r.stock0.median, r.stock2.median);
     const double best_sample = std::max(r.sample0.median, r.sample2.median);
     const double vs_limit = r.prefetch.median / r.limit;
     const double vs_stock = best_stock > 0 ? r.prefetch.median / best_stock : 0;
     const double vs_sample = best_sample > 0 ? r.prefetch.median / best_sample : 0;
-    const double train_ratio = r.train.median / r.train_memory.median;
+    const double train_ratio = r.train_memory.median > 0 ? r.train.median / r.train_memory.median : 0;
+    const double on_vs_off =
+        r.prefetch_unchecked.median > 0 ? r.prefetch.median / r.prefetch_unchecked.median : 0;
     const double py = python_best(peer, r.format);
     const double vs_python = py > 0 ? r.prefetch.median / py : 0;
     fmt::print("{:<5} {:>11.0f} {:>11.0f} {:>11.0f} {:>11.0f} {:>8.2f}x {:>8.1f}x {:>9.1f}x {:>10.0f} {:>8.1f}x {:>9.0f} {:>10.0f} {:>8.2f}x\n",
                r.format, r.prefetch.median, best_stock, best_sample, r.limit, vs_limit, vs_stock,
                vs_sample, py, vs_python, r.train.median, r.train_memory.median, train_ratio);
-    csv << fmt::format("{},{},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.3f},{:.3f},{:.3f},{:.0f},{:.0f},{:.3f},{:.3f},{:.0f},{:.3f}\n",
+    csv << fmt::format("{},{},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.3f},{:.3f},{:.3f},{:.0f},{:.0f},{:.3f},{:.3f},{:.0f},{:.3f},{},{:.0f},{:.3f}\n",
                        r.format, r.images, r.prefetch.median, r.stock0.median, r.stock2.median,
                        r.sample0.median, r.sample2.median, r.memory.median, r.limit,
                        r.single_decode, vs_limit, vs_stock, vs_sample, r.train.median,
-                       r.train_memory.median, train_ratio, r.wait_share, py, vs_python);
+                       r.train_memory.median, train_ratio, r.wait_share, py, vs_python,
+                       a.checksums, r.prefetch_unchecked.median, on_vs_off);
     jrows.push_back({{"format", r.format}, {"images", r.images}, {"prefetch", r.prefetch.json()},
                      {"stock_workers0", r.stock0.json()}, {"stock_workers2", r.stock2.json()},
                      {"stock_per_sample_workers0", r.sample0.json()},
@@ -379,7 +430,19 @@ int run(const Args& a) {
                      {"train_fed_by_loader", r.train.json()}, {"train_fed_from_memory", r.train_memory.json()},
                      {"train_vs_memory", train_ratio}, {"train_data_wait_share", r.wait_share},
                      {"rss_growth_10_epochs_bytes", r.rss_growth},
-                     {"prefetch_depth_x_batch_bytes", r.rss_bound}});
+                     {"prefetch_depth_x_batch_bytes", r.rss_bound},
+                     {"checksums", a.checksums},
+                     {"prefetch_checksums_off", r.prefetch_unchecked.json()},
+                     {"prefetch_checksums_on_vs_off", on_vs_off}});
+  }
+  if (a.checksums == "both") {
+    fmt::print("\nprefetch loader, record checksums checked vs not (medians of {} alternating "
+               "runs, {} loader threads, page cache warm):\n", a.runs, threads);
+    for (const auto& r : rows) {
+      fmt::print("  {:<5} on {:>10.0f} img/s   off {:>10.0f} img/s   on/off {:.3f}\n", r.format,
+                 r.prefetch.median, r.prefetch_unchecked.median,
+                 r.prefetch.median / r.prefetch_unchecked.median);
+    }
   }
   fmt::print("limit: memory gather (LMDB, HDF5) or PNG single-thread decode x threads. stock: "
              "LibTorch's DataLoader over our Dataset's get_batch; per-sample: the same Dataset's "
@@ -416,6 +479,10 @@ int main(int argc, char** argv) {
                  "loader threads while training (the rest of the cores go to torch)")->capture_default_str();
   app.add_option("--torch-threads", a.torch_threads, "torch intra-op threads (0: LibTorch default)");
   app.add_flag("--skip-stock", a.skip_stock, "skip the stock DataLoader figures");
+  app.add_flag("--skip-train", a.skip_train, "skip the training figures (d)");
+  app.add_option("--checksums", a.checksums,
+                 "record checksum checking while reading: on, off, or both (measures (a) both ways "
+                 "and prints the ratio)")->capture_default_str();
   app.add_option("--python", a.python, "python3 with torch for the Python DataLoader peer "
                  "('' to skip)")->capture_default_str();
 
