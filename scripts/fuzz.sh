@@ -2,6 +2,9 @@
 # Builds the libFuzzer targets (tests/fuzz/) in a separate clang build with ASan+UBSan, then
 # replays every committed crasher and runs each target for SECONDS over its seed corpus.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]      (default 10 s each, every target)
+#   scripts/fuzz.sh --smoke [TARGET...]        CI smoke run (docs/sanitizers.md): installs clang
+#       if missing, replays every target's seeds and regressions, then fuzzes each for
+#       $IMGSTORE_FUZZ_SMOKE_SECONDS (default 25) s; fuzz_hdf5 only replays (see below).
 # Env: IMGSTORE_FUZZ_BUILD (default <repo>/build-fuzz), IMGSTORE_FUZZ_ARGS (extra libFuzzer
 # flags). Exits non-zero if any target crashes, leaks, times out or exceeds a memory limit.
 # Crash inputs are left in <build>/crashes/<target>/.
@@ -9,13 +12,37 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${IMGSTORE_FUZZ_BUILD:-$ROOT/build-fuzz}"
-SECONDS_EACH="${1:-10}"
-shift || true
+SMOKE=0
+if [[ ${1:-} == --smoke ]]; then
+  SMOKE=1
+  shift
+  SECONDS_EACH="${IMGSTORE_FUZZ_SMOKE_SECONDS:-25}"
+else
+  SECONDS_EACH="${1:-10}"
+  shift || true
+fi
 ALL_TARGETS=(cifar_binary pickle cifar_pickle idx idx_gz archive png_decode lmdb_value hdf5
              labels_csv manifest)
 if [[ $# -gt 0 ]]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 
-command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found (apt-get install clang libclang-rt-14-dev)" >&2; exit 2; }
+# clang and its runtimes (libFuzzer, ASan, UBSan); the smoke run installs them (idempotent).
+fuzz_packages=(clang libclang-rt-14-dev)
+missing=()
+for p in "${fuzz_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if ((SMOKE)); then
+    echo "fuzz.sh: installing ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "fuzz.sh: missing ${missing[*]} (apt-get install ${missing[*]}, or run with --smoke)" >&2
+    exit 2
+  fi
+fi
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fsanitize=fuzzer-no-link"
 nice -n 19 cmake -S "$ROOT" -B "$BUILD" -G Ninja \
@@ -27,7 +54,10 @@ nice -n 19 cmake -S "$ROOT" -B "$BUILD" -G Ninja \
   -DBUILD_SHARED_LIBS=OFF -DIMGSTORE_BUILD_FUZZERS=ON -DIMGSTORE_BUILD_TORCH=OFF \
   -DIMGSTORE_BUILD_TESTS=OFF >/dev/null
 BUILD="$(cd "$BUILD" && pwd)"
+build_start=$SECONDS
 nice -n 19 ninja -C "$BUILD" -j2 $(printf 'fuzz_%s ' "${TARGETS[@]}")
+build_time=$((SECONDS - build_start))
+run_start=$SECONDS
 
 # Scratch files of the targets go to a private tmpfs folder, removed on exit.
 FUZZ_TMP="$(mktemp -d /dev/shm/imgstore-fuzz.XXXXXX)"
@@ -75,6 +105,20 @@ for t in "${TARGETS[@]}"; do
   # 2. Fuzz: the working corpus first (new inputs go there), the committed seeds read-only.
   dirs=("$work" "$seeds")
   [[ -d "$regress" ]] && dirs+=("$regress")
+  # The smoke run (CI) must not fail on bugs we cannot fix: new fuzzing of fuzz_hdf5 reaches
+  # libhdf5 1.10.8's unchecked NULL memcpy (known/hdf5/, H5F__accum_read) within minutes, so
+  # there it only runs every seed (and, above, every regression) once, which must pass.
+  if ((SMOKE)) && [[ $t == hdf5 ]]; then
+    if nice -n 19 "${target_env[@]}" "$bin" "${limits[@]}" "$seeds"/* >"$log" 2>&1; then
+      line="$t: ok, replayed $(ls "$seeds" | wc -l) seeds + $(ls "$regress" 2>/dev/null | wc -l) regressions (no new fuzzing: libhdf5 bug)"
+    else
+      line="$t: SEED CRASHES (log $log)"
+      status=1
+    fi
+    echo "$line"
+    summary+=("$line")
+    continue
+  fi
   if nice -n 19 "${target_env[@]}" "$bin" -max_total_time="$SECONDS_EACH" -jobs=1 -workers=1 \
        -artifact_prefix="$crashes/" -print_final_stats=1 "${limits[@]}" \
        ${IMGSTORE_FUZZ_ARGS:-} "${dirs[@]}" >"$log" 2>&1; then
@@ -92,6 +136,8 @@ for t in "${TARGETS[@]}"; do
   summary+=("$line")
 done
 
-echo "---- fuzz summary (${SECONDS_EACH}s per target) ----"
+mode="${SECONDS_EACH}s per target"
+((SMOKE)) && mode+=", smoke run: hdf5 replay only"
+echo "---- fuzz summary ($mode; build ${build_time}s, runs $((SECONDS - run_start))s) ----"
 printf '%s\n' "${summary[@]}"
 exit $status
