@@ -18,6 +18,7 @@
 
 #include "imgstore/error.hpp"
 #include "imgstore/store.hpp"
+#include "imgstore/torch/dataset.hpp"
 
 namespace imgstore::examples {
 
@@ -148,6 +149,25 @@ int run_main(CLI::App& app, int argc, char** argv, Body&& body) {
     std::cerr << app.get_name() << ": " << e.what() << "\n";
     return 1;
   }
+}
+
+// Test accuracy of `model` over every record of `test`, in chunks of 1000 (eval mode, no grad).
+inline double evaluate(ConvNet& model, const StoreDataset& test) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  std::size_t correct = 0;
+  const std::size_t n = test.count(), chunk = 1000;
+  std::vector<std::uint64_t> idx;
+  for (std::size_t first = 0; first < n; first += chunk) {
+    const std::size_t count = std::min(chunk, n - first);
+    idx.resize(count);
+    std::iota(idx.begin(), idx.end(), first);
+    auto batch = test.read_batch(idx.data(), count);
+    auto pred = model->forward(batch.data).argmax(1);
+    correct += static_cast<std::size_t>(pred.eq(batch.target).sum().item<std::int64_t>());
+  }
+  model->train();
+  return n ? static_cast<double>(correct) / static_cast<double>(n) : 0;
 }
 
 }  // namespace imgstore::examples

@@ -362,24 +362,6 @@ double process_cpu_seconds() {
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
-double evaluate(ConvNet& model, const StoreDataset& test) {
-  torch::NoGradGuard no_grad;
-  model->eval();
-  std::size_t correct = 0;
-  const std::size_t n = test.count(), chunk = 1000;
-  std::vector<std::uint64_t> idx;
-  for (std::size_t first = 0; first < n; first += chunk) {
-    const std::size_t count = std::min(chunk, n - first);
-    idx.resize(count);
-    std::iota(idx.begin(), idx.end(), first);
-    auto batch = test.read_batch(idx.data(), count);
-    auto pred = model->forward(batch.data).argmax(1);
-    correct += static_cast<std::size_t>(pred.eq(batch.target).sum().item<std::int64_t>());
-  }
-  model->train();
-  return n ? static_cast<double>(correct) / static_cast<double>(n) : 0;
-}
-
 // ---- communication -----------------------------------------------------------------------
 
 struct Group {

@@ -44,24 +44,6 @@ double step(ConvNet& model, torch::optim::SGD& opt, const torch::Tensor& x, cons
   return loss.item<double>() * static_cast<double>(x.size(0));
 }
 
-double evaluate(ConvNet& model, const StoreDataset& test) {
-  torch::NoGradGuard no_grad;
-  model->eval();
-  std::size_t correct = 0;
-  const std::size_t n = test.count(), chunk = 1000;
-  std::vector<std::uint64_t> idx;
-  for (std::size_t first = 0; first < n; first += chunk) {
-    const std::size_t count = std::min(chunk, n - first);
-    idx.resize(count);
-    std::iota(idx.begin(), idx.end(), first);
-    auto batch = test.read_batch(idx.data(), count);
-    auto pred = model->forward(batch.data).argmax(1);
-    correct += static_cast<std::size_t>(pred.eq(batch.target).sum().item<std::int64_t>());
-  }
-  model->train();
-  return n ? static_cast<double>(correct) / static_cast<double>(n) : 0;
-}
-
 int run(const Args& a) {
   if (a.torch_threads > 0) torch::set_num_threads(a.torch_threads);
   torch::manual_seed(a.seed);
