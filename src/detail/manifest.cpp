@@ -65,6 +65,28 @@ std::string get_string(const nlohmann::json& j, const char* key, const std::stri
   return v.get<std::string>();
 }
 
+// The fields a manifest and a shard index share, read the same way into either. `kind`
+// ("manifest", "shard index") names the document in the version error.
+template <class Fields>
+void read_store_fields(const nlohmann::json& j, const std::string& what, const char* kind,
+                       Fields& x) {
+  x.format_version = get_integer<int>(j, "format_version", what);
+  if (x.format_version != Fields::kFormatVersion) {
+    throw DataError(fmt::format("{}: {} format_version {} is not supported (expected {})", what,
+                                kind, x.format_version, Fields::kFormatVersion));
+  }
+  x.tool_version = j.value("tool_version", "");
+  x.split = j.value("split", "");
+  x.source = j.value("source", "");
+  x.count = get_integer<std::uint64_t>(j, "count", what);
+  x.shape.height = get_integer<std::uint32_t>(j, "height", what);
+  x.shape.width = get_integer<std::uint32_t>(j, "width", what);
+  x.shape.channels = get_integer<std::uint32_t>(j, "channels", what);
+  x.encoding = j.value("encoding", "raw");
+  x.class_names = j.value("class_names", std::vector<std::string>{});
+}
+
+
 }  // namespace
 
 std::string to_string(const Shape& shape) {
@@ -126,20 +148,7 @@ Manifest Manifest::from_json(const std::string& text, const std::string& what) {
   Manifest m;
   try {
     m.format = parse_format(j.at("imgstore_format").get<std::string>());
-    m.format_version = get_integer<int>(j, "format_version", what);
-    if (m.format_version != kFormatVersion) {
-      throw DataError(fmt::format("{}: manifest format_version {} is not supported (expected {})",
-                                  what, m.format_version, kFormatVersion));
-    }
-    m.tool_version = j.value("tool_version", "");
-    m.split = j.value("split", "");
-    m.source = j.value("source", "");
-    m.count = get_integer<std::uint64_t>(j, "count", what);
-    m.shape.height = get_integer<std::uint32_t>(j, "height", what);
-    m.shape.width = get_integer<std::uint32_t>(j, "width", what);
-    m.shape.channels = get_integer<std::uint32_t>(j, "channels", what);
-    m.encoding = j.value("encoding", "raw");
-    m.class_names = j.value("class_names", std::vector<std::string>{});
+    read_store_fields(j, what, "manifest", m);
     m.content_digest = parse_hex64(j.at("content_digest").get<std::string>(),
                                    what + " content_digest");
     const auto& sums = j.at("checksums");
@@ -247,20 +256,7 @@ ShardIndex ShardIndex::from_json(const std::string& text, const std::string& wha
   try {
     if (!j.is_object()) throw DataError(what + ": shard index is not a JSON object");
     x.format = parse_format(get_string(j, "imgstore_sharded", what));
-    x.format_version = get_integer<int>(j, "format_version", what);
-    if (x.format_version != kFormatVersion) {
-      throw DataError(fmt::format("{}: shard index format_version {} is not supported (expected {})",
-                                  what, x.format_version, kFormatVersion));
-    }
-    x.tool_version = j.value("tool_version", "");
-    x.split = j.value("split", "");
-    x.source = j.value("source", "");
-    x.count = get_integer<std::uint64_t>(j, "count", what);
-    x.shape.height = get_integer<std::uint32_t>(j, "height", what);
-    x.shape.width = get_integer<std::uint32_t>(j, "width", what);
-    x.shape.channels = get_integer<std::uint32_t>(j, "channels", what);
-    x.encoding = j.value("encoding", "raw");
-    x.class_names = j.value("class_names", std::vector<std::string>{});
+    read_store_fields(j, what, "shard index", x);
     x.conversion_id = get_string(j, "conversion_id", what);
     x.content_digest = parse_hex64(get_string(j, "content_digest", what), what + " content_digest");
     const auto& list = j.at("shards");
