@@ -501,9 +501,8 @@ int bench_main(const Options& o) {
                          if (durable) fsync_or_throw(path.parent_path(), O_RDONLY | O_DIRECTORY);
                        }});
   };
-  for (Format f : {Format::Png, Format::Lmdb, Format::Hdf5}) {
-    const std::string name = f == Format::Png ? "PNG folder (imgstore)"
-                             : f == Format::Lmdb ? "LMDB (imgstore)" : "HDF5 (imgstore)";
+  for (Format f : all_formats()) {
+    const std::string name = format_info(f).description + " (imgstore)";
     add_store_case(f, true, name);
     add_store_case(f, false, name);
   }

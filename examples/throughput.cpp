@@ -265,7 +265,7 @@ int run(const Args& a) {
     double limit = 0, wait_share = 0, single_decode = 0, rss_growth = 0, rss_bound = 0;
   };
   std::vector<Row> rows;
-  for (Format f : {Format::Png, Format::Lmdb, Format::Hdf5}) {
+  for (Format f : all_formats()) {
     const fs::path path = fs::path(a.stores) / store_file_name(a.split, f);
     if (!fs::exists(path)) {
       fmt::print("skip {}: {} not found\n", to_string(f), path.string());
@@ -329,7 +329,7 @@ int run(const Args& a) {
     std::uint64_t seed = 1;
     row.memory = measure(a.runs, [&] { return memory_epoch(mem, a.batch_size, seed++); });
     row.limit = row.memory.median;
-    if (f == Format::Png) {
+    if (f == Format::PngFolder) {
       row.single_decode = single_thread_read_rate(*reader, 4000);
       row.limit = std::min(row.limit, row.single_decode * threads);
       fmt::print("  (c) memory gather        {:>10.0f} img/s; PNG decode 1 thread {:.0f} img/s x {} "

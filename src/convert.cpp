@@ -62,7 +62,11 @@ ConvertResult convert_split(const Source& source, const std::string& split,
   std::vector<std::unique_ptr<StoreWriter>> writers;
   for (Format f : options.formats) {
     auto path = out_dir / store_file_name(split, f);
-    writers.push_back(create_store(f, path, spec, options.writer));
+    WriterOptions writer = options.writer;
+    if (auto it = options.encodings.find(f); it != options.encodings.end()) {
+      writer.encoding = it->second;
+    }
+    writers.push_back(create_store(f, path, spec, writer));
     result.formats.push_back(FormatResult{f, path, options.writer.shards, 0, 0});
   }
 

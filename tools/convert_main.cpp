@@ -51,6 +51,13 @@ void check_interrupt() {
   if (g_interrupted) throw Interrupted();
 }
 
+// "png,lmdb,hdf5": every format of the table, the default of --to.
+std::string all_format_names() {
+  std::vector<std::string> names;
+  for (Format f : all_formats()) names.push_back(to_string(f));
+  return fmt::format("{}", fmt::join(names, ","));
+}
+
 std::vector<Format> parse_formats(const std::string& list) {
   std::vector<Format> formats;
   std::stringstream ss(list);
@@ -60,7 +67,9 @@ std::vector<Format> parse_formats(const std::string& list) {
     Format f = parse_format(item);
     if (std::find(formats.begin(), formats.end(), f) == formats.end()) formats.push_back(f);
   }
-  if (formats.empty()) throw UsageError("--to needs at least one of png, lmdb, hdf5");
+  if (formats.empty()) {
+    throw UsageError(fmt::format("--to needs at least one of {}", format_names(", ")));
+  }
   return formats;
 }
 
@@ -72,7 +81,7 @@ Json describe(const StoreReader& reader) {
   j["split"] = m.split;
   j["count"] = m.count;
   j["shape"] = {m.shape.height, m.shape.width, m.shape.channels};
-  j["encoding"] = m.encoding;
+  j["encoding"] = to_string(m.encoding);
   j["classes"] = m.class_names;
   j["bytes_on_disk"] = reader.bytes_on_disk();
   j["source"] = m.source;
@@ -101,7 +110,7 @@ Json describe(const StoreReader& reader) {
 }
 
 struct ConvertArgs {
-  std::string source, to = "png,lmdb,hdf5", out, label_set = "fine", lmdb_encoding = "raw";
+  std::string source, to = all_format_names(), out, label_set = "fine", lmdb_encoding;
   std::vector<std::string> splits;
   std::uint64_t limit = 0;
   std::uint32_t repeat = 1;
@@ -118,20 +127,14 @@ int run_convert(const ConvertArgs& a) {
   options.limit = a.limit;
   options.repeat = a.repeat;
   options.writer.png_level = a.png_level;
-  options.writer.lmdb_encoding = a.lmdb_encoding;
-  options.writer.hdf5_chunk_records = a.hdf5_chunk;
-  options.writer.hdf5_deflate = a.hdf5_deflate;
+  // Parsed, not checked: each writer checks the options it is given.
+  if (!a.lmdb_encoding.empty()) options.encodings[Format::Lmdb] = parse_encoding(a.lmdb_encoding);
+  options.writer.hdf5.chunk_records = a.hdf5_chunk;
+  options.writer.hdf5.deflate = a.hdf5_deflate;
   options.writer.overwrite = a.overwrite;
   options.writer.durable = !a.no_fsync;
   options.writer.threads = a.threads;
   options.writer.shards = a.shards;
-  if (a.lmdb_encoding != "raw" && a.lmdb_encoding != "png") {
-    throw UsageError("--lmdb-encoding must be raw or png");
-  }
-  if (a.hdf5_deflate < 0 || a.hdf5_deflate > 9) throw UsageError("--hdf5-deflate must be 0..9");
-  if (a.hdf5_deflate > 0 && a.hdf5_chunk == 0) {
-    throw UsageError("--hdf5-deflate needs --hdf5-chunk (HDF5 compresses chunks)");
-  }
 
   SourceOptions source_options;
   source_options.label_set = a.label_set;
@@ -244,7 +247,7 @@ int run_info(const std::string& store, bool json) {
   }
   const auto& m = reader->manifest();
   fmt::print("path:      {}\n", reader->path().string());
-  fmt::print("format:    {} (encoding {})\n", to_string(m.format), m.encoding);
+  fmt::print("format:    {} (encoding {})\n", to_string(m.format), to_string(m.encoding));
   fmt::print("split:     {}\n", m.split);
   fmt::print("records:   {}\n", m.count);
   fmt::print("shape:     {} (H x W x C, uint8)\n", to_string(m.shape));
@@ -271,7 +274,10 @@ int run_info(const std::string& store, bool json) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"imgstore-convert: store image data sets as PNG folders, LMDB or HDF5, and check them"};
+  std::vector<std::string> kinds;
+  for (Format f : all_formats()) kinds.push_back(format_info(f).description);
+  CLI::App app{fmt::format("imgstore-convert: store image data sets as {} stores, and check them",
+                           fmt::join(kinds, ", "))};
   app.footer(kExamples);
   app.require_subcommand(1);
 
@@ -280,7 +286,8 @@ int main(int argc, char** argv) {
   convert->add_option("source", ca.source,
                       "CIFAR-10/100 folder or .tar.gz, IDX folder or file, a store, or synthetic:k=v,...")
       ->required();
-  convert->add_option("--to", ca.to, "formats, comma-separated: png,lmdb,hdf5")->capture_default_str();
+  convert->add_option("--to", ca.to, "formats, comma-separated: " + all_format_names())
+      ->capture_default_str();
   convert->add_option("--out", ca.out, "output directory (created if missing)")->required();
   convert->add_option("--split", ca.splits, "split(s) to convert (default: all the source has)");
   convert->add_option("--limit", ca.limit, "only the first N records of each split");
@@ -293,8 +300,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, ShardIndex::kMaxShards))->capture_default_str();
   convert->add_option("--png-level", ca.png_level, "zlib level for PNG, 0..9")
       ->check(CLI::Range(0, 9))->capture_default_str();
-  convert->add_option("--lmdb-encoding", ca.lmdb_encoding, "LMDB payload: raw or png")
-      ->capture_default_str();
+  convert->add_option("--lmdb-encoding", ca.lmdb_encoding,
+                      "LMDB payload: " + encoding_names(format_info(Format::Lmdb).encodings) +
+                          " (default: " + to_string(format_info(Format::Lmdb).encodings.front()) +
+                          ")");
   convert->add_option("--hdf5-chunk", ca.hdf5_chunk, "HDF5 chunk size in images (default: contiguous)");
   convert->add_option("--hdf5-deflate", ca.hdf5_deflate, "HDF5 deflate level 1..9 (needs --hdf5-chunk)");
   convert->add_option("--label-set", ca.label_set, "CIFAR-100 labels: fine or coarse")->capture_default_str();

@@ -53,7 +53,7 @@ struct SummaryRow {
 
 // A store layout under test: the container plus what is inside it.
 struct Variant {
-  Format format = Format::Png;
+  Format format = Format::PngFolder;
   std::string name;           // png | raw | png | contiguous | chunked | deflate | "-"
   WriterOptions writer;
   bool png_payload = false;   // records are PNG-compressed (decode bound)

@@ -44,7 +44,7 @@ struct Options {
   fs::path out = "imgstore-bench-out";
   std::string source = "synthetic";
   std::string store;
-  std::string formats = "png,lmdb,hdf5";
+  std::string formats;  // empty: every format of the table
   bool formats_given = false;
   std::string ns;
   std::uint64_t max_n = 0;
@@ -136,6 +136,7 @@ Config make_config(const Options& o) {
   if (o.max_n && c.epoch_n > o.max_n) {
     throw UsageError(fmt::format("--epoch-n {} exceeds --max-n {}", c.epoch_n, o.max_n));
   }
+  if (o.formats.empty() && !o.formats_given) c.formats = all_formats();
   std::stringstream ss(o.formats);
   for (std::string f; std::getline(ss, f, ',');) {
     try {
@@ -144,8 +145,8 @@ Config make_config(const Options& o) {
         c.formats.push_back(fmt_);
       }
     } catch (const UsageError&) {
-      throw UsageError(fmt::format("--formats '{}': unknown format '{}' (png, lmdb, hdf5)",
-                                   o.formats, f));
+      throw UsageError(fmt::format("--formats '{}': unknown format '{}' ({})", o.formats, f,
+                                   format_names(", ")));
     }
   }
   if (c.formats.empty()) throw UsageError(fmt::format("--formats '{}': no format", o.formats));
@@ -172,12 +173,10 @@ void prepare_out_dir(const fs::path& out) {
 }
 
 std::string variant_of_store(const StoreReader& r) {
-  switch (r.format()) {
-    case Format::Png: return "png";
-    case Format::Lmdb: return r.manifest().encoding == "png" ? "png" : "raw";
-    case Format::Hdf5: return "-";  // its chunking is not in the manifest
-  }
-  return "-";
+  // Variants are named by payload encoding, as build_variants does; HDF5's are by chunking,
+  // which is not in the manifest.
+  if (r.format() == Format::Hdf5) return "-";
+  return to_string(r.manifest().encoding);
 }
 
 class Bench {
@@ -323,14 +322,14 @@ void Bench::build_variants() {
   };
   const std::size_t chunk = c_.opt.hdf5_chunk;
   const int deflate = c_.opt.deflate;
-  add(Format::Png, "png", false, [](WriterOptions&) {});
-  add(Format::Lmdb, "raw", false, [](WriterOptions& w) { w.lmdb_encoding = "raw"; });
-  add(Format::Lmdb, "png", true, [](WriterOptions& w) { w.lmdb_encoding = "png"; });
+  add(Format::PngFolder, "png", false, [](WriterOptions&) {});
+  add(Format::Lmdb, "raw", false, [](WriterOptions& w) { w.encoding = Encoding::Raw; });
+  add(Format::Lmdb, "png", true, [](WriterOptions& w) { w.encoding = Encoding::Png; });
   add(Format::Hdf5, "contiguous", false, [](WriterOptions&) {});
-  add(Format::Hdf5, "chunked", true, [&](WriterOptions& w) { w.hdf5_chunk_records = chunk; });
+  add(Format::Hdf5, "chunked", true, [&](WriterOptions& w) { w.hdf5.chunk_records = chunk; });
   add(Format::Hdf5, "deflate", true, [&](WriterOptions& w) {
-    w.hdf5_chunk_records = chunk;
-    w.hdf5_deflate = deflate;
+    w.hdf5.chunk_records = chunk;
+    w.hdf5.deflate = deflate;
   });
 }
 
@@ -758,7 +757,7 @@ int main(int argc, char** argv) {
                              "32x32x3, 10 classes)");
   app.add_option("--store", o.store, "bench an existing store instead (read experiments only)")
       ->excludes(src);
-  app.add_option("--formats", o.formats, "comma-separated: png,lmdb,hdf5");
+  app.add_option("--formats", o.formats, "comma-separated: " + format_names(", ") + " (default: all)");
   app.add_option("--ns", o.ns, "comma-separated store sizes (default 10,...,100000; quick 10,100,1000)");
   app.add_option("--max-n", o.max_n, "cap on N (itself measured)");
   app.add_option("--epoch-n", o.epoch_n, "images in the epoch store (default the largest N)");

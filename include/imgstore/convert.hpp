@@ -4,9 +4,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "imgstore/format.hpp"
 #include "imgstore/manifest.hpp"
 #include "imgstore/source.hpp"
 #include "imgstore/store.hpp"
@@ -14,11 +16,14 @@
 namespace imgstore {
 
 struct ConvertOptions {
-  std::vector<Format> formats{Format::Png, Format::Lmdb, Format::Hdf5};
+  std::vector<Format> formats = all_formats();
   std::uint64_t limit = 0;     // 0: all records; else the first `limit` (before repeating)
   std::uint32_t repeat = 1;    // write the split this many times over (the tutorial doubled it)
   std::size_t batch_records = 1024;
   WriterOptions writer;
+  // Payload encoding per format; a format not listed gets writer.encoding (unset: its default).
+  // Lets one pass write, say, PNG-encoded LMDB beside raw HDF5.
+  std::map<Format, Encoding> encodings;
   // Called after each batch with (records done, records total).
   std::function<void(std::uint64_t, std::uint64_t)> progress;
 };

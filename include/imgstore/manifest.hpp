@@ -8,14 +8,10 @@
 #include <utility>
 #include <vector>
 
+#include "imgstore/format.hpp"
 #include "imgstore/image.hpp"
 
 namespace imgstore {
-
-enum class Format { Png, Lmdb, Hdf5 };
-
-std::string to_string(Format format);            // "png", "lmdb", "hdf5"
-Format parse_format(const std::string& name);    // throws UsageError on an unknown name
 
 // Where one shard of a sharded store sits (docs/sharding.md). Only shards carry it; a
 // manifest without it (every store written before sharding existed) parses as before.
@@ -35,7 +31,7 @@ struct ShardPosition {
 struct Manifest {
   static constexpr int kFormatVersion = 1;
 
-  Format format = Format::Png;
+  Format format = Format::PngFolder;
   int format_version = kFormatVersion;
   std::string tool_version;        // imgstore version that wrote it
   std::string split;               // "train", "test", ...
@@ -43,7 +39,8 @@ struct Manifest {
   std::uint64_t count = 0;         // number of records
   Shape shape;                     // every record has this shape
   std::vector<std::string> class_names;  // label i is class_names[i]; may be empty
-  std::string encoding = "raw";    // payload encoding (LMDB: raw|png; PNG folder: png; HDF5: raw)
+  // Payload encoding, one the format accepts (format_info(format).encodings); on disk its name.
+  Encoding encoding = Encoding::Raw;
   std::vector<std::uint64_t> checksums;  // record_checksum() of each record, in index order
   std::uint64_t content_digest = 0;      // ContentDigest over checksums
   std::optional<ShardPosition> shard;    // set in each shard of a sharded store, else empty
@@ -74,7 +71,7 @@ struct ShardIndex {
   static constexpr std::uint32_t kMaxShards = 99999;  // shard names carry 5 digits
   static constexpr const char* kFileName = "shards.json";
 
-  Format format = Format::Png;      // format of every shard
+  Format format = Format::PngFolder;  // format of every shard
   int format_version = kFormatVersion;
   std::string tool_version;
   std::string split;
@@ -82,7 +79,7 @@ struct ShardIndex {
   std::uint64_t count = 0;          // records in the whole store
   Shape shape;
   std::vector<std::string> class_names;
-  std::string encoding = "raw";
+  Encoding encoding = Encoding::Raw;
   std::string conversion_id;        // 32 hex digits, random per conversion
   std::uint64_t content_digest = 0; // ContentDigest over every record, as an unsharded store's
   std::vector<ShardEntry> shards;

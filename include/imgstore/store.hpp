@@ -1,4 +1,5 @@
-// Reading and writing stores. One store holds one split, in one of three formats:
+// Reading and writing stores. One store holds one split, in one of the formats of
+// imgstore/format.hpp (all_formats()):
 //   PNG folder  DIR/<split>.png/   00000000.png ..., labels.csv, manifest.json
 //   LMDB        DIR/<split>.lmdb/  data.mdb (+ lock.mdb), key = 8-digit index
 //   HDF5        DIR/<split>.h5     /images (N,H,W,C) uint8, /labels (N,), /checksums (N,)
@@ -23,7 +24,9 @@ namespace imgstore {
 struct ReaderOptions {
   // Recompute each record's checksum on read and throw DataError on mismatch.
   bool verify_checksums = true;
-  // LMDB: MDB_NORDAHEAD, for shuffled reads of stores larger than RAM.
+  // For shuffled reads of stores larger than RAM: read only the pages asked for. LMDB opens
+  // with MDB_NORDAHEAD and skips its cursor walk at open; HDF5 maps /images with MADV_RANDOM.
+  // PNG folders read whole small files and ignore it.
   bool no_readahead = false;
 };
 
@@ -84,11 +87,19 @@ std::unique_ptr<StoreReader> open_store(const std::filesystem::path& path,
 // Detects the format without opening the store fully; throws DataError if unknown.
 Format detect_store_format(const std::filesystem::path& path);
 
+// HDF5-only knobs, checked by the HDF5 writer.
+struct Hdf5WriterOptions {
+  std::size_t chunk_records = 0;  // 0: contiguous /images; else chunk of this many images
+  int deflate = 0;                // 0: none; 1..9 deflate level (needs chunking)
+};
+
+// Checked once, by the writer they are given to (UsageError naming the store).
 struct WriterOptions {
+  // Payload encoding; unset: the format's default (format_info(f).encodings.front()). A
+  // format that cannot hold it refuses it (PNG folders hold png, HDF5 raw, LMDB either).
+  std::optional<Encoding> encoding;
   int png_level = 6;                   // zlib level for PNG files and PNG-encoded payloads, 0..9
-  std::string lmdb_encoding = "raw";   // LMDB payload: "raw" or "png"
-  std::size_t hdf5_chunk_records = 0;  // 0: contiguous /images; else chunk of this many images
-  int hdf5_deflate = 0;                // 0: none; 1..9 deflate level (needs chunking)
+  Hdf5WriterOptions hdf5;
   bool overwrite = false;              // replace an existing store at the path
   bool durable = true;                 // fsync data and directory before the final rename
   unsigned threads = 0;                // 0: all cores (TBB default)
@@ -136,6 +147,7 @@ class StoreWriter {
   virtual void finish(const Manifest& manifest) = 0;
 
   Format format_;
+  Encoding encoding_;  // options.encoding or the format's default, checked against the table
   std::filesystem::path path_;
   StoreSpec spec_;
   WriterOptions options_;

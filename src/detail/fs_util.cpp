@@ -19,28 +19,18 @@ namespace imgstore::detail {
 
 std::string quote(const fs::path& path) { return "'" + path.string() + "'"; }
 
+int Fd::close() {
+  const int rc = fd_ >= 0 ? ::close(fd_) : 0;
+  fd_ = -1;
+  return rc;
+}
+
+void Fd::reset() noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
 namespace {
-
-// Owns a POSIX file descriptor.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now and reports failure (close can report deferred write errors such as ENOSPC).
-  int close() {
-    int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
 
 [[noreturn]] void throw_errno(const std::string& action, const fs::path& path) {
   throw IoError(fmt::format("cannot {} {}: {}", action, quote(path), std::strerror(errno)));

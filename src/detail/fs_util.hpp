@@ -11,6 +11,32 @@ namespace imgstore::detail {
 
 namespace fs = std::filesystem;
 
+// Owns a POSIX file descriptor (-1: none). Move-only; closes on destruction.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() { reset(); }
+  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = o.fd_;
+      o.fd_ = -1;
+    }
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  // Closes now and returns close()'s result: it can report deferred write errors (ENOSPC).
+  int close();
+
+ private:
+  void reset() noexcept;
+  int fd_ = -1;
+};
+
 // 'path' in single quotes, for error messages.
 std::string quote(const fs::path& path);
 

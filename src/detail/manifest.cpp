@@ -82,7 +82,7 @@ void read_store_fields(const nlohmann::json& j, const std::string& what, const c
   x.shape.height = get_integer<std::uint32_t>(j, "height", what);
   x.shape.width = get_integer<std::uint32_t>(j, "width", what);
   x.shape.channels = get_integer<std::uint32_t>(j, "channels", what);
-  x.encoding = j.value("encoding", "raw");
+  x.encoding = parse_encoding(j.value("encoding", "raw"));  // UsageError: reported as DataError
   x.class_names = j.value("class_names", std::vector<std::string>{});
 }
 
@@ -91,22 +91,6 @@ void read_store_fields(const nlohmann::json& j, const std::string& what, const c
 
 std::string to_string(const Shape& shape) {
   return fmt::format("{}x{}x{}", shape.height, shape.width, shape.channels);
-}
-
-std::string to_string(Format format) {
-  switch (format) {
-    case Format::Png: return "png";
-    case Format::Lmdb: return "lmdb";
-    case Format::Hdf5: return "hdf5";
-  }
-  return "unknown";
-}
-
-Format parse_format(const std::string& name) {
-  if (name == "png") return Format::Png;
-  if (name == "lmdb") return Format::Lmdb;
-  if (name == "hdf5" || name == "h5") return Format::Hdf5;
-  throw UsageError(fmt::format("unknown format '{}' (expected png, lmdb or hdf5)", name));
 }
 
 std::string Manifest::to_json() const {
@@ -122,7 +106,7 @@ std::string Manifest::to_json() const {
   j["channels"] = shape.channels;
   j["dtype"] = "uint8";
   j["layout"] = "HWC";
-  j["encoding"] = encoding;
+  j["encoding"] = imgstore::to_string(encoding);
   j["class_names"] = class_names;
   j["checksum_algorithm"] = "xxh3_64(pixels, seed=label)";
   j["content_digest"] = to_hex64(content_digest);
@@ -206,8 +190,7 @@ void Manifest::validate(const std::string& what) const {
 // ---- sharded stores ----
 
 std::string shard_file_name(Format format, std::uint32_t index, std::uint32_t shards) {
-  const char* ext = format == Format::Png ? "png" : (format == Format::Lmdb ? "lmdb" : "h5");
-  return fmt::format("shard-{:05d}-of-{:05d}.{}", index, shards, ext);
+  return fmt::format("shard-{:05d}-of-{:05d}{}", index, shards, format_info(format).suffix);
 }
 
 std::pair<std::uint64_t, std::uint64_t> shard_range(std::uint64_t records, std::uint32_t shards,
@@ -231,7 +214,7 @@ std::string ShardIndex::to_json() const {
   j["height"] = shape.height;
   j["width"] = shape.width;
   j["channels"] = shape.channels;
-  j["encoding"] = encoding;
+  j["encoding"] = imgstore::to_string(encoding);
   j["class_names"] = class_names;
   j["conversion_id"] = conversion_id;
   j["content_digest"] = to_hex64(content_digest);

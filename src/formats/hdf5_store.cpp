@@ -2,8 +2,8 @@
 //
 // Layout (readable from h5py: f["images"][i] is image i, f["labels"][i] its label):
 //   /images     (N,H,W,C) H5T_STD_U8LE, pixels HWC. Contiguous by default, or with
-//               WriterOptions::hdf5_chunk_records = K chunked (K,H,W,C) along N, optionally
-//               deflate-compressed (hdf5_deflate 1..9: the standard filter, h5py's "gzip").
+//               WriterOptions::hdf5.chunk_records = K chunked (K,H,W,C) along N, optionally
+//               deflate-compressed (hdf5.deflate 1..9: the standard filter, h5py's "gzip").
 //   /labels     (N,) H5T_STD_I64LE
 //   /checksums  (N,) H5T_STD_U64LE, record checksums: xxh3_64(pixels, seed=label)
 //   attributes of the root group:
@@ -38,6 +38,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <numeric>
 
@@ -49,6 +50,7 @@
 
 #include "detail/fs_util.hpp"
 #include "detail/hdf5_handles.hpp"
+#include "detail/prefetch.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
@@ -71,15 +73,6 @@ std::atomic<bool> g_test_disable_mmap{false};
 
 // read_many prefetches this many records ahead on the mapped path.
 constexpr std::size_t kPrefetchAhead = 4;
-constexpr std::size_t kMaxPrefetchBytes = 1024;  // the hardware prefetcher does the rest
-
-// Asks the CPU to start loading [p, p + size), up to kMaxPrefetchBytes of it. A hint only.
-void prefetch_bytes(const void* p, std::size_t size) noexcept {
-  const auto* c = static_cast<const char*>(p);
-  const std::size_t n = std::min<std::size_t>(size, kMaxPrefetchBytes);
-  for (std::size_t off = 0; off < n; off += 64) __builtin_prefetch(c + off);
-  if (n > 0) __builtin_prefetch(c + n - 1);
-}
 
 // A read-only shared mapping of a whole file; empty if mapping failed (callers fall back to
 // pread). Move-only; unmaps on destruction.
@@ -130,28 +123,6 @@ class MappedFile {
   std::size_t size_ = 0;
 };
 
-// Owns a POSIX file descriptor.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      if (fd_ >= 0) ::close(fd_);
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_ = -1;
-};
-
 // An owned variable-length UTF-8 string type.
 H5Type vlen_utf8_type() {
   H5Type type(check_h5<IoError>(H5Tcopy(H5T_C_S1), "cannot copy the string type"));
@@ -175,11 +146,11 @@ class Hdf5Writer final : public StoreWriter {
         staged_(path, StagedOutput::Kind::File, options.overwrite) {
     image_bytes_ = spec_.shape.bytes();
     const std::uint64_t n = spec_.count;
-    if (options_.hdf5_chunk_records > 0) {
+    if (options_.hdf5.chunk_records > 0) {
       chunk_records_ =
-          std::min<std::uint64_t>(options_.hdf5_chunk_records, std::max<std::uint64_t>(n, 1));
+          std::min<std::uint64_t>(options_.hdf5.chunk_records, std::max<std::uint64_t>(n, 1));
       chunk_bytes_ = chunk_records_ * image_bytes_;
-      if (options_.hdf5_deflate > 0) {
+      if (options_.hdf5.deflate > 0) {
         // zlib is the bottleneck (~30-100 MB/s a core): compress a group of chunks at once, one
         // per thread, bounded to 256 MiB of staging.
         const unsigned threads = options_.threads
@@ -212,8 +183,8 @@ class Hdf5Writer final : public StoreWriter {
       const hsize_t chunk[4] = {chunk_records_, dims[1], dims[2], dims[3]};
       check_h5<IoError>(H5Pset_chunk(dcpl.get(), 4, chunk), what("cannot set the chunk size"));
       check_h5<IoError>(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), what("fill time"));
-      if (options_.hdf5_deflate > 0) {
-        check_h5<IoError>(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(options_.hdf5_deflate)),
+      if (options_.hdf5.deflate > 0) {
+        check_h5<IoError>(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(options_.hdf5.deflate)),
                           what("cannot enable deflate"));
       }
       images_ = create_dataset("images", H5T_STD_U8LE, 4, dims, std::move(dcpl));
@@ -238,22 +209,22 @@ class Hdf5Writer final : public StoreWriter {
   }
 
   static void check_options(const fs::path& path, const StoreSpec& spec, const WriterOptions& o) {
-    if (o.hdf5_deflate < 0 || o.hdf5_deflate > 9) {
+    if (o.hdf5.deflate < 0 || o.hdf5.deflate > 9) {
       throw UsageError(
-          fmt::format("{}: HDF5 deflate level {} is not in 0..9", quote(path), o.hdf5_deflate));
+          fmt::format("{}: HDF5 deflate level {} is not in 0..9", quote(path), o.hdf5.deflate));
     }
-    if (o.hdf5_deflate > 0 && o.hdf5_chunk_records == 0) {
+    if (o.hdf5.deflate > 0 && o.hdf5.chunk_records == 0) {
       throw UsageError(
-          fmt::format("{}: HDF5 deflate needs chunking (set hdf5_chunk_records)", quote(path)));
+          fmt::format("{}: HDF5 deflate needs chunking (set hdf5.chunk_records, --hdf5-chunk)", quote(path)));
     }
     const std::uint64_t chunk_bytes =
-        std::min<std::uint64_t>(o.hdf5_chunk_records, std::max<std::uint64_t>(spec.count, 1)) *
+        std::min<std::uint64_t>(o.hdf5.chunk_records, std::max<std::uint64_t>(spec.count, 1)) *
         spec.shape.bytes();
     if (chunk_bytes > kMaxChunkBytes) {
       throw UsageError(fmt::format(
           "{}: an HDF5 chunk of {} images of {} is {} bytes, more than "
           "the limit of {}",
-          quote(path), o.hdf5_chunk_records, to_string(spec.shape), chunk_bytes, kMaxChunkBytes));
+          quote(path), o.hdf5.chunk_records, to_string(spec.shape), chunk_bytes, kMaxChunkBytes));
     }
   }
 
@@ -277,7 +248,7 @@ class Hdf5Writer final : public StoreWriter {
     std::uint64_t left = n;
     const std::uint64_t capacity = group_ * chunk_records_;
     while (left > 0) {
-      if (pending_ == 0 && options_.hdf5_deflate == 0 && left >= chunk_records_) {
+      if (pending_ == 0 && options_.hdf5.deflate == 0 && left >= chunk_records_) {
         store_chunk(p, chunk_bytes_);
         p += chunk_bytes_;
         left -= chunk_records_;
@@ -415,7 +386,7 @@ class Hdf5Writer final : public StoreWriter {
 
   // Stores the first `count` chunks of chunk_buf_, compressing them in parallel first.
   void flush_chunks(std::uint64_t count) {
-    if (options_.hdf5_deflate == 0) {
+    if (options_.hdf5.deflate == 0) {
       for (std::uint64_t i = 0; i < count; ++i)
         store_chunk(chunk_buf_.data() + i * chunk_bytes_, chunk_bytes_);
       return;
@@ -425,7 +396,7 @@ class Hdf5Writer final : public StoreWriter {
       tbb::parallel_for(std::uint64_t{0}, count, [&](std::uint64_t i) {
         uLongf size = static_cast<uLongf>(packed_[i].size());
         const int rc = compress2(packed_[i].data(), &size, chunk_buf_.data() + i * chunk_bytes_,
-                                 static_cast<uLong>(chunk_bytes_), options_.hdf5_deflate);
+                                 static_cast<uLong>(chunk_bytes_), options_.hdf5.deflate);
         if (rc != Z_OK) failed = rc;
         packed_sizes_[i] = size;
       });
@@ -873,6 +844,7 @@ Manifest parse_manifest(const fs::path& path, const std::string& json,
     throw DataError(
         fmt::format("{}: manifest says format '{}', expected 'hdf5'", what, to_string(m.format)));
   }
+  check_manifest_encoding(m.format, m.encoding, what);
   return m;
 }
 
@@ -1029,7 +1001,7 @@ Inspection inspect(const fs::path& path) {
     m.source = "tutorial layout";
     m.count = n;
     m.shape = shape;
-    m.encoding = "raw";
+    m.encoding = Encoding::Raw;
     // checksums: derived once the reader exists (derive_checksums).
   } else {
     const int version = read_int_attr(path, file, kVersionAttr);
@@ -1052,6 +1024,16 @@ Inspection inspect(const fs::path& path) {
 }
 
 }  // namespace
+
+bool detect_hdf5_store(const fs::path& path) {
+  static const char kSignature[8] = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) return false;
+  std::ifstream in(path, std::ios::binary);
+  char sig[8] = {};
+  in.read(sig, sizeof sig);
+  return in.gcount() == 8 && std::equal(sig, sig + 8, kSignature);
+}
 
 std::unique_ptr<StoreWriter> create_hdf5_store(const fs::path& path, const StoreSpec& spec,
                                                const WriterOptions& options) {

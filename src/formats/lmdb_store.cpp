@@ -10,7 +10,8 @@
 //     value = 32-byte little-endian header, then the payload:
 //       offset  0  char[4]  magic "IMGS"
 //               4  uint16   value version = 1
-//               6  uint8    encoding: 0 = raw, 1 = png
+//               6  uint8    encoding: EncodingEntry::code (0 = raw, 1 = png), see
+//                           formats/encoding_table.cpp
 //               7  uint8    channels C
 //               8  uint32   height H
 //              12  uint32   width W
@@ -19,6 +20,7 @@
 //              24  uint64   xxh3_64(payload), unseeded
 //              32  payload  raw: H*W*C pixel bytes in HWC order (the value's last H*W*C bytes);
 //                           png: one 8-bit PNG of H x W with C channels
+//                           (others: that encoding's codec's bytes)
 //   Named sub-database "__imgstore__" (it also appears in the main database as the key
 //   "__imgstore__", which sorts after every digit key), holding:
 //     key "manifest" = Manifest::to_json() (count, shape, class names, per-record checksums).
@@ -48,7 +50,8 @@
 
 #include "detail/fs_util.hpp"
 #include "detail/lmdb_handles.hpp"
-#include "detail/png_codec.hpp"
+#include "detail/prefetch.hpp"
+#include "formats/encoding_table.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
@@ -62,8 +65,6 @@ namespace fs = std::filesystem;
 constexpr std::size_t kHeaderBytes = 32;
 constexpr char kMagic[4] = {'I', 'M', 'G', 'S'};
 constexpr std::uint16_t kValueVersion = 1;
-constexpr std::uint8_t kEncodingRaw = 0;
-constexpr std::uint8_t kEncodingPng = 1;
 constexpr const char* kMetaDb = "__imgstore__";
 constexpr const char* kManifestKey = "manifest";
 // Below this index the 8-digit keys sort numerically, so MDB_APPEND applies.
@@ -79,7 +80,6 @@ constexpr std::uint64_t kMaxCachedRecords = std::uint64_t{1} << 27;
 // Shuffled reads miss the cache (and the TLB) on every record; read_many overlaps those misses
 // by prefetching this many records ahead (and the cache slots twice as far ahead).
 constexpr std::size_t kPrefetchAhead = 4;
-constexpr std::size_t kMaxPrefetchBytes = 1024;  // the hardware prefetcher does the rest
 
 std::atomic<std::size_t> g_test_initial_map_size{0};
 
@@ -122,10 +122,6 @@ void write_header(std::uint8_t* p, std::uint8_t encoding, const Shape& shape, st
   put_u64(p + 24, payload_hash);
 }
 
-const char* encoding_name(std::uint8_t encoding) {
-  return encoding == kEncodingRaw ? "raw" : encoding == kEncodingPng ? "png" : "unknown";
-}
-
 // record_key() without the allocation, for the hot paths; returns the length. `out` holds 32.
 std::size_t format_key(std::uint64_t index, char* out) {
   if (index >= kAppendLimit) return fmt::format_to_n(out, 32, "{:08d}", index).size;
@@ -134,14 +130,6 @@ std::size_t format_key(std::uint64_t index, char* out) {
     index /= 10;
   }
   return 8;
-}
-
-// Asks the CPU to start loading [p, p + size), up to kMaxPrefetchBytes of it. A hint only.
-void prefetch_bytes(const void* p, std::size_t size) noexcept {
-  const auto* c = static_cast<const char*>(p);
-  const std::size_t n = std::min(size, kMaxPrefetchBytes);
-  for (std::size_t off = 0; off < n; off += 64) __builtin_prefetch(c + off);
-  if (n > 0) __builtin_prefetch(c + n - 1);
 }
 
 std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
@@ -154,11 +142,11 @@ std::size_t page_size() {
 // A first guess at the map size; MDB_MAP_FULL makes the writer double it, so it need not be
 // right. Large values live on overflow pages (whole pages each), small ones in leaves that
 // may be half full after splits.
-std::size_t estimate_map_size(const StoreSpec& spec, bool png) {
+std::size_t estimate_map_size(const StoreSpec& spec, bool encoded) {
   if (auto forced = g_test_initial_map_size.load()) return forced;
   const std::size_t psize = page_size();
   const std::size_t bytes = spec.shape.bytes();
-  const std::size_t value = kHeaderBytes + (png ? bytes + bytes / 8 + 1024 : bytes);
+  const std::size_t value = kHeaderBytes + (encoded ? bytes + bytes / 8 + 1024 : bytes);
   const long double per_record = value + 64 > psize / 2
                                      ? static_cast<long double>(round_up(value + 64, psize))
                                      : 2.0L * (value + 64);
@@ -177,10 +165,11 @@ class LmdbWriter final : public StoreWriter {
  public:
   LmdbWriter(const fs::path& path, const StoreSpec& spec, const WriterOptions& options)
       : StoreWriter(Format::Lmdb, path, spec, options),
-        png_(parse_encoding(options.lmdb_encoding)),
+        codec_(encoding_entry(encoding_)),
+        encoded_payloads_(encoding_ != Encoding::Raw),
         staged_(path, StagedOutput::Kind::Directory, options.overwrite),
         name_(quote(path)) {
-    map_size_ = estimate_map_size(spec_, png_);
+    map_size_ = estimate_map_size(spec_, encoded_payloads_);
     env_ = lmdb::Env::create(what("create an LMDB environment"));
     env_.set_maxdbs(2, what("configure"));
     env_.set_mapsize(map_size_, what("set the map size"));
@@ -208,7 +197,7 @@ class LmdbWriter final : public StoreWriter {
       throw UsageError(fmt::format("{}: images of {} bytes are too large for an LMDB record",
                                    name_, bytes));
     }
-    if (png_) encode_all(batch);
+    if (encoded_payloads_) encode_all(batch);
 
     const std::size_t value_guess = kHeaderBytes + bytes;
     const std::size_t per_txn = std::max<std::size_t>(1, kTxnValueBytes / value_guess);
@@ -257,12 +246,6 @@ class LmdbWriter final : public StoreWriter {
   }
 
  private:
-  static bool parse_encoding(const std::string& encoding) {
-    if (encoding == "raw") return false;
-    if (encoding == "png") return true;
-    throw UsageError(fmt::format("unknown LMDB encoding '{}' (expected raw or png)", encoding));
-  }
-
   std::string what(const std::string& action) const {
     return fmt::format("{}: cannot {}", name_, action);
   }
@@ -280,14 +263,14 @@ class LmdbWriter final : public StoreWriter {
     return rc;
   }
 
-  // PNG encoding is the slow part of a PNG-encoded store: do it in parallel, before any
+  // Encoding (PNG, ...) is the slow part of an encoded store: do it in parallel, before any
   // transaction, so a map-full retry does not redo it.
   void encode_all(const ImageBatch& batch) {
     const std::size_t n = batch.size();
     if (encoded_.size() < n) encoded_.resize(n);
     auto encode_range = [&](const tbb::blocked_range<std::size_t>& r) {
       for (std::size_t i = r.begin(); i != r.end(); ++i) {
-        encode_png(batch.image(i), spec_.shape, options_.png_level, encoded_[i]);
+        codec_.encode(batch.image(i), spec_.shape, options_, encoded_[i]);
       }
     };
     const int threads = options_.threads == 0 ? tbb::task_arena::automatic
@@ -310,15 +293,15 @@ class LmdbWriter final : public StoreWriter {
     for (std::size_t i = start; i < end; ++i) {
       const std::uint64_t index = first_index + i;
       const std::size_t key_len = format_key(index, key);
-      const std::uint8_t* payload = png_ ? encoded_[i].data() : batch.image(i);
-      const std::size_t payload_len = png_ ? encoded_[i].size() : bytes;
+      const std::uint8_t* payload = encoded_payloads_ ? encoded_[i].data() : batch.image(i);
+      const std::size_t payload_len = encoded_payloads_ ? encoded_[i].size() : bytes;
       // MDB_RESERVE: LMDB hands out the value's space and we fill it, saving a copy.
       MDB_val value{kHeaderBytes + payload_len, nullptr};
       unsigned flags = MDB_RESERVE | (index < kAppendLimit ? MDB_APPEND : 0u);
       int rc = main_.try_put(txn, lmdb::make_val(key, key_len), value, flags);
       if (rc != MDB_SUCCESS) return rc;
       auto* out = static_cast<std::uint8_t*>(value.mv_data);
-      write_header(out, png_ ? kEncodingPng : kEncodingRaw, spec_.shape,
+      write_header(out, codec_.code, spec_.shape,
                    static_cast<std::int32_t>(batch.labels[i]),
                    static_cast<std::uint32_t>(payload_len), xxh3_64(payload, payload_len));
       std::memcpy(out + kHeaderBytes, payload, payload_len);
@@ -334,7 +317,8 @@ class LmdbWriter final : public StoreWriter {
     env_.set_mapsize(map_size_, what(fmt::format("grow the map to {} bytes", map_size_)));
   }
 
-  bool png_;
+  const EncodingEntry& codec_;
+  bool encoded_payloads_;  // false: raw, the payload is the pixels (no copy, no codec)
   // Declared before env_ so that the environment is closed before the staging directory
   // is removed (members are destroyed in reverse order).
   StagedOutput staged_;
@@ -342,7 +326,7 @@ class LmdbWriter final : public StoreWriter {
   lmdb::Env env_;
   lmdb::Dbi main_;
   std::size_t map_size_ = 0;
-  std::vector<std::vector<std::uint8_t>> encoded_;  // PNG payloads, reused between batches
+  std::vector<std::vector<std::uint8_t>> encoded_;  // encoded payloads, reused between batches
 };
 
 // ---- reader: one shared environment per data file per process ----
@@ -582,7 +566,7 @@ class LmdbReader final : public StoreReader {
       : StoreReader(std::move(path), std::move(manifest), options),
         shared_(std::move(shared)),
         name_(quote(path_)),
-        encoding_(manifest_.encoding == "png" ? kEncodingPng : kEncodingRaw) {}
+        codec_(encoding_entry(manifest_.encoding)) {}
 
   std::int64_t read_one(std::uint64_t index, std::uint8_t* out) const override {
     check_index(index);
@@ -667,14 +651,13 @@ class LmdbReader final : public StoreReader {
       throw corrupt(index, fmt::format("value version {} is not supported (expected {})", version,
                                        kValueVersion));
     }
-    const std::uint8_t encoding = p[6];
-    if (encoding != kEncodingRaw && encoding != kEncodingPng) {
-      throw corrupt(index, fmt::format("unknown encoding {}", encoding));
+    const EncodingEntry* codec = encoding_by_code(p[6]);
+    if (codec == nullptr) throw corrupt(index, fmt::format("unknown encoding {}", p[6]));
+    if (codec != &codec_) {
+      throw corrupt(index, fmt::format("encoding is {}, the manifest says {}", codec->info.name,
+                                       codec_.info.name));
     }
-    if (encoding != encoding_) {
-      throw corrupt(index, fmt::format("encoding is {}, the manifest says {}",
-                                       encoding_name(encoding), encoding_name(encoding_)));
-    }
+    const bool raw = codec_.info.encoding == Encoding::Raw;
     const Shape shape{get_u32(p + 8), get_u32(p + 12), p[7]};
     if (shape != manifest_.shape) {
       throw corrupt(index, fmt::format("shape is {}, the store holds {}", to_string(shape),
@@ -684,7 +667,7 @@ class LmdbReader final : public StoreReader {
     if (label < 0) throw corrupt(index, fmt::format("negative label {}", label));
     const std::size_t payload = size - kHeaderBytes;
     const std::size_t bytes = image_bytes();
-    if (encoding == kEncodingRaw && payload != bytes) {
+    if (raw && payload != bytes) {
       throw corrupt(index, fmt::format("payload is {} bytes, expected {}", payload, bytes));
     }
     if (auto declared = get_u32(p + 20); declared != payload) {
@@ -700,7 +683,7 @@ class LmdbReader final : public StoreReader {
                                          to_hex64(actual), to_hex64(expected)));
       }
     };
-    if (encoding == kEncodingRaw) {
+    if (raw) {  // the hot path: a copy, no codec
       std::memcpy(out, data, bytes);
       // For raw payloads the manifest checksum covers the same bytes (plus the label), so a
       // match proves the payload too; the header hash is consulted only to explain a mismatch.
@@ -712,22 +695,27 @@ class LmdbReader final : public StoreReader {
       }
       return label;
     }
-    // PNG: check the bytes before handing them to the decoder, and the pixels after.
+    // Encoded: check the bytes before handing them to the decoder, and the pixels after.
     if (options_.verify_checksums) check_payload_hash();
-    decode_png(data, payload, manifest_.shape, out,
-               fmt::format("corrupt record in {} {}", name_, record_name(index)));
+    codec_.decode(data, payload, manifest_.shape, out,
+                  fmt::format("corrupt record in {} {}", name_, record_name(index)));
     check_record(index, out, label);
     return label;
   }
 
   std::shared_ptr<SharedEnv> shared_;
   std::string name_;
-  std::uint8_t encoding_;
+  const EncodingEntry& codec_;  // the manifest's encoding: every record must have it
 };
 
 }  // namespace
 
 void set_lmdb_initial_map_size_for_testing(std::size_t bytes) { g_test_initial_map_size = bytes; }
+
+bool detect_lmdb_store(const fs::path& path) {
+  std::error_code ec;
+  return fs::is_directory(path, ec) && fs::exists(path / "data.mdb", ec);
+}
 
 std::unique_ptr<StoreWriter> create_lmdb_store(const fs::path& path, const StoreSpec& spec,
                                                const WriterOptions& options) {
@@ -775,10 +763,7 @@ std::unique_ptr<StoreReader> open_lmdb_store(const fs::path& path, const ReaderO
       throw DataError(fmt::format("{}: manifest says format '{}', expected 'lmdb'", name,
                                   to_string(manifest.format)));
     }
-    if (manifest.encoding != "raw" && manifest.encoding != "png") {
-      throw DataError(fmt::format("{}: manifest encoding '{}' is not raw or png", name,
-                                  manifest.encoding));
-    }
+    check_manifest_encoding(Format::Lmdb, manifest.encoding, name);
     // The main database also holds the "__imgstore__" sub-database entry.
     const MDB_stat st_main = shared->main.stat(txn.get(), name + ": cannot query the database");
     const std::uint64_t records = st_main.ms_entries > 0 ? st_main.ms_entries - 1 : 0;

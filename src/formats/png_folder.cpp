@@ -36,39 +36,6 @@ constexpr const char* kLabelsHeader = "file,label,class";
 // manifest.json and labels.csv grow by tens of bytes per record; this bounds a hostile file.
 constexpr std::uint64_t kMaxMetadataBytes = std::uint64_t{1} << 30;
 
-// Owns a POSIX file descriptor.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { reset(); }
-  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      reset();
-      fd_ = o.fd_;
-      o.fd_ = -1;
-    }
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now and returns close()'s result (it can report deferred write errors).
-  int close() {
-    int rc = fd_ >= 0 ? ::close(fd_) : 0;
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  void reset() noexcept {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-  int fd_ = -1;
-};
-
 [[noreturn]] void throw_io(const std::string& action, const fs::path& path, int err) {
   throw IoError(fmt::format("cannot {} {}: {}", action, quote(path), std::strerror(err)));
 }
@@ -106,7 +73,7 @@ std::uint64_t max_png_bytes(const Shape& shape) {
 class PngFolderWriter final : public StoreWriter {
  public:
   PngFolderWriter(const fs::path& path, const StoreSpec& spec, const WriterOptions& options)
-      : StoreWriter(Format::Png, path, spec, options),
+      : StoreWriter(Format::PngFolder, path, spec, options),
         staged_(path, StagedOutput::Kind::Directory, options.overwrite),
         dir_(open_directory(staged_.temp())),
         arena_(options.threads == 0 ? tbb::task_arena::automatic
@@ -387,6 +354,11 @@ class PngFolderReader final : public StoreReader {
 
 }  // namespace
 
+bool detect_png_folder(const fs::path& path) {
+  std::error_code ec;
+  return fs::is_directory(path, ec) && fs::exists(path / kManifestName, ec);
+}
+
 std::unique_ptr<StoreWriter> create_png_folder(const fs::path& path, const StoreSpec& spec,
                                                const WriterOptions& options) {
   return std::make_unique<PngFolderWriter>(path, spec, options);
@@ -403,14 +375,11 @@ std::unique_ptr<StoreReader> open_png_folder(const fs::path& path, const ReaderO
   const auto bytes = read_file(manifest_path, kMaxMetadataBytes);
   Manifest manifest = Manifest::from_json(std::string(bytes.begin(), bytes.end()),
                                           quote(manifest_path));
-  if (manifest.format != Format::Png) {
+  if (manifest.format != Format::PngFolder) {
     throw DataError(fmt::format("{}: manifest is for format '{}', expected 'png'",
                                 quote(manifest_path), to_string(manifest.format)));
   }
-  if (manifest.encoding != "png") {
-    throw DataError(fmt::format("{}: manifest encoding is '{}', expected 'png'",
-                                quote(manifest_path), manifest.encoding));
-  }
+  check_manifest_encoding(manifest.format, manifest.encoding, quote(manifest_path));
   auto labels = parse_labels(path / kLabelsName, manifest);
   return std::make_unique<PngFolderReader>(path, std::move(manifest), options, std::move(labels),
                                            std::move(dir));

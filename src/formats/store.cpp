@@ -1,11 +1,11 @@
 // Format-independent parts of readers and writers, and the dispatch by format.
 #include "imgstore/store.hpp"
 
-#include <fstream>
 
 #include <fmt/format.h>
 
 #include "detail/fs_util.hpp"
+#include "formats/encoding_table.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
@@ -18,12 +18,7 @@ using detail::quote;
 std::string detail::record_key(std::uint64_t index) { return fmt::format("{:08d}", index); }
 
 std::string store_file_name(const std::string& split, Format format) {
-  switch (format) {
-    case Format::Png: return split + ".png";
-    case Format::Lmdb: return split + ".lmdb";
-    case Format::Hdf5: return split + ".h5";
-  }
-  return split;
+  return split + format_info(format).suffix;
 }
 
 // ---- StoreReader ----
@@ -72,7 +67,12 @@ void StoreReader::check_record(std::uint64_t index, const std::uint8_t* pixels,
 // ---- StoreWriter ----
 
 StoreWriter::StoreWriter(Format format, fs::path path, StoreSpec spec, WriterOptions options)
-    : format_(format), path_(std::move(path)), spec_(std::move(spec)), options_(options) {
+    : format_(format),
+      encoding_(options.encoding.value_or(format_info(format).encodings.front())),
+      path_(std::move(path)),
+      spec_(std::move(spec)),
+      options_(options) {
+  detail::check_writer_encoding(format_, encoding_, quote(path_));
   if (spec_.shape.bytes() == 0 || spec_.shape.channels > 4) {
     throw UsageError(fmt::format("{}: cannot store images of shape {}", quote(path_),
                                  to_string(spec_.shape)));
@@ -126,7 +126,7 @@ void StoreWriter::commit() {
   m.count = spec_.count;
   m.shape = spec_.shape;
   m.class_names = spec_.class_names;
-  m.encoding = format_ == Format::Png ? "png" : (format_ == Format::Lmdb ? options_.lmdb_encoding : "raw");
+  m.encoding = encoding_;
   m.checksums = checksums_;
   ContentDigest digest;
   for (auto c : checksums_) digest.add(c);
@@ -142,40 +142,33 @@ Format detect_store_format(const fs::path& path) {
   std::error_code ec;
   auto status = fs::status(path, ec);
   if (!fs::exists(status)) throw IoError(fmt::format("{} does not exist", quote(path)));
-  if (fs::is_directory(status)) {
-    if (is_sharded_store(path)) return read_shard_index(path).format;
-    if (fs::exists(path / "manifest.json", ec)) return Format::Png;
-    if (fs::exists(path / "data.mdb", ec)) return Format::Lmdb;
-    throw DataError(fmt::format("{} is a directory but not an imgstore store "
-                                "(no manifest.json, no data.mdb)", quote(path)));
+  if (is_sharded_store(path)) return read_shard_index(path).format;
+  if (auto format = detail::detect_unsharded_format(path)) return *format;
+  // Name what was looked for, from the table: "(no manifest.json, no data.mdb)".
+  std::vector<std::string> looked_for;
+  for (const auto& e : detail::format_table()) {
+    if (e.info.directory == fs::is_directory(status)) looked_for.push_back(e.marker);
   }
-  std::ifstream in(path, std::ios::binary);
-  char sig[8] = {};
-  in.read(sig, sizeof sig);
-  static const char kHdf5Signature[8] = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
-  if (in.gcount() == 8 && std::equal(sig, sig + 8, kHdf5Signature)) return Format::Hdf5;
-  throw DataError(fmt::format("{} is not an imgstore store (not a PNG folder, LMDB or HDF5)",
-                              quote(path)));
+  if (fs::is_directory(status)) {
+    std::string missing;
+    for (const auto& m : looked_for) missing += (missing.empty() ? "no " : ", no ") + m;
+    throw DataError(fmt::format("{} is a directory but not an imgstore store ({})", quote(path),
+                                missing));
+  }
+  std::vector<std::string> kinds;
+  for (const auto& e : detail::format_table()) kinds.push_back(e.info.description);
+  throw DataError(fmt::format("{} is not an imgstore store (not a {})", quote(path),
+                              detail::join_names(kinds, " or ")));
 }
 
 std::unique_ptr<StoreReader> detail::open_single_store(Format format, const fs::path& path,
                                                        const ReaderOptions& options) {
-  switch (format) {
-    case Format::Png: return detail::open_png_folder(path, options);
-    case Format::Lmdb: return detail::open_lmdb_store(path, options);
-    case Format::Hdf5: return detail::open_hdf5_store(path, options);
-  }
-  throw DataError(fmt::format("{}: unknown store format", quote(path)));
+  return detail::format_entry(format).open(path, options);
 }
 
 std::unique_ptr<StoreReader> open_store(const fs::path& path, const ReaderOptions& options) {
   if (is_sharded_store(path)) return detail::open_sharded_store(path, options);
-  switch (detect_store_format(path)) {
-    case Format::Png: return detail::open_png_folder(path, options);
-    case Format::Lmdb: return detail::open_lmdb_store(path, options);
-    case Format::Hdf5: return detail::open_hdf5_store(path, options);
-  }
-  throw DataError(fmt::format("{}: unknown store format", quote(path)));
+  return detail::open_single_store(detect_store_format(path), path, options);
 }
 
 std::unique_ptr<StoreWriter> create_store(Format format, const fs::path& path,
@@ -193,12 +186,7 @@ std::unique_ptr<StoreWriter> create_store(Format format, const fs::path& path,
     }
     return detail::create_sharded_store(format, path, spec, options);
   }
-  switch (format) {
-    case Format::Png: return detail::create_png_folder(path, spec, options);
-    case Format::Lmdb: return detail::create_lmdb_store(path, spec, options);
-    case Format::Hdf5: return detail::create_hdf5_store(path, spec, options);
-  }
-  throw UsageError("unknown store format");
+  return detail::format_entry(format).create(path, spec, options);
 }
 
 void store_one(Format format, const fs::path& path, const Shape& shape,

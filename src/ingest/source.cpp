@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "detail/fs_util.hpp"
+#include "formats/format_table.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/store.hpp"
 #include "ingest/sources.hpp"
@@ -49,7 +50,7 @@ std::unique_ptr<Source> open_source(const std::string& spec, const SourceOptions
   const auto name = path.filename().string();
 
   if (fs::is_directory(status)) {
-    if (has_any(path, {"manifest.json", "data.mdb", "shards.json"})) {
+    if (is_sharded_store(path) || detail::detect_unsharded_format(path)) {
       return detail::open_store_source(path);
     }
     if (has_any(path, {"data_batch_1.bin", "test_batch.bin", "train.bin", "test.bin"})) {
@@ -67,7 +68,7 @@ std::unique_ptr<Source> open_source(const std::string& spec, const SourceOptions
     return detail::open_cifar_archive(path, options);
   }
   if (name.find("-idx3-ubyte") != std::string::npos) return detail::open_idx(path);
-  if (ends_with(name, ".h5") || ends_with(name, ".hdf5")) return detail::open_store_source(path);
+  if (detail::has_file_store_suffix(name)) return detail::open_store_source(path);
   // Last resort: anything open_store can recognise by its signature.
   try {
     detect_store_format(path);

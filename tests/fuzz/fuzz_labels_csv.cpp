@@ -15,7 +15,7 @@ const fs::path& template_store() {
     const ImageBatch images = fixtures::make_images(3, Shape{4, 5, 3}, 10, 7);
     WriterOptions options;
     options.durable = false;
-    store_many(Format::Png, dir / "train.png", images,
+    store_many(Format::PngFolder, dir / "train.png", images,
                {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}, options);
     return dir / "train.png";
   }();

@@ -30,7 +30,7 @@ const fs::path& template_store(bool png) {
     for (int i = 0; i < 2; ++i) {
       WriterOptions options;
       options.durable = false;
-      options.lmdb_encoding = i ? "png" : "raw";
+      options.encoding = i ? Encoding::Png : Encoding::Raw;
       store_many(Format::Lmdb, out[i], images, {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"},
                  options);
     }

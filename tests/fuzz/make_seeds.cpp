@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
   quick.durable = false;
   {
     // PNG folder: labels.csv and manifest.json.
-    store_many(Format::Png, tmp / "train.png", images, kNames10, quick);
+    store_many(Format::PngFolder, tmp / "train.png", images, kNames10, quick);
     seed("labels_csv", "labels.csv", slurp(tmp / "train.png" / "labels.csv"));
     std::string crlf;
     for (char ch : slurp(tmp / "train.png" / "labels.csv")) {
@@ -165,7 +165,7 @@ int main(int argc, char** argv) {
     // LMDB: every value of the same template the fuzz target builds, with its mode byte.
     for (int png = 0; png < 2; ++png) {
       WriterOptions o = quick;
-      o.lmdb_encoding = png ? "png" : "raw";
+      o.encoding = png ? Encoding::Png : Encoding::Raw;
       const fs::path path = tmp / (png ? "png.lmdb" : "raw.lmdb");
       store_many(Format::Lmdb, path, images, kNames10, o);
       MDB_env* env = nullptr;
@@ -202,9 +202,9 @@ int main(int argc, char** argv) {
   {
     // HDF5: contiguous, chunked, chunked + deflate.
     WriterOptions chunked = quick;
-    chunked.hdf5_chunk_records = 2;
+    chunked.hdf5.chunk_records = 2;
     WriterOptions deflate = chunked;
-    deflate.hdf5_deflate = 6;
+    deflate.hdf5.deflate = 6;
     const std::array<std::pair<const char*, WriterOptions>, 3> variants = {
         {{"contiguous.h5", quick}, {"chunked.h5", chunked}, {"deflate.h5", deflate}}};
     for (const auto& [name, o] : variants) {

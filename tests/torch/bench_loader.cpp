@@ -136,17 +136,17 @@ TEST_CASE("bench: loaders over 50000 32x32x3 images" * doctest::skip()) {
                         Case{"lmdb raw noverify", Format::Lmdb, 0, false},
                         Case{"hdf5 contiguous", Format::Hdf5, 0, true},
                         Case{"hdf5 chunk 256", Format::Hdf5, 256, true},
-                        Case{"png folder", Format::Png, 0, true}}) {
+                        Case{"png folder", Format::PngFolder, 0, true}}) {
     if (const char* f = std::getenv("IMGSTORE_BENCH_ONLY"); f && std::string(c.name) != f) continue;
     const auto path = dir / store_file_name("train" + std::to_string(c.chunk), c.format);
     if (!std::filesystem::exists(path)) {
-      w.hdf5_chunk_records = c.chunk;
+      w.hdf5.chunk_records = c.chunk;
       w.overwrite = true;
       store_many(c.format, path, images, {}, w);
     }
     ReaderOptions r;
     r.verify_checksums = c.verify;
     bench_reader(c.name, std::shared_ptr<const StoreReader>(open_store(path, r)),
-                 c.format == Format::Png ? 1 : repeats);
+                 c.format == Format::PngFolder ? 1 : repeats);
   }
 }

@@ -54,7 +54,7 @@ LoaderOptions bad_loader_options() {
 void write_store(Format format, const fs::path& path, std::size_t hdf5_chunk = 0) {
   WriterOptions w;
   w.durable = false;
-  w.hdf5_chunk_records = hdf5_chunk;
+  w.hdf5.chunk_records = hdf5_chunk;
   store_many(format, path, imgstore::test::indexed_images(kRecords, 8, 8, 3), {}, w);
 }
 
@@ -200,7 +200,7 @@ TEST_CASE("bad store: the wrong format fails at open naming the store") {
   const auto png = dir / "train.png";
   const auto lmdb = dir / "train.lmdb";
   const auto h5 = dir / "train.h5";
-  write_store(Format::Png, png);
+  write_store(Format::PngFolder, png);
   write_store(Format::Lmdb, lmdb);
   write_store(Format::Hdf5, h5);
   const int threads = warm_thread_count(lmdb);
@@ -337,7 +337,7 @@ with h5py.File(sys.argv[1], "r+") as f:
 TEST_CASE("bad store: a PNG file swapped for another image or truncated fails naming the file") {
   imgstore::test::TempDir dir;
   const auto good = dir / "good.png";
-  write_store(Format::Png, good);
+  write_store(Format::PngFolder, good);
   const int threads = warm_thread_count(good);
   const std::uint64_t record = record_at_bad_position(good);
   const std::string file = fmt::format("{:08d}.png", record);
@@ -345,13 +345,13 @@ TEST_CASE("bad store: a PNG file swapped for another image or truncated fails na
 
   SUBCASE("a different valid PNG of the same shape: checksum mismatch") {
     const auto bad = dir / "swapped.png";
-    write_store(Format::Png, bad);
+    write_store(Format::PngFolder, bad);
     fs::copy_file(bad / other, bad / file, fs::copy_options::overwrite_existing);
     check_fails_midway(bad, fmt::format("{} file '{}'", quoted(bad), file), "checksum");
   }
   SUBCASE("a truncated file") {
     const auto bad = dir / "truncated.png";
-    write_store(Format::Png, bad);
+    write_store(Format::PngFolder, bad);
     fs::resize_file(bad / file, fs::file_size(bad / file) / 2);
     check_fails_midway(bad, quoted(bad / file), "corrupt PNG");
   }
@@ -412,7 +412,7 @@ with h5py.File(sys.argv[2], "r+") as f:
   }
   SUBCASE("PNG folder whose labels.csv lacks its last row") {
     const auto bad = dir / "short.png";
-    write_store(Format::Png, bad);
+    write_store(Format::PngFolder, bad);
     std::string csv = imgstore::test::slurp(bad / "labels.csv");
     REQUIRE(csv.size() > 2);
     csv.erase(csv.rfind('\n', csv.size() - 2) + 1);  // drop the last line

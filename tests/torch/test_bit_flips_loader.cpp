@@ -102,13 +102,13 @@ TEST_CASE("bit flip: prefetch loader rethrows the DataError naming store and rec
     std::size_t chunk;
   };
   for (const Case& c : {Case{"train.lmdb", Format::Lmdb, 0}, Case{"train.h5", Format::Hdf5, 0},
-                        Case{"chunked.h5", Format::Hdf5, 8}, Case{"train.png", Format::Png, 0}}) {
+                        Case{"chunked.h5", Format::Hdf5, 8}, Case{"train.png", Format::PngFolder, 0}}) {
     const std::string name = c.name;
     CAPTURE(name);
     const fs::path store = dir / c.name;
     WriterOptions w;
     w.durable = false;
-    w.hdf5_chunk_records = c.chunk;
+    w.hdf5.chunk_records = c.chunk;
     store_many(c.format, store, images, {}, w);  // no class names: labels are the indices
 
     const std::size_t index = kBatch + rng() % (kRecords - kBatch);  // not in the first batch
@@ -117,7 +117,7 @@ TEST_CASE("bit flip: prefetch loader rethrows the DataError naming store and rec
     CAPTURE(index);
     CAPTURE(byte);
     std::string record;
-    if (c.format == Format::Png) {
+    if (c.format == Format::PngFolder) {
       flip_png_pixels(store / fmt::format("{:08d}.png", index), rng);
       record = fmt::format("{:08d}.png", index);
     } else {
@@ -155,7 +155,7 @@ TEST_CASE("bit flip: prefetch loader rethrows the DataError naming store and rec
     }
 
     // Checksums off.
-    if (c.format == Format::Png) {
+    if (c.format == Format::PngFolder) {
       CHECK_THROWS_WITH_AS(run_loader(store, false, index), has(record), DataError);
       continue;
     }

@@ -24,11 +24,11 @@ struct RealStore {
 
 std::vector<RealStore> write_all_formats(const std::filesystem::path& dir, const ImageBatch& images) {
   std::vector<RealStore> stores;
-  for (Format f : {Format::Png, Format::Lmdb, Format::Hdf5}) {
+  for (Format f : {Format::PngFolder, Format::Lmdb, Format::Hdf5}) {
     auto path = dir / store_file_name("train", f);
     WriterOptions w;
     w.durable = false;
-    if (f == Format::Hdf5) w.hdf5_chunk_records = 16;
+    if (f == Format::Hdf5) w.hdf5.chunk_records = 16;
     store_many(f, path, images, {}, w);
     stores.push_back({f, path});
   }
@@ -37,7 +37,7 @@ std::vector<RealStore> write_all_formats(const std::filesystem::path& dir, const
 
 StoreDataset typed_dataset(Format f, const std::filesystem::path& path) {
   switch (f) {
-    case Format::Png: return PngDataset(path);
+    case Format::PngFolder: return PngDataset(path);
     case Format::Lmdb: return LmdbDataset(path);
     case Format::Hdf5: return Hdf5Dataset(path);
   }
@@ -116,7 +116,7 @@ TEST_CASE("a corrupt PNG file reaches the loader's consumer naming the file") {
   auto path = dir / "train.png";
   WriterOptions w;
   w.durable = false;
-  store_many(Format::Png, path, images, {}, w);
+  store_many(Format::PngFolder, path, images, {}, w);
   {
     std::ofstream bad(path / "00000021.png", std::ios::binary | std::ios::trunc);
     bad << "not a png at all";

@@ -34,7 +34,7 @@ std::pair<std::filesystem::path, std::filesystem::path> write_plain_and_sharded(
 TEST_CASE("datasets and the loader read a sharded store like the same store unsharded") {
   imgstore::test::TempDir dir;
   const auto images = imgstore::test::indexed_images(53, 6, 5, 3);
-  for (Format format : {Format::Png, Format::Lmdb, Format::Hdf5}) {
+  for (Format format : all_formats()) {
     CAPTURE(to_string(format));
     auto [plain_path, sharded_path] = write_plain_and_sharded(dir.path(), format, images, 4);
     auto plain = open_dataset(plain_path);

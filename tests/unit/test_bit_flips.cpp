@@ -64,13 +64,13 @@ fs::path write_store(const fs::path& dir, Layout layout, const ImageBatch& image
     for (int c = 0; c < kClasses; ++c) classes.push_back("class" + std::to_string(c));
   }
   switch (layout) {
-    case Layout::PngFolder: format = Format::Png, name = "pristine.png"; break;
+    case Layout::PngFolder: format = Format::PngFolder, name = "pristine.png"; break;
     case Layout::LmdbRaw: format = Format::Lmdb, name = "pristine.lmdb"; break;
     case Layout::LmdbPng:
-      format = Format::Lmdb, name = "pristine.lmdb", options.lmdb_encoding = "png";
+      format = Format::Lmdb, name = "pristine.lmdb", options.encoding = Encoding::Png;
       break;
     case Layout::Hdf5Contiguous: break;
-    case Layout::Hdf5Chunked: options.hdf5_chunk_records = 8; break;
+    case Layout::Hdf5Chunked: options.hdf5.chunk_records = 8; break;
   }
   options.durable = false;
   const fs::path path = dir / name;
@@ -359,7 +359,7 @@ TEST_CASE("png folder with class names: a flipped label digit fails the open, na
   WriterOptions options;
   options.durable = false;
   const fs::path store = dir / "named.png";
-  store_many(Format::Png, store, images, classes, options);
+  store_many(Format::PngFolder, store, images, classes, options);
   const std::uint64_t index = 17;
   flip_bit(store / "labels.csv", csv_label_offset(store, index), 0);
   ReaderOptions lax;

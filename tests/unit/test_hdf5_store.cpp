@@ -129,8 +129,8 @@ TEST_CASE("hdf5 store round-trips bit-exact: contiguous, chunked, chunked+deflat
       CAPTURE(channels);
       CAPTURE(c.name);
       WriterOptions options;
-      options.hdf5_chunk_records = c.chunk;
-      options.hdf5_deflate = c.deflate;
+      options.hdf5.chunk_records = c.chunk;
+      options.hdf5.deflate = c.deflate;
       options.durable = false;
       const auto path = dir / (std::string(c.name) + std::to_string(channels) + ".h5");
       write_store(path, images, options);
@@ -142,7 +142,7 @@ TEST_CASE("hdf5 store round-trips bit-exact: contiguous, chunked, chunked+deflat
       CHECK(m.split == "train");
       CHECK(m.source == "hdf5 unit test");
       CHECK(m.class_names == kClasses);
-      CHECK(m.encoding == "raw");
+      CHECK(m.encoding == Encoding::Raw);
       CHECK(m.checksums.size() == images.size());
       CHECK(m.content_digest == digest_of(images));
       check_reads_back(*reader, images);
@@ -156,7 +156,7 @@ TEST_CASE("hdf5 store of zero records opens empty") {
   test::TempDir dir;
   for (std::size_t chunk : {std::size_t{0}, std::size_t{4}}) {
     WriterOptions options;
-    options.hdf5_chunk_records = chunk;
+    options.hdf5.chunk_records = chunk;
     const auto path = dir / ("empty" + std::to_string(chunk) + ".h5");
     write_store(path, fixtures::make_images(0, {4, 4, 3}, 4, 1), options);
     auto reader = open_store(path);
@@ -183,8 +183,8 @@ TEST_CASE("hdf5 store has the documented layout") {
   test::TempDir dir;
   const ImageBatch images = fixtures::make_images(10, {4, 3, 3}, 4, 5);
   WriterOptions options;
-  options.hdf5_chunk_records = 4;
-  options.hdf5_deflate = 3;
+  options.hdf5.chunk_records = 4;
+  options.hdf5.deflate = 3;
   const auto path = dir / "train.h5";
   write_store(path, images, options);
 
@@ -246,8 +246,8 @@ TEST_CASE("hdf5 reader serves many threads at once") {
   for (std::size_t chunk : {std::size_t{0}, std::size_t{16}}) {
     CAPTURE(chunk);
     WriterOptions options;
-    options.hdf5_chunk_records = chunk;
-    options.hdf5_deflate = chunk ? 1 : 0;
+    options.hdf5.chunk_records = chunk;
+    options.hdf5.deflate = chunk ? 1 : 0;
     options.durable = false;
     const auto path = dir / ("threads" + std::to_string(chunk) + ".h5");
     write_store(path, images, options, 64);
@@ -300,7 +300,7 @@ TEST_CASE("hdf5 reader opens the tutorial's layout (/images + /meta, big-endian 
   CHECK(m.count == 37);
   CHECK(m.shape == Shape{32, 32, 3});
   CHECK(m.class_names.empty());
-  CHECK(m.encoding == "raw");
+  CHECK(m.encoding == Encoding::Raw);
   CHECK(m.split == "cifar_tutorial");
   CHECK(m.content_digest == digest_of(images));
   check_reads_back(*reader, images);
@@ -460,8 +460,8 @@ TEST_CASE("hdf5 reader detects pixels changed in place") {
   for (std::size_t chunk : {std::size_t{0}, std::size_t{5}}) {
     CAPTURE(chunk);
     WriterOptions options;
-    options.hdf5_chunk_records = chunk;
-    options.hdf5_deflate = chunk ? 4 : 0;
+    options.hdf5.chunk_records = chunk;
+    options.hdf5.deflate = chunk ? 4 : 0;
     const auto path = dir / ("tampered" + std::to_string(chunk) + ".h5");
     write_store(path, images, options);
     {
@@ -530,8 +530,8 @@ TEST_CASE("hdf5 direct layouts read bit-exact through the mapping and through pr
   for (const Case& c : {Case{"contiguous", 0, 0}, Case{"chunked", 6, 0}, Case{"deflate", 6, 3}}) {
     CAPTURE(c.name);
     WriterOptions options;
-    options.hdf5_chunk_records = c.chunk;
-    options.hdf5_deflate = c.deflate;
+    options.hdf5.chunk_records = c.chunk;
+    options.hdf5.deflate = c.deflate;
     options.durable = false;
     const auto path = dir / (std::string(c.name) + ".h5");
     write_store(path, images, options);
@@ -592,7 +592,7 @@ TEST_CASE("hdf5 reader refuses truncated and non-HDF5 files with their name") {
   for (std::size_t chunk : {std::size_t{0}, std::size_t{8}}) {
     CAPTURE(chunk);
     WriterOptions options;
-    options.hdf5_chunk_records = chunk;
+    options.hdf5.chunk_records = chunk;
     const auto path = dir / ("cut" + std::to_string(chunk) + ".h5");
     write_store(path, images, options);
     fs::resize_file(path, fs::file_size(path) / 2);
@@ -623,11 +623,11 @@ TEST_CASE("hdf5 writer: unwritable directory, existing target, deflate without c
   CHECK(open_store(path)->size() == 5);
 
   WriterOptions bad;
-  bad.hdf5_deflate = 5;
+  bad.hdf5.deflate = 5;
   CHECK_THROWS_WITH_AS(write_store(dir / "x.h5", images, bad), doctest::Contains("chunking"),
                        UsageError);
-  bad.hdf5_chunk_records = 2;
-  bad.hdf5_deflate = 10;
+  bad.hdf5.chunk_records = 2;
+  bad.hdf5.deflate = 10;
   CHECK_THROWS_AS(write_store(dir / "x.h5", images, bad), UsageError);
   CHECK(test::list_dir(dir.path()) == std::vector<std::string>{"file.txt", "train.h5"});
 }
@@ -637,7 +637,7 @@ TEST_CASE("hdf5 writer destroyed without commit leaves nothing") {
   const ImageBatch images = fixtures::make_images(10, {2, 2, 3}, 4, 1);
   for (std::size_t chunk : {std::size_t{0}, std::size_t{3}}) {
     WriterOptions options;
-    options.hdf5_chunk_records = chunk;
+    options.hdf5.chunk_records = chunk;
     StoreSpec spec;
     spec.split = "train";
     spec.count = 20;

@@ -18,7 +18,6 @@
 
 #include "detail/fs_util.hpp"
 #include "detail/lmdb_handles.hpp"
-#include "detail/png_codec.hpp"
 #include "fixtures.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
@@ -111,17 +110,6 @@ struct ForcedMapSize {
   ~ForcedMapSize() { detail::set_lmdb_initial_map_size_for_testing(0); }
 };
 
-bool png_codec_available() {
-  std::vector<std::uint8_t> px(12, 1), out;
-  try {
-    detail::encode_png(px.data(), Shape{2, 2, 3}, 1, out);
-    return true;
-  } catch (const std::exception& e) {
-    if (std::string(e.what()).find("not implemented") != std::string::npos) return false;
-    throw;
-  }
-}
-
 }  // namespace
 
 TEST_CASE("lmdb store round-trips raw records bit-exactly") {
@@ -141,7 +129,7 @@ TEST_CASE("lmdb store round-trips raw records bit-exactly") {
     CHECK(reader->size() == 37);
     CHECK(reader->shape() == shape);
     CHECK(reader->manifest().class_names == kClasses);
-    CHECK(reader->manifest().encoding == "raw");
+    CHECK(reader->manifest().encoding == Encoding::Raw);
     check_same(read_all(*reader), images);
     for (std::size_t i = 0; i < images.size(); ++i) {
       std::int64_t label = -1;
@@ -181,21 +169,17 @@ TEST_CASE("lmdb value layout: 32-byte header, raw pixels last") {
 }
 
 TEST_CASE("lmdb store round-trips png-encoded records bit-exactly") {
-  if (!png_codec_available()) {
-    MESSAGE("skipped: detail::encode_png is not implemented yet");
-    return;
-  }
   test::TempDir dir;
   for (Shape shape : {kCifar, Shape{28, 28, 1}, Shape{9, 6, 2}, Shape{4, 4, 4}}) {
     CAPTURE(to_string(shape));
     auto images = fixtures::make_images(25, shape, 10, 3);
     auto path = dir / ("png" + std::to_string(shape.channels) + ".lmdb");
     WriterOptions opt;
-    opt.lmdb_encoding = "png";
+    opt.encoding = Encoding::Png;
     opt.threads = 2;
     write_store(path, images, opt, 8);
     auto reader = open_store(path);
-    CHECK(reader->manifest().encoding == "png");
+    CHECK(reader->manifest().encoding == Encoding::Png);
     check_same(read_all(*reader), images);
   }
 }
@@ -661,10 +645,18 @@ TEST_CASE("lmdb writer failures") {
                          has("file"), IoError);
   }
   SUBCASE("unknown encoding") {
+    // Encodings are typed now: an unknown name fails where it is parsed, naming it.
+    CHECK_THROWS_WITH_AS(parse_encoding("webp"), has("webp"), UsageError);
+    CHECK(test::list_dir(dir.path()).empty());
+  }
+  SUBCASE("encoding another format cannot hold") {
     WriterOptions opt;
-    opt.lmdb_encoding = "jpeg";
-    CHECK_THROWS_WITH_AS(detail::create_lmdb_store(dir / "train.lmdb", spec, opt),
-                         has("jpeg"), UsageError);
+    opt.encoding = Encoding::Png;
+    CHECK_THROWS_WITH_AS(detail::create_hdf5_store(dir / "train.h5", spec, opt),
+                         has("HDF5 stores hold raw payloads, not png"), UsageError);
+    opt.encoding = Encoding::Raw;
+    CHECK_THROWS_WITH_AS(detail::create_png_folder(dir / "train.png", spec, opt),
+                         has("PNG folder stores hold png payloads, not raw"), UsageError);
     CHECK(test::list_dir(dir.path()).empty());
   }
   SUBCASE("writer destroyed without commit leaves nothing") {

@@ -41,7 +41,7 @@ fs::path make_store(const test::TempDir& dir, std::size_t count = 6, Shape shape
   auto path = dir / "train.png";
   WriterOptions options;
   options.durable = false;
-  store_many(Format::Png, path, images, {"cat", "dog", "bird"}, options);
+  store_many(Format::PngFolder, path, images, {"cat", "dog", "bird"}, options);
   return path;
 }
 
@@ -56,7 +56,7 @@ TEST_CASE("png folder: layout on disk") {
   auto path = dir / "train.png";
   WriterOptions fast;
   fast.durable = false;
-  store_many(Format::Png, path, images, {"a", "b,c", "say \"hi\""}, fast);
+  store_many(Format::PngFolder, path, images, {"a", "b,c", "say \"hi\""}, fast);
   CHECK(test::list_dir(path) == std::vector<std::string>{"00000000.png", "00000001.png",
                                                          "00000002.png", "labels.csv",
                                                          "manifest.json"});
@@ -69,8 +69,8 @@ TEST_CASE("png folder: layout on disk") {
   }
   CHECK(slurp(path / "labels.csv") == expected);
   auto manifest = Manifest::from_json(slurp(path / "manifest.json"), "m");
-  CHECK(manifest.format == Format::Png);
-  CHECK(manifest.encoding == "png");
+  CHECK(manifest.format == Format::PngFolder);
+  CHECK(manifest.encoding == Encoding::Png);
   CHECK(manifest.count == 3);
   CHECK(manifest.split == "train");
   // Each file is an ordinary PNG of the right shape.
@@ -87,9 +87,9 @@ TEST_CASE("png folder: store_many / read_all round-trip for 1-4 channels and odd
     WriterOptions options;
     options.durable = c == 4;  // both paths of commit (durable syncs the whole file system)
     options.png_level = static_cast<int>(c) * 3 - 3;
-    store_many(Format::Png, dir / "s.png", images, {}, options);
+    store_many(Format::PngFolder, dir / "s.png", images, {}, options);
     auto reader = open_store(dir / "s.png");
-    CHECK(reader->format() == Format::Png);
+    CHECK(reader->format() == Format::PngFolder);
     CHECK(reader->size() == 40);
     CHECK(reader->shape() == shape);
     auto back = read_all(*reader);
@@ -103,7 +103,7 @@ TEST_CASE("png folder: store_one and read_one") {
   test::TempDir dir;
   const Shape shape{32, 32, 3};
   auto images = fixtures::make_images(1, shape, 10, 9);
-  store_one(Format::Png, dir / "one.png", shape, images.image(0), 7);
+  store_one(Format::PngFolder, dir / "one.png", shape, images.image(0), 7);
   auto reader = open_store(dir / "one.png");
   REQUIRE(reader->size() == 1);
   std::int64_t label = -1;
@@ -118,7 +118,7 @@ TEST_CASE("png folder: read_many with shuffled indices, also from inside TBB tas
   auto images = fixtures::make_images(64, shape, 5, 21);
   WriterOptions fast;
   fast.durable = false;
-  store_many(Format::Png, dir / "m.png", images, {"a", "b", "c", "d", "e"}, fast);
+  store_many(Format::PngFolder, dir / "m.png", images, {"a", "b", "c", "d", "e"}, fast);
   auto reader = open_store(dir / "m.png");
 
   std::vector<std::uint64_t> indices(100);
@@ -164,7 +164,7 @@ TEST_CASE("png folder: writer thread counts give identical files; batches may ar
     WriterOptions options;
     options.threads = threads;
     options.durable = false;
-    auto writer = create_store(Format::Png, dir / ("t" + std::to_string(threads) + ".png"), spec,
+    auto writer = create_store(Format::PngFolder, dir / ("t" + std::to_string(threads) + ".png"), spec,
                                options);
     // Parts of 1, 20 and 29 records.
     for (auto [begin, end] : {std::pair<std::size_t, std::size_t>{0, 1}, {1, 21}, {21, 50}}) {
@@ -363,18 +363,18 @@ TEST_CASE("png folder: output that cannot be written, or already exists") {
   test::TempDir dir;
   auto images = fixtures::make_images(2, {3, 3, 3}, 2, 1);
   spit(dir / "plain-file", "x");
-  CHECK_THROWS_WITH_AS(store_many(Format::Png, dir / "plain-file" / "train.png", images),
+  CHECK_THROWS_WITH_AS(store_many(Format::PngFolder, dir / "plain-file" / "train.png", images),
                        doctest::Contains("plain-file"), IoError);
 
   auto path = make_store(dir);
   const auto before = slurp(path / "labels.csv");
-  CHECK_THROWS_WITH_AS(store_many(Format::Png, path, images),
+  CHECK_THROWS_WITH_AS(store_many(Format::PngFolder, path, images),
                        doctest::Contains("already exists"), IoError);
   CHECK(slurp(path / "labels.csv") == before);
 
   WriterOptions overwrite;
   overwrite.overwrite = true;
-  store_many(Format::Png, path, images, {}, overwrite);
+  store_many(Format::PngFolder, path, images, {}, overwrite);
   CHECK(read_all(*open_store(path)).pixels == images.pixels);
   CHECK(test::list_dir(dir.path()) == std::vector<std::string>{"plain-file", "train.png"});
 }
@@ -387,7 +387,7 @@ TEST_CASE("png folder: a writer destroyed without commit leaves nothing behind")
   spec.count = 20;
   spec.shape = images.shape;
   {
-    auto writer = create_store(Format::Png, dir / "train.png", spec);
+    auto writer = create_store(Format::PngFolder, dir / "train.png", spec);
     writer->write(images);
     CHECK(test::list_dir(dir.path()).size() == 1);  // the hidden staging directory
     CHECK_THROWS_WITH_AS(writer->commit(), doctest::Contains("10 records written, 20 announced"),

@@ -30,7 +30,7 @@ namespace {
 
 const Shape kShape{8, 6, 3};
 const std::vector<std::string> kClasses{"a", "b", "c", "d", "e"};
-const Format kFormats[] = {Format::Png, Format::Lmdb, Format::Hdf5};
+const std::vector<Format> kFormats = all_formats();
 
 doctest::Contains has(const std::string& text) { return doctest::Contains(text.c_str()); }
 
@@ -103,7 +103,7 @@ TEST_CASE("shard_range splits records into contiguous ranges as equal as possibl
   CHECK_THROWS_AS(shard_range(10, 0, 0), UsageError);
   CHECK(shard_file_name(Format::Lmdb, 2, 4) == "shard-00002-of-00004.lmdb");
   CHECK(shard_file_name(Format::Hdf5, 0, 1) == "shard-00000-of-00001.h5");
-  CHECK(shard_file_name(Format::Png, 12, 99999) == "shard-00012-of-99999.png");
+  CHECK(shard_file_name(Format::PngFolder, 12, 99999) == "shard-00012-of-99999.png");
 }
 
 TEST_CASE("manifests without a shard position still parse; with one it round-trips") {
@@ -472,7 +472,7 @@ TEST_CASE("sharded store: missing, foreign, swapped and inconsistent shards are 
     }
     {  // a corrupt record inside a shard names the shard and the store
       // PNG only: the formats' own tests cover record corruption.
-      auto p = format == Format::Png ? fresh() : fs::path();
+      auto p = format == Format::PngFolder ? fresh() : fs::path();
       if (p.empty()) continue;
       const auto shard_dir = p / s1;
       fs::copy_file(shard_dir / "00000001.png", shard_dir / "00000000.png",

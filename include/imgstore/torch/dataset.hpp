@@ -93,7 +93,7 @@ class StoreDataset
 class PngDataset : public StoreDataset {
  public:
   explicit PngDataset(const std::filesystem::path& path, const DatasetOptions& options = {})
-      : StoreDataset(path, options, Format::Png) {}
+      : StoreDataset(path, options, Format::PngFolder) {}
 };
 
 class LmdbDataset : public StoreDataset {

@@ -9,7 +9,7 @@ int main(int argc, char** argv) {
   const std::string dir = argv[1];
   const imgstore::Shape shape{2, 3, 1};
   const std::uint8_t pixels[6] = {1, 2, 3, 4, 5, 6};
-  for (auto format : {imgstore::Format::Png, imgstore::Format::Lmdb, imgstore::Format::Hdf5}) {
+  for (auto format : imgstore::all_formats()) {
     const std::string path = dir + "/one." + imgstore::to_string(format);
     imgstore::store_one(format, path, shape, pixels, 7);
     std::int64_t label = -1;
