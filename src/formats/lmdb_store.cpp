@@ -49,6 +49,7 @@
 #include "detail/fs_util.hpp"
 #include "detail/lmdb_handles.hpp"
 #include "detail/png_codec.hpp"
+#include "detail/testing.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
@@ -80,8 +81,6 @@ constexpr std::uint64_t kMaxCachedRecords = std::uint64_t{1} << 27;
 // by prefetching this many records ahead (and the cache slots twice as far ahead).
 constexpr std::size_t kPrefetchAhead = 4;
 constexpr std::size_t kMaxPrefetchBytes = 1024;  // the hardware prefetcher does the rest
-
-std::atomic<std::size_t> g_test_initial_map_size{0};
 
 // ---- little-endian helpers (explicit, so the layout does not depend on the host) ----
 
@@ -155,7 +154,7 @@ std::size_t page_size() {
 // right. Large values live on overflow pages (whole pages each), small ones in leaves that
 // may be half full after splits.
 std::size_t estimate_map_size(const StoreSpec& spec, bool png) {
-  if (auto forced = g_test_initial_map_size.load()) return forced;
+  if (auto forced = testing::lmdb_initial_map_size()) return forced;
   const std::size_t psize = page_size();
   const std::size_t bytes = spec.shape.bytes();
   const std::size_t value = kHeaderBytes + (png ? bytes + bytes / 8 + 1024 : bytes);
@@ -726,8 +725,6 @@ class LmdbReader final : public StoreReader {
 };
 
 }  // namespace
-
-void set_lmdb_initial_map_size_for_testing(std::size_t bytes) { g_test_initial_map_size = bytes; }
 
 std::unique_ptr<StoreWriter> create_lmdb_store(const fs::path& path, const StoreSpec& spec,
                                                const WriterOptions& options) {
