@@ -204,7 +204,8 @@ def plot_vs_n(ax, items, value, low, high, scale):
 
 def save(fig, out, name, made):
     fig.tight_layout()
-    fig.savefig(out / name, dpi=110, bbox_inches="tight")  # legends sit outside the axes
+    fig.savefig(out / name, dpi=110, bbox_inches="tight",  # legends sit outside the axes
+                metadata={"Software": None})  # no tool name or web address in the file
     plt.close(fig)
     made.append(name)
 

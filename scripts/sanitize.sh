@@ -73,32 +73,89 @@ run_ctest() {
   return $rc
 }
 
+# deb_src_lists DIR: writes DIR/sources.list and DIR/sources.list.d/*.sources, the deb-src twins
+# of this machine's own apt entries (/etc/apt/sources.list, sources.list.d/*.list and deb822
+# *.sources) for its release's suites (<codename>, <codename>-*), so the source comes from
+# whatever mirror the machine already uses. Fails if the machine has no such entry.
+deb_src_lists() {
+  local out="$1" release f
+  release="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+  mkdir -p "$out/sources.list.d"
+  : >"$out/sources.list"
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [[ -f $f ]] || continue
+    # One-line form: deb [options] URI suite components...
+    awk -v rel="$release" '
+      $1 == "deb" {
+        i = 2
+        if ($2 ~ /^\[/) { while (i < NF && $i !~ /\]$/) i++; i++ }
+        suite = $(i + 1)
+        if (rel == "" || suite == rel || index(suite, rel "-") == 1) { sub(/^deb/, "deb-src"); print }
+      }' "$f" >>"$out/sources.list"
+  done
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -f $f ]] || continue
+    # deb822 form: one stanza per paragraph; keep enabled "deb" stanzas, retyped as deb-src,
+    # with only the release's suites. Other fields (URIs, Components, Signed-By...) are copied.
+    awk -v rel="$release" '
+      BEGIN { RS = ""; FS = "\n" }
+      {
+        types = ""; suites = ""; enabled = "yes"
+        for (i = 1; i <= NF; i++) {
+          if ($i ~ /^Types:/) types = " " substr($i, 7) " "
+          if ($i ~ /^Suites:/) suites = substr($i, 8)
+          if (tolower($i) ~ /^enabled:[ \t]*no/) enabled = "no"
+        }
+        if (enabled == "no" || types !~ /[ \t]deb[ \t]/) next
+        keep = ""
+        n = split(suites, s, /[ \t]+/)
+        for (j = 1; j <= n; j++)
+          if (s[j] != "" && (rel == "" || s[j] == rel || index(s[j], rel "-") == 1)) keep = keep " " s[j]
+        if (keep == "") next
+        out = "Types: deb-src\nSuites:" keep
+        for (i = 1; i <= NF; i++)
+          if ($i !~ /^(Types|Suites):/ && $i !~ /^#/) out = out "\n" $i
+        printf "%s%s\n", (printed++ ? "\n" : ""), out
+      }' "$f" >"$out/sources.list.d/$(basename "$f")"
+    [[ -s $out/sources.list.d/$(basename "$f") ]] || rm -f "$out/sources.list.d/$(basename "$f")"
+  done
+  if [[ ! -s $out/sources.list ]] && ! compgen -G "$out/sources.list.d/*.sources" >/dev/null; then
+    echo "sanitize: no apt entry for release '${release:-?}' in /etc/apt to derive deb-src from" >&2
+    return 1
+  fi
+}
+
+# fetch_debian_source DIR PACKAGE=VERSION: downloads a Debian source package into DIR/src with
+# apt's private state under DIR/apt (deb-src lists from deb_src_lists), so the system's apt is
+# untouched.
+fetch_debian_source() {
+  local dir="$1" want="$2"
+  mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial" "$dir/src"
+  deb_src_lists "$dir/apt" || return 1
+  local apt=(apt-get -qq -o "Dir::Etc::SourceList=$dir/apt/sources.list"
+             -o "Dir::Etc::SourceParts=$dir/apt/sources.list.d" -o "Dir::State::Lists=$dir/apt/lists"
+             -o "Dir::Cache=$dir/apt/cache" -o Debug::NoLocking=1)
+  "${apt[@]}" update && (cd "$dir/src" && "${apt[@]}" source --download-only "$want")
+}
+
 # build_tsan_tbb DIR: prints the folder holding a TSan-instrumented libtbb.so.12 built from
 # the Debian source of the installed libtbb12 (its version, its Debian patches), building it
-# once. apt runs with private state under DIR (deb-src lists), so the system's apt is untouched.
+# once (source fetched by fetch_debian_source).
 build_tsan_tbb() {
   local dir="$1" lib="$1/lib"
   if [[ -f "$lib/libtbb.so.12" ]]; then echo "$lib"; return; fi
   local version
   version="$(dpkg-query -W -f='${Version}' libtbb12)"
-  rm -rf "$dir" && mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial" "$dir/src"
-  cat >"$dir/apt/sources.list" <<EOF2
-deb-src http://deb.debian.org/debian bookworm main
-deb-src http://deb.debian.org/debian bookworm-updates main
-deb-src http://deb.debian.org/debian-security bookworm-security main
-EOF2
-  local apt=(apt-get -qq -o "Dir::Etc::SourceList=$dir/apt/sources.list"
-             -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$dir/apt/lists"
-             -o "Dir::Cache=$dir/apt/cache" -o Debug::NoLocking=1)
+  rm -rf "$dir" && mkdir -p "$dir"
+  # One && chain: set -e does not apply inside a list followed by ||.
   {
-    "${apt[@]}" update
-    (cd "$dir/src" && "${apt[@]}" source --download-only "onetbb=$version")
-    (cd "$dir/src" && dpkg-source --no-check -x onetbb_*.dsc onetbb)
+    fetch_debian_source "$dir" "onetbb=$version" &&
+    (cd "$dir/src" && dpkg-source --no-check -x onetbb_*.dsc onetbb) &&
     nice cmake -S "$dir/src/onetbb" -B "$dir/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" -DTBB_SANITIZE=thread -DTBB_TEST=OFF \
-      -DTBB_EXAMPLES=OFF -DTBBMALLOC_BUILD=OFF -DTBB_STRICT=OFF -DCMAKE_CXX_COMPILER_LAUNCHER=ccache
-    nice ninja -C "$dir/build" -j "$JOBS" tbb
-    mkdir -p "$lib"
+      -DTBB_EXAMPLES=OFF -DTBBMALLOC_BUILD=OFF -DTBB_STRICT=OFF -DCMAKE_CXX_COMPILER_LAUNCHER=ccache &&
+    nice ninja -C "$dir/build" -j "$JOBS" tbb &&
+    mkdir -p "$lib" &&
     cp -a "$dir"/build/*/libtbb.so* "$lib/"
   } >"$dir/build.log" 2>&1 || { echo "sanitize: building TSan libtbb failed, see $dir/build.log" >&2; exit 1; }
   echo "$lib"

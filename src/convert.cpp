@@ -23,9 +23,51 @@ double seconds_since(Clock::time_point start) {
 
 }  // namespace
 
+// One store of a run: its hidden, locked staging directory beside the target, holding the
+// committed store (under the target's own name) until ConversionRun::commit moves it out.
+struct ConversionRun::StagedStore {
+  StagedStore(const fs::path& target, bool overwrite)
+      : stage(target, detail::StagedOutput::Kind::Directory, overwrite), overwrite(overwrite) {}
+
+  const fs::path& target() const { return stage.target(); }
+  fs::path staged_path() const { return stage.temp() / target().filename(); }
+
+  // Undoes commit's rename: the old store (if any) back at the target, the new one gone.
+  void restore() noexcept {
+    std::error_code ec;
+    try {
+      if (displaced.empty()) {
+        fs::remove_all(target(), ec);
+      } else {
+        fs::remove_all(detail::rename_into_place(displaced, target(), true), ec);
+      }
+    } catch (...) {
+      // Best effort: the error that made us roll back is the one to report.
+    }
+    displaced.clear();
+  }
+
+  detail::StagedOutput stage;  // never committed itself: discarding it removes what it holds
+  bool overwrite;
+  fs::path displaced;  // after the rename: where the store it replaced now is, if any
+};
+
+ConversionRun::ConversionRun(fs::path out_dir) : out_dir_(std::move(out_dir)) {}
+
+ConversionRun::~ConversionRun() = default;
+
 ConvertResult convert_split(const Source& source, const std::string& split,
                             const fs::path& out_dir, const ConvertOptions& options) {
+  ConversionRun run(out_dir);
+  ConvertResult result = run.add_split(source, split, options);
+  run.commit();
+  return result;
+}
+
+ConvertResult ConversionRun::add_split(const Source& source, const std::string& split,
+                                       const ConvertOptions& options) {
   const auto start = Clock::now();
+  if (committed_) throw UsageError("this conversion run is already committed");
   if (options.formats.empty()) throw UsageError("no output format requested");
   if (options.repeat == 0) throw UsageError("--repeat must be at least 1");
   SplitInfo info;
@@ -40,9 +82,9 @@ ConvertResult convert_split(const Source& source, const std::string& split,
   const std::uint64_t total = per_pass * options.repeat;
 
   std::error_code ec;
-  fs::create_directories(out_dir, ec);
+  fs::create_directories(out_dir_, ec);
   if (ec) {
-    throw IoError(fmt::format("cannot create output directory {}: {}", detail::quote(out_dir),
+    throw IoError(fmt::format("cannot create output directory {}: {}", detail::quote(out_dir_),
                               ec.message()));
   }
 
@@ -59,14 +101,26 @@ ConvertResult convert_split(const Source& source, const std::string& split,
   result.split = split;
   result.count = total;
   result.shape = info.shape;
+  // The writers stage and commit inside our staging directories, which hold nothing else.
+  WriterOptions staged_options = options.writer;
+  staged_options.overwrite = false;
+  durable_ = durable_ || options.writer.durable;
   std::vector<std::unique_ptr<StoreWriter>> writers;
   for (Format f : options.formats) {
-    auto path = out_dir / store_file_name(split, f);
-    WriterOptions writer = options.writer;
+    auto path = out_dir_ / store_file_name(split, f);
+    for (const auto& s : staged_) {
+      if (s->target() == path) {
+        throw UsageError(fmt::format("{} would be written twice in one conversion",
+                                     detail::quote(path)));
+      }
+    }
+    WriterOptions writer = staged_options;
     if (auto it = options.encodings.find(f); it != options.encodings.end()) {
       writer.encoding = it->second;
     }
-    writers.push_back(create_store(f, path, spec, writer));
+    // Refuses an existing store without overwrite, before anything is written.
+    staged_.push_back(std::make_unique<StagedStore>(path, options.writer.overwrite));
+    writers.push_back(create_store(f, staged_.back()->staged_path(), spec, writer));
     result.formats.push_back(FormatResult{f, path, options.writer.shards, 0, 0});
   }
 
@@ -100,10 +154,32 @@ ConvertResult convert_split(const Source& source, const std::string& split,
     auto t1 = Clock::now();
     writers[i]->commit();
     result.formats[i].seconds += seconds_since(t1);
-    result.formats[i].bytes_on_disk = detail::bytes_on_disk(result.formats[i].path);
+    result.formats[i].bytes_on_disk = detail::bytes_on_disk(writers[i]->path());
   }
   result.total_seconds = seconds_since(start);
   return result;
+}
+
+void ConversionRun::commit() {
+  if (committed_) throw UsageError("this conversion run is already committed");
+  std::size_t placed = 0;
+  try {
+    for (; placed < staged_.size(); ++placed) {
+      StagedStore& s = *staged_[placed];
+      s.displaced = detail::rename_into_place(s.staged_path(), s.target(), s.overwrite);
+    }
+  } catch (...) {
+    // All or none: put back what was moved, newest first.
+    while (placed > 0) staged_[--placed]->restore();
+    throw;
+  }
+  committed_ = true;
+  std::error_code ec;
+  for (const auto& s : staged_) {
+    if (!s->displaced.empty()) fs::remove_all(s->displaced, ec);
+  }
+  staged_.clear();  // removes the (now empty) staging directories
+  if (durable_) detail::fsync_path(out_dir_);
 }
 
 VerifyResult verify_store(const StoreReader& reader,

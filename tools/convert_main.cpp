@@ -159,14 +159,21 @@ int run_convert(const ConvertArgs& a) {
   summary["out"] = a.out;
   summary["splits"] = Json::array();
   if (!a.quiet && !a.json) fmt::print("source: {}\n", source->description());
+  // All splits or none: a bad record in the last split leaves no store of this run behind.
+  ConversionRun run(a.out);
+  std::vector<ConvertResult> results;
   for (const auto& split : splits) {
     cli::ProgressBar bar(fmt::format("{:>6}", split), a.quiet);
     options.progress = [&](std::uint64_t done, std::uint64_t total) {
       check_interrupt();
       bar.update(done, total);
     };
-    ConvertResult r = convert_split(*source, split, a.out, options);
+    results.push_back(run.add_split(*source, split, options));
     bar.finish();
+  }
+  check_interrupt();
+  run.commit();
+  for (const ConvertResult& r : results) {
     Json js;
     js["split"] = r.split;
     js["count"] = r.count;

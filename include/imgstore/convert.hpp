@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -46,9 +47,39 @@ struct ConvertResult {
 };
 
 // Converts one split into DIR/<split>.<ext> for each format. On any error every store of this
-// call is left absent (temporaries removed) and the exception propagates.
+// call is left absent (temporaries removed) and the exception propagates. The same as one
+// ConversionRun with a single split.
 ConvertResult convert_split(const Source& source, const std::string& split,
                             const std::filesystem::path& out_dir, const ConvertOptions& options);
+
+// Several splits into one output directory, all or none. Each store is written and committed
+// inside a hidden staging directory beside its final path (".<name>.tmp-<pid>-<hex8>", removed
+// by a later run if this process dies); commit() then moves every store into place. If the run
+// is destroyed without commit() (an error in any split, Ctrl-C), everything it staged is
+// removed, and stores that already existed (WriterOptions::overwrite) are left untouched.
+class ConversionRun {
+ public:
+  explicit ConversionRun(std::filesystem::path out_dir);
+  ~ConversionRun();
+  ConversionRun(const ConversionRun&) = delete;
+  ConversionRun& operator=(const ConversionRun&) = delete;
+
+  // Converts one split into staging. Throws as convert_split does (also UsageError if a store
+  // of this run would be written twice); the run then can only be abandoned.
+  ConvertResult add_split(const Source& source, const std::string& split,
+                          const ConvertOptions& options);
+  // Moves every staged store into place and flushes the directory (if durable). If one cannot
+  // be moved, those moved before it are put back (the old stores restored) and the error
+  // propagates.
+  void commit();
+
+ private:
+  struct StagedStore;
+  std::filesystem::path out_dir_;
+  std::vector<std::unique_ptr<StagedStore>> staged_;
+  bool durable_ = false;  // some split asked for durable stores: flush the directory at commit
+  bool committed_ = false;
+};
 
 struct VerifyResult {
   std::uint64_t records = 0;

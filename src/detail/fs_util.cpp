@@ -205,38 +205,50 @@ void StagedOutput::discard() noexcept {
   lock_fd_ = -1;
 }
 
-void StagedOutput::commit(bool durable) {
-  if (done_) throw UsageError(fmt::format("{} was already committed or discarded", quote(target_)));
-  if (durable) flush_staged(temp_);
+fs::path rename_into_place(const fs::path& from, const fs::path& to, bool overwrite) {
   std::error_code ec;
   fs::path old;
-  if (fs::exists(fs::symlink_status(target_, ec))) {
-    if (!overwrite_) {
-      throw IoError(fmt::format("{} appeared while writing; not replacing it", quote(target_)));
+  if (fs::exists(fs::symlink_status(to, ec))) {
+    if (!overwrite) {
+      throw IoError(fmt::format("{} appeared while writing; not replacing it", quote(to)));
     }
     // Swap the new store in and the old one out in one step: the path always holds a complete
     // store, and if we die before removing the old one it is a stale staging sibling.
-    if (::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, target_.c_str(), RENAME_EXCHANGE) == 0) {
-      old = temp_;
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+      old = from;
+    } else if (errno != EINVAL && errno != ENOSYS) {
+      throw_errno("rename into place", to);
     } else {
       // Not supported here: directories cannot be renamed over a non-empty directory, so move
       // the old one aside first (a moment with no store at the path, never a partial one).
-      old = sibling_name(target_, ".old-");
-      if (::rename(target_.c_str(), old.c_str()) != 0) throw_errno("move aside", target_);
-      if (::rename(temp_.c_str(), target_.c_str()) != 0) throw_errno("rename into place", target_);
+      old = sibling_name(to, ".old-");
+      if (::rename(to.c_str(), old.c_str()) != 0) throw_errno("move aside", to);
+      if (::rename(from.c_str(), to.c_str()) != 0) {
+        const int error = errno;
+        ::rename(old.c_str(), to.c_str());  // the old store back, as if nothing happened
+        errno = error;
+        throw_errno("rename into place", to);
+      }
     }
-  } else if (::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, target_.c_str(), RENAME_NOREPLACE) !=
-             0) {
+  } else if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0) {
     // RENAME_NOREPLACE: a store that appeared meanwhile is never clobbered without --overwrite.
     if (errno == EEXIST) {
-      throw IoError(fmt::format("{} appeared while writing; not replacing it", quote(target_)));
+      throw IoError(fmt::format("{} appeared while writing; not replacing it", quote(to)));
     }
-    if (errno != EINVAL && errno != ENOSYS) throw_errno("rename into place", target_);
-    if (::rename(temp_.c_str(), target_.c_str()) != 0) throw_errno("rename into place", target_);
+    if (errno != EINVAL && errno != ENOSYS) throw_errno("rename into place", to);
+    if (::rename(from.c_str(), to.c_str()) != 0) throw_errno("rename into place", to);
   }
+  return old;
+}
+
+void StagedOutput::commit(bool durable) {
+  if (done_) throw UsageError(fmt::format("{} was already committed or discarded", quote(target_)));
+  if (durable) flush_staged(temp_);
+  const fs::path old = rename_into_place(temp_, target_, overwrite_);
   done_ = true;
   if (lock_fd_ >= 0) ::close(lock_fd_);
   lock_fd_ = -1;
+  std::error_code ec;
   if (!old.empty()) fs::remove_all(old, ec);
   if (durable) {
     auto parent = target_.parent_path();

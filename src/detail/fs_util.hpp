@@ -88,6 +88,13 @@ class StagedOutput {
   int lock_fd_ = -1;  // flock()ed staging directory: tells other runs this writer is alive
 };
 
+// Renames `from` onto `to` (same file system). If `to` exists and overwrite is true, the two
+// are swapped atomically where renameat2(RENAME_EXCHANGE) works (else the old one is moved
+// aside to a hidden sibling first) and the returned path holds the old entry, for the caller
+// to remove or to swap back. Returns an empty path if `to` did not exist. Throws IoError if
+// `to` exists and overwrite is false, or if a rename fails.
+fs::path rename_into_place(const fs::path& from, const fs::path& to, bool overwrite);
+
 // Removes the staging siblings of `target` whose writer is gone (see StagedOutput). Returns how
 // many it removed. Best effort: never throws.
 std::size_t remove_stale_staging(const fs::path& target) noexcept;

@@ -16,10 +16,6 @@
 
 #include "imgstore/error.hpp"
 
-namespace imgstore {
-class StoreReader;
-}
-
 namespace imgstore::detail {
 
 // The process-wide HDF5 lock.
@@ -113,11 +109,5 @@ using H5Group = H5Handle<H5Gclose>;
 
 // "uint8", "int64 big-endian", "float32", "string", ... for error messages.
 std::string describe_h5_type(hid_t type);
-
-// Test hooks (defined in hdf5_store.cpp), not for production use. While disabled, readers
-// opened afterwards read with pread() instead of mapping the file, as when mmap fails.
-void set_hdf5_mmap_disabled_for_testing(bool disabled);
-// True if `reader` is an HDF5 reader that reads /images through a mapping of the file.
-bool hdf5_reader_uses_mmap_for_testing(const StoreReader& reader);
 
 }  // namespace imgstore::detail

@@ -221,9 +221,3 @@ class Cursor {
 };
 
 }  // namespace imgstore::detail::lmdb
-
-namespace imgstore::detail {
-// Test hook: when non-zero, LMDB writers start from this map size instead of their estimate,
-// so tests can exercise map growth with small stores. Not for production use.
-void set_lmdb_initial_map_size_for_testing(std::size_t bytes);
-}  // namespace imgstore::detail

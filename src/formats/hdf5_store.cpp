@@ -51,6 +51,7 @@
 #include "detail/fs_util.hpp"
 #include "detail/hdf5_handles.hpp"
 #include "detail/prefetch.hpp"
+#include "detail/testing.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
@@ -69,8 +70,6 @@ constexpr std::uint64_t kMaxImageBytes = std::uint64_t{1} << 30;
 constexpr std::uint64_t kMaxChunkBytes = std::uint64_t{1} << 30;
 constexpr std::uint64_t kMaxAttrBytes = std::uint64_t{16} << 20;
 
-std::atomic<bool> g_test_disable_mmap{false};
-
 // read_many prefetches this many records ahead on the mapped path.
 constexpr std::size_t kPrefetchAhead = 4;
 
@@ -83,7 +82,7 @@ class MappedFile {
   // than `size` (a mapping past the end of a file faults on access).
   static MappedFile map(int fd, std::uint64_t size, bool random_access) {
     if (size == 0 || size > std::numeric_limits<std::size_t>::max() ||
-        g_test_disable_mmap.load()) {
+        testing::hdf5_mmap_disabled()) {
       return {};
     }
     void* p = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ, MAP_SHARED, fd, 0);
@@ -1041,9 +1040,7 @@ std::unique_ptr<StoreWriter> create_hdf5_store(const fs::path& path, const Store
   return std::make_unique<Hdf5Writer>(path, spec, options);
 }
 
-void set_hdf5_mmap_disabled_for_testing(bool disabled) { g_test_disable_mmap = disabled; }
-
-bool hdf5_reader_uses_mmap_for_testing(const StoreReader& reader) {
+bool testing::hdf5_reader_uses_mmap(const StoreReader& reader) {
   const auto* h5 = dynamic_cast<const Hdf5Reader*>(&reader);
   return h5 != nullptr && h5->mapped();
 }

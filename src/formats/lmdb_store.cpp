@@ -51,6 +51,7 @@
 #include "detail/fs_util.hpp"
 #include "detail/lmdb_handles.hpp"
 #include "detail/prefetch.hpp"
+#include "detail/testing.hpp"
 #include "formats/encoding_table.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
@@ -80,8 +81,6 @@ constexpr std::uint64_t kMaxCachedRecords = std::uint64_t{1} << 27;
 // Shuffled reads miss the cache (and the TLB) on every record; read_many overlaps those misses
 // by prefetching this many records ahead (and the cache slots twice as far ahead).
 constexpr std::size_t kPrefetchAhead = 4;
-
-std::atomic<std::size_t> g_test_initial_map_size{0};
 
 // ---- little-endian helpers (explicit, so the layout does not depend on the host) ----
 
@@ -143,7 +142,7 @@ std::size_t page_size() {
 // right. Large values live on overflow pages (whole pages each), small ones in leaves that
 // may be half full after splits.
 std::size_t estimate_map_size(const StoreSpec& spec, bool encoded) {
-  if (auto forced = g_test_initial_map_size.load()) return forced;
+  if (auto forced = testing::lmdb_initial_map_size()) return forced;
   const std::size_t psize = page_size();
   const std::size_t bytes = spec.shape.bytes();
   const std::size_t value = kHeaderBytes + (encoded ? bytes + bytes / 8 + 1024 : bytes);
@@ -709,8 +708,6 @@ class LmdbReader final : public StoreReader {
 };
 
 }  // namespace
-
-void set_lmdb_initial_map_size_for_testing(std::size_t bytes) { g_test_initial_map_size = bytes; }
 
 bool detect_lmdb_store(const fs::path& path) {
   std::error_code ec;

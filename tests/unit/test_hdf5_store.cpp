@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "detail/hdf5_handles.hpp"
+#include "detail/testing.hpp"
 #include "fixtures.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
@@ -498,12 +499,6 @@ TEST_CASE("hdf5 reader detects pixels changed in place") {
 
 namespace {
 
-// Makes readers opened in its scope read with pread() instead of a mapping.
-struct NoMmap {
-  NoMmap() { detail::set_hdf5_mmap_disabled_for_testing(true); }
-  ~NoMmap() { detail::set_hdf5_mmap_disabled_for_testing(false); }
-};
-
 // Overwrites record `index`'s first bytes in place through HDF5 (contiguous data stays put).
 void overwrite_record_start(const fs::path& path, std::uint64_t index) {
   H5File file = open_rw(path);
@@ -540,17 +535,17 @@ TEST_CASE("hdf5 direct layouts read bit-exact through the mapping and through pr
       ReaderOptions ro;
       ro.no_readahead = random;  // MADV_RANDOM on the mapping
       auto mapped = open_store(path, ro);
-      CHECK(detail::hdf5_reader_uses_mmap_for_testing(*mapped));
+      CHECK(detail::testing::hdf5_reader_uses_mmap(*mapped));
       check_reads_back(*mapped, images);
       check_reads_back(*mapped, images);  // again, now from warm pages and caches
     }
     {
-      NoMmap fallback;
+      detail::testing::Hdf5MmapDisabled fallback;
       auto plain = open_store(path);
-      CHECK_FALSE(detail::hdf5_reader_uses_mmap_for_testing(*plain));
+      CHECK_FALSE(detail::testing::hdf5_reader_uses_mmap(*plain));
       check_reads_back(*plain, images);
     }
-    CHECK(detail::hdf5_reader_uses_mmap_for_testing(*open_store(path)));  // hook released
+    CHECK(detail::testing::hdf5_reader_uses_mmap(*open_store(path)));  // hook released
   }
 }
 
@@ -567,10 +562,10 @@ TEST_CASE("hdf5 mapped and pread readers both catch a record changed after open"
     if (use_mmap) {
       reader = open_store(path);
     } else {
-      NoMmap fallback;
+      detail::testing::Hdf5MmapDisabled fallback;
       reader = open_store(path);
     }
-    REQUIRE(detail::hdf5_reader_uses_mmap_for_testing(*reader) == use_mmap);
+    REQUIRE(detail::testing::hdf5_reader_uses_mmap(*reader) == use_mmap);
     CHECK(reader->read_one(3) == std::vector<std::uint8_t>(images.image(3), images.image(4)));
     overwrite_record_start(path, 3);  // the mapping shows the new bytes at once
     const std::string where = "corrupt record in '" + path.string() + "' record 3";

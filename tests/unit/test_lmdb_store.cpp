@@ -7,8 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <ctime>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -18,6 +16,7 @@
 
 #include "detail/fs_util.hpp"
 #include "detail/lmdb_handles.hpp"
+#include "detail/testing.hpp"
 #include "fixtures.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
@@ -104,11 +103,6 @@ class RawStore {
   lmdb::Dbi main_;
 };
 
-// Restores the writer's own map size estimate when a test that forced a tiny one ends.
-struct ForcedMapSize {
-  explicit ForcedMapSize(std::size_t bytes) { detail::set_lmdb_initial_map_size_for_testing(bytes); }
-  ~ForcedMapSize() { detail::set_lmdb_initial_map_size_for_testing(0); }
-};
 
 }  // namespace
 
@@ -222,7 +216,7 @@ TEST_CASE("lmdb store_one, store_many, read_all and shuffled read_many") {
 
 TEST_CASE("lmdb map grows by itself far beyond the initial size") {
   test::TempDir dir;
-  ForcedMapSize tiny(64 << 10);  // 64 KiB; the store needs ~1.3 MiB
+  detail::testing::ForcedLmdbMapSize tiny(64 << 10);  // 64 KiB; the store needs ~1.3 MiB
   auto images = fixtures::make_images(300, kCifar, 10, 9);
   write_store(dir / "big.lmdb", images, {}, 70);
   CHECK(fs::file_size(dir / "big.lmdb" / "data.mdb") > 16 * (64 << 10));
@@ -678,55 +672,5 @@ TEST_CASE("lmdb writer failures") {
     one.resize(kCifar, 1);
     one.labels[0] = std::int64_t{1} << 40;
     CHECK_THROWS_WITH_AS(writer->write(one), has("label"), DataError);
-  }
-}
-
-// Throughput figures for the report; run with -tc='*benchmark*' --no-skip.
-TEST_CASE("lmdb benchmark" * doctest::skip()) {
-  test::TempDir dir;
-  const std::size_t n = 100000, batch = 1000;
-  auto images = fixtures::make_images(batch, kCifar, 10, 1);
-  StoreSpec spec;
-  spec.split = "bench";
-  spec.count = n;
-  spec.shape = kCifar;
-  spec.class_names = kClasses;
-  for (bool durable : {false, true}) {
-    WriterOptions opt;
-    opt.durable = durable;
-    opt.overwrite = true;
-    auto t0 = std::chrono::steady_clock::now();
-    auto c0 = std::clock();
-    auto writer = detail::create_lmdb_store(dir / "bench.lmdb", spec, opt);
-    for (std::size_t i = 0; i < n; i += batch) writer->write(images);
-    writer->commit();
-    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    double cpu = double(std::clock() - c0) / CLOCKS_PER_SEC;
-    MESSAGE("write (durable=" << durable << "): " << n / s << " images/s wall, " << n / cpu
-                              << " images per CPU-second");
-  }
-  auto reader = open_store(dir / "bench.lmdb");
-  std::vector<std::uint64_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), std::mt19937(1));
-  std::vector<std::uint8_t> out(256 * kCifar.bytes());
-  for (bool verify : {true, false}) {
-    ReaderOptions ro;
-    ro.verify_checksums = verify;
-    auto r = open_store(dir / "bench.lmdb", ro);
-    double s1 = 0;
-    for (int epoch = 0; epoch < 2; ++epoch) {
-      auto t0 = std::chrono::steady_clock::now();
-      auto c0 = std::clock();
-      for (std::size_t i = 0; i < n; ++i) r->read_one(order[i], out.data());
-      s1 = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      double cpu = double(std::clock() - c0) / CLOCKS_PER_SEC;
-      MESSAGE("random read_one (verify=" << verify << ", pass " << epoch + 1 << "): " << n / s1
-                                         << " images/s wall, " << n / cpu << " per CPU-second");
-    }
-    auto t0 = std::chrono::steady_clock::now();
-    for (std::size_t i = 0; i < n; i += 256) r->read_many(order.data() + i, std::min<std::size_t>(256, n - i), out.data(), nullptr);
-    double s2 = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    MESSAGE("random read_many(256) (verify=" << verify << "): " << n / s2 << " images/s");
   }
 }

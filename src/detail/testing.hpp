@@ -1,0 +1,44 @@
+// Hooks that only tests use, kept apart from the code they reach into. Production code consults
+// the settings below in a couple of places; nothing else calls the setters.
+#pragma once
+
+#include <cstddef>
+
+namespace imgstore {
+class StoreReader;
+}
+
+namespace imgstore::detail::testing {
+
+// LMDB writers start from this map size instead of their estimate when it is non-zero, so tests
+// can exercise map growth with small stores. 0 (the default) restores the estimate.
+void set_lmdb_initial_map_size(std::size_t bytes);
+std::size_t lmdb_initial_map_size();
+
+// While set, HDF5 readers opened afterwards read with pread() instead of mapping the file, as
+// when mmap fails.
+void set_hdf5_mmap_disabled(bool disabled);
+bool hdf5_mmap_disabled();
+
+// True if `reader` is an HDF5 reader that reads /images through a mapping of the file (defined
+// in hdf5_store.cpp, which knows the reader type).
+bool hdf5_reader_uses_mmap(const StoreReader& reader);
+
+// Scoped forms for tests: each restores the default when it goes out of scope.
+class ForcedLmdbMapSize {
+ public:
+  explicit ForcedLmdbMapSize(std::size_t bytes) { set_lmdb_initial_map_size(bytes); }
+  ~ForcedLmdbMapSize() { set_lmdb_initial_map_size(0); }
+  ForcedLmdbMapSize(const ForcedLmdbMapSize&) = delete;
+  ForcedLmdbMapSize& operator=(const ForcedLmdbMapSize&) = delete;
+};
+
+class Hdf5MmapDisabled {
+ public:
+  Hdf5MmapDisabled() { set_hdf5_mmap_disabled(true); }
+  ~Hdf5MmapDisabled() { set_hdf5_mmap_disabled(false); }
+  Hdf5MmapDisabled(const Hdf5MmapDisabled&) = delete;
+  Hdf5MmapDisabled& operator=(const Hdf5MmapDisabled&) = delete;
+};
+
+}  // namespace imgstore::detail::testing
