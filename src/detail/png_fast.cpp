@@ -11,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -94,17 +95,27 @@ void unfilter_paeth(std::uint8_t* dst, const std::uint8_t* src, const std::uint8
 #if defined(__SSE2__)
 // RGB and RGBA: one pixel per step in 16-bit lanes, as libpng's and libspng's SSE2 filters do.
 // The dependency on the pixel to the left makes wider steps impossible for Sub, Avg and Paeth.
-template <int Bpp>
+// Steps move 4 bytes while a whole 4 fit in the row (for RGB the 4th lane is scratch that the
+// next step overwrites); the last RGB pixel moves exactly 3.
+template <int Bytes>
 __m128i load_pixel(const std::uint8_t* p) {
   std::uint32_t v = 0;
-  std::memcpy(&v, p, Bpp);
+  std::memcpy(&v, p, Bytes);
   return _mm_unpacklo_epi8(_mm_cvtsi32_si128(static_cast<int>(v)), _mm_setzero_si128());
 }
 
-template <int Bpp>
+template <int Bytes>
 void store_pixel(std::uint8_t* p, __m128i v16) {
   const auto v = static_cast<std::uint32_t>(_mm_cvtsi128_si32(_mm_packus_epi16(v16, v16)));
-  std::memcpy(p, &v, Bpp);
+  std::memcpy(p, &v, Bytes);
+}
+
+// Runs step(i, 4-byte tag) then step(i, Bpp-byte tag) over the pixels of a row of n bytes.
+template <int Bpp, typename Step>
+void for_each_pixel(std::size_t n, Step&& step) {
+  std::size_t i = 0;
+  for (; i + 4 <= n; i += Bpp) step(i, std::integral_constant<int, 4>{});
+  for (; i < n; i += Bpp) step(i, std::integral_constant<int, Bpp>{});
 }
 
 __m128i low_byte(__m128i v16) { return _mm_and_si128(v16, _mm_set1_epi16(0xff)); }
@@ -112,21 +123,21 @@ __m128i low_byte(__m128i v16) { return _mm_and_si128(v16, _mm_set1_epi16(0xff));
 template <int Bpp>
 void unfilter_sub_sse2(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
   __m128i a = _mm_setzero_si128();
-  for (std::size_t i = 0; i < n; i += Bpp) {
-    a = low_byte(_mm_add_epi16(a, load_pixel<Bpp>(src + i)));
-    store_pixel<Bpp>(dst + i, a);
-  }
+  for_each_pixel<Bpp>(n, [&](std::size_t i, auto bytes) {
+    a = low_byte(_mm_add_epi16(a, load_pixel<decltype(bytes)::value>(src + i)));
+    store_pixel<decltype(bytes)::value>(dst + i, a);
+  });
 }
 
 template <int Bpp>
 void unfilter_avg_sse2(std::uint8_t* dst, const std::uint8_t* src, const std::uint8_t* prev,
                        std::size_t n) {
   __m128i a = _mm_setzero_si128();
-  for (std::size_t i = 0; i < n; i += Bpp) {
-    const __m128i avg = _mm_srli_epi16(_mm_add_epi16(a, load_pixel<Bpp>(prev + i)), 1);
-    a = low_byte(_mm_add_epi16(avg, load_pixel<Bpp>(src + i)));
-    store_pixel<Bpp>(dst + i, a);
-  }
+  for_each_pixel<Bpp>(n, [&](std::size_t i, auto bytes) {
+    const __m128i avg = _mm_srli_epi16(_mm_add_epi16(a, load_pixel<decltype(bytes)::value>(prev + i)), 1);
+    a = low_byte(_mm_add_epi16(avg, load_pixel<decltype(bytes)::value>(src + i)));
+    store_pixel<decltype(bytes)::value>(dst + i, a);
+  });
 }
 
 __m128i abs_epi16(__m128i v) { return _mm_max_epi16(v, _mm_sub_epi16(_mm_setzero_si128(), v)); }
@@ -139,18 +150,18 @@ template <int Bpp>
 void unfilter_paeth_sse2(std::uint8_t* dst, const std::uint8_t* src, const std::uint8_t* prev,
                          std::size_t n) {
   __m128i a = _mm_setzero_si128(), c = _mm_setzero_si128();
-  for (std::size_t i = 0; i < n; i += Bpp) {
-    const __m128i b = load_pixel<Bpp>(prev + i);
+  for_each_pixel<Bpp>(n, [&](std::size_t i, auto bytes) {
+    const __m128i b = load_pixel<decltype(bytes)::value>(prev + i);
     const __m128i p = _mm_sub_epi16(b, c), q = _mm_sub_epi16(a, c);
     const __m128i pa = abs_epi16(p), pb = abs_epi16(q), pc = abs_epi16(_mm_add_epi16(p, q));
     const __m128i smallest = _mm_min_epi16(pc, _mm_min_epi16(pa, pb));
     // a if pa is smallest, else b if pb is, else c: libpng's order of preference.
     const __m128i pred = select(_mm_cmpeq_epi16(smallest, pa), a,
                                 select(_mm_cmpeq_epi16(smallest, pb), b, c));
-    a = low_byte(_mm_add_epi16(pred, load_pixel<Bpp>(src + i)));
-    store_pixel<Bpp>(dst + i, a);
+    a = low_byte(_mm_add_epi16(pred, load_pixel<decltype(bytes)::value>(src + i)));
+    store_pixel<decltype(bytes)::value>(dst + i, a);
     c = b;
-  }
+  });
 }
 #endif
 
