@@ -21,7 +21,7 @@ else
   SECONDS_EACH="${1:-10}"
   shift || true
 fi
-ALL_TARGETS=(cifar_binary pickle cifar_pickle idx idx_gz archive png_decode lmdb_value hdf5
+ALL_TARGETS=(cifar_binary pickle cifar_pickle idx idx_gz archive png_decode png_fast lmdb_value hdf5
              labels_csv manifest)
 if [[ $# -gt 0 ]]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 

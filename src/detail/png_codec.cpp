@@ -8,6 +8,8 @@
 // holder created outside the setjmp scope, so it is destroyed on every path.
 #include "detail/png_codec.hpp"
 
+#include "detail/png_fast.hpp"
+
 #include <png.h>
 #include <zlib.h>
 
@@ -389,8 +391,11 @@ void encode_png(const std::uint8_t* pixels, const Shape& shape, int level,
   }
 }
 
-void decode_png(const std::uint8_t* data, std::size_t size, const Shape& expected,
-                std::uint8_t* out, const std::string& what) {
+namespace {
+
+// The shape and the IHDR checks both decoders share; throws on a mismatch.
+void check_decode_request(const std::uint8_t* data, std::size_t size, const Shape& expected,
+                          const std::string& what) {
   const int color_type = color_type_for(expected.channels);
   if (color_type < 0 || expected.height == 0 || expected.width == 0) {
     throw UsageError(fmt::format("{}: cannot decode into shape {}", what, to_string(expected)));
@@ -403,6 +408,12 @@ void decode_png(const std::uint8_t* data, std::size_t size, const Shape& expecte
                                 depth, color_type_name(ctype), to_string(expected),
                                 color_type_name(color_type)));
   }
+}
+
+void decode_checked_with_libpng(const std::uint8_t* data, std::size_t size,
+                                const Shape& expected, std::uint8_t* out,
+                                const std::string& what) {
+  const int color_type = color_type_for(expected.channels);
   PngContext ctx;
   ctx.data = data;
   ctx.size = size;
@@ -419,6 +430,51 @@ void decode_png(const std::uint8_t* data, std::size_t size, const Shape& expecte
     throw DataError(fmt::format("{}: corrupt PNG: {} bytes of trailing data after IEND", what,
                                 size - ctx.pos));
   }
+}
+
+// IMGSTORE_PNG_CROSSCHECK=1 (a test-suite mode): every image the lean path decodes is decoded
+// by libpng too, and any difference is an error. Running the tests so shows the lean path is
+// bit-exact on every store they write.
+bool crosscheck_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("IMGSTORE_PNG_CROSSCHECK");
+    return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+  }();
+  return enabled;
+}
+
+void crosscheck_with_libpng(const std::uint8_t* data, std::size_t size, const Shape& expected,
+                            const std::uint8_t* fast, const std::string& what) {
+  std::vector<std::uint8_t> reference(expected.bytes());
+  try {
+    decode_checked_with_libpng(data, size, expected, reference.data(), what);
+  } catch (const DataError& e) {
+    throw Error(fmt::format("{}: the lean PNG path accepted what libpng rejects ({})", what,
+                            e.what()));
+  }
+  if (!std::equal(reference.begin(), reference.end(), fast)) {
+    throw Error(fmt::format("{}: the lean PNG path and libpng decode different pixels", what));
+  }
+}
+
+}  // namespace
+
+void decode_png(const std::uint8_t* data, std::size_t size, const Shape& expected,
+                std::uint8_t* out, const std::string& what) {
+  check_decode_request(data, size, expected, what);
+  // The lean path takes the files imgstore writes; everything else, and every error, is
+  // libpng's (so the messages stay libpng's).
+  if (decode_png_fast(data, size, expected, out)) {
+    if (crosscheck_enabled()) crosscheck_with_libpng(data, size, expected, out, what);
+    return;
+  }
+  decode_checked_with_libpng(data, size, expected, out, what);
+}
+
+void decode_png_with_libpng(const std::uint8_t* data, std::size_t size, const Shape& expected,
+                            std::uint8_t* out, const std::string& what) {
+  check_decode_request(data, size, expected, what);
+  decode_checked_with_libpng(data, size, expected, out, what);
 }
 
 Shape png_shape(const std::uint8_t* data, std::size_t size, const std::string& what) {

@@ -20,8 +20,14 @@ void encode_png(const std::uint8_t* pixels, const Shape& shape, int level,
 
 // Decodes a PNG that must have exactly `expected` shape, 8-bit, into `out` (expected.bytes()).
 // Throws DataError "<what>: <problem>" on any malformed, truncated or mismatching input.
+// The PNGs imgstore writes go through a lean path (png_fast.hpp), the rest through libpng.
 void decode_png(const std::uint8_t* data, std::size_t size, const Shape& expected,
                 std::uint8_t* out, const std::string& what);
+
+// decode_png through libpng only: the reference the lean path is tested and fuzzed against,
+// and the benchmarks' libpng figure. Same checks, same messages, same pixels.
+void decode_png_with_libpng(const std::uint8_t* data, std::size_t size, const Shape& expected,
+                            std::uint8_t* out, const std::string& what);
 
 // Reads only the header: shape of a PNG (throws DataError naming `what` if not a PNG).
 Shape png_shape(const std::uint8_t* data, std::size_t size, const std::string& what);
