@@ -118,7 +118,7 @@ TEST_CASE("image files: names with spaces and UTF-8 sort by their bytes, like Py
                 {"\xC3\xA9" "clair/caf\xC3\xA9.png", 2}});
 }
 
-TEST_CASE("image files: split folders share one class list; the layout can be forced") {
+TEST_CASE("image files: split folders share one class list, and the layout can be forced") {
   TempDir dir;
   const fs::path root = dir / "imagenet";
   make_tree(root, {"val/dog/v1.jpg", "train/cat/t1.jpg", "train/dog/t2.jpg", "test/bird/s.png",
@@ -171,7 +171,7 @@ TEST_CASE("image files: split folders share one class list; the layout can be fo
   CHECK(forced.bad[0].path == (root / "extra").string());
 }
 
-TEST_CASE("image files: a folder without class folders is an error; a missing one an IoError") {
+TEST_CASE("image files: a folder without class folders is an error, a missing one an IoError") {
   TempDir dir;
   make_tree(dir.path(), {"a.jpg"});
   const std::string msg = data_error([&] { scan_image_folder(dir.path()); });
@@ -198,7 +198,7 @@ TEST_CASE("image files: a class folder with no images is an error, or skipped an
   CHECK(contains(scan.bad[1].message, "has no images (.jpg .jpeg .jpe .jfif .png)"));
 }
 
-TEST_CASE("image files: symlinks are followed; broken links and link loops are named") {
+TEST_CASE("image files: symlinks are followed, broken links and link loops are named") {
   TempDir dir;
   const fs::path root = dir / "root";
   make_tree(dir.path(), {"elsewhere/far.jpg", "elsewhere/deep/d.png", "photo.jpg"});
@@ -313,7 +313,7 @@ TEST_CASE("image files: a list file with RFC 4180 quoting, splits, classes and C
   CHECK(scan.bad.empty());
 }
 
-TEST_CASE("image files: a list file's class column names the labels; columns in any order") {
+TEST_CASE("image files: a list file's class column names the labels, columns in any order") {
   TempDir dir;
   make_tree(dir.path(), {"a.jpg", "b.jpg", "c.png"});
   spit(dir / "l.csv", "class,label,path\ncat,0,a.jpg\n\"big dog\",3,b.jpg\ncat,0,c.png\n");
