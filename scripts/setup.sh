@@ -12,6 +12,7 @@ packages=(
   libxxhash-dev libdeflate-dev libspng-dev libfmt-dev nlohmann-json3-dev libcli11-dev doctest-dev
   dataset-fashion-mnist
   python3 python3-numpy python3-pil python3-h5py python3-lmdb python3-xxhash python3-torch
+  python3-torchvision python3-skimage
   python3-matplotlib
 )
 
