@@ -33,8 +33,16 @@ struct TjDeleter {
 using TjHandle = std::unique_ptr<void, TjDeleter>;
 
 // One decompressor and one compressor per thread: tjInit* allocates ~ tens of KB each time.
+// After a failure TurboJPEG 2.1 leaves the handle in a state where the next, valid, header
+// fails too ("Bogus Huffman table definition"): a failed handle is replaced.
+TjHandle& decompressor_slot() {
+  thread_local TjHandle handle;
+  return handle;
+}
+
 tjhandle decompressor() {
-  thread_local TjHandle handle(tjInitDecompress());
+  TjHandle& handle = decompressor_slot();
+  if (!handle) handle.reset(tjInitDecompress());
   if (!handle) throw std::bad_alloc();
   return handle.get();
 }
@@ -89,8 +97,10 @@ JpegColorspace colorspace_of(int tjcs) {
 }
 
 [[noreturn]] void throw_tj(tjhandle handle, const std::string& what, const char* doing) {
-  throw DataError(fmt::format("{}: corrupt JPEG: {} failed: {}", what, doing,
-                              tjGetErrorStr2(handle)));
+  std::string message =
+      fmt::format("{}: corrupt JPEG: {} failed: {}", what, doing, tjGetErrorStr2(handle));
+  if (handle == decompressor_slot().get()) decompressor_slot().reset();
+  throw DataError(message);
 }
 
 std::uint32_t scaled(std::uint32_t dim, int denom) {
