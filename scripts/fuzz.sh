@@ -22,7 +22,7 @@ else
   shift || true
 fi
 ALL_TARGETS=(cifar_binary pickle cifar_pickle idx idx_gz archive png_decode png_fast lmdb_value hdf5
-             labels_csv manifest image_list)
+             labels_csv manifest image_list jpeg_decode image_png)
 if [[ $# -gt 0 ]]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 
 # clang and its runtimes (libFuzzer, ASan, UBSan); the smoke run installs them (idempotent).

@@ -1,0 +1,204 @@
+// Pillow 9.4's ImagingResample (libImaging/Resample.c) for 8-bit images. Every floating-point
+// step of precompute_coeffs is kept in Pillow's order and precision (the box is float, its
+// width is computed in float, the rest in double) so the rounded coefficients, and hence the
+// pixels, are identical. The integer sums are exact, so the loops may be reordered freely.
+#include "codecs/resample.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "imgstore/error.hpp"
+
+namespace imgstore::detail {
+
+namespace {
+
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+double bilinear_filter(double x) {
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return 1.0 - x;
+  return 0.0;
+}
+
+double bicubic_filter(double x) {
+  constexpr double a = -0.5;
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+// Fixed-point taps for one axis: output i reads `count[i]` inputs from `first[i]` with
+// weights coeffs[i * ksize ...].
+struct Taps {
+  int ksize = 0;
+  std::vector<int> first, count;
+  std::vector<std::int32_t> coeffs;
+};
+
+// precompute_coeffs + normalize_coeffs_8bpc.
+void compute_taps(int in_size, float in0, float in1, int out_size, ResampleFilter filter,
+                  Taps& taps) {
+  double (*fn)(double) = filter == ResampleFilter::Bilinear ? bilinear_filter : bicubic_filter;
+  const double filter_support = filter == ResampleFilter::Bilinear ? 1.0 : 2.0;
+  const double scale = static_cast<double>(in1 - in0) / out_size;  // float subtraction first
+  const double filterscale = scale < 1.0 ? 1.0 : scale;
+  const double support = filter_support * filterscale;
+  const int ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  taps.ksize = ksize;
+  taps.first.resize(out_size);
+  taps.count.resize(out_size);
+  taps.coeffs.assign(static_cast<std::size_t>(out_size) * ksize, 0);
+  thread_local std::vector<double> k;
+  k.resize(ksize);
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = in0 + (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double ww = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      const double w = fn((x + xmin - center + 0.5) * ss);
+      k[x] = w;
+      ww += w;
+    }
+    std::int32_t* out = &taps.coeffs[static_cast<std::size_t>(xx) * ksize];
+    for (int x = 0; x < xmax; ++x) {
+      const double v = ww != 0.0 ? k[x] / ww : k[x];
+      out[x] = v < 0 ? static_cast<std::int32_t>(-0.5 + v * (1 << kPrecisionBits))
+                     : static_cast<std::int32_t>(0.5 + v * (1 << kPrecisionBits));
+    }
+    taps.first[xx] = xmin;
+    taps.count[xx] = xmax < 0 ? 0 : xmax;
+  }
+}
+
+inline std::uint8_t clip8(std::int32_t ss) {
+  const std::int32_t v = ss >> kPrecisionBits;
+  return static_cast<std::uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+constexpr std::int32_t kHalf = 1 << (kPrecisionBits - 1);
+
+template <int C>
+void horizontal_pass(const std::uint8_t* src, std::size_t stride, int row0, int rows,
+                     const Taps& t, int out_w, std::uint8_t* dst) {
+  for (int y = 0; y < rows; ++y) {
+    const std::uint8_t* in = src + static_cast<std::size_t>(row0 + y) * stride;
+    std::uint8_t* out = dst + static_cast<std::size_t>(y) * out_w * C;
+    for (int xx = 0; xx < out_w; ++xx) {
+      const std::int32_t* k = &t.coeffs[static_cast<std::size_t>(xx) * t.ksize];
+      const std::uint8_t* p = in + static_cast<std::size_t>(t.first[xx]) * C;
+      std::int32_t ss[C];
+      for (int c = 0; c < C; ++c) ss[c] = kHalf;
+      for (int x = 0; x < t.count[xx]; ++x, p += C) {
+        for (int c = 0; c < C; ++c) ss[c] += p[c] * k[x];
+      }
+      for (int c = 0; c < C; ++c) out[xx * C + c] = clip8(ss[c]);
+    }
+  }
+}
+
+// Rows are summed one tap at a time over the whole row (cache-friendly; integer sums are
+// order-independent).
+void vertical_pass(const std::uint8_t* src, std::size_t stride, std::size_t row_len,
+                   const Taps& t, int out_h, std::uint8_t* dst) {
+  thread_local std::vector<std::int32_t> acc;
+  acc.resize(row_len);
+  for (int yy = 0; yy < out_h; ++yy) {
+    std::fill(acc.begin(), acc.end(), kHalf);
+    const std::int32_t* k = &t.coeffs[static_cast<std::size_t>(yy) * t.ksize];
+    for (int y = 0; y < t.count[yy]; ++y) {
+      const std::uint8_t* in = src + static_cast<std::size_t>(t.first[yy] + y) * stride;
+      const std::int32_t w = k[y];
+      for (std::size_t i = 0; i < row_len; ++i) acc[i] += in[i] * w;
+    }
+    std::uint8_t* out = dst + static_cast<std::size_t>(yy) * row_len;
+    for (std::size_t i = 0; i < row_len; ++i) out[i] = clip8(acc[i]);
+  }
+}
+
+void horizontal(const std::uint8_t* src, std::size_t stride, int row0, int rows, int channels,
+                const Taps& t, int out_w, std::uint8_t* dst) {
+  switch (channels) {
+    case 1: return horizontal_pass<1>(src, stride, row0, rows, t, out_w, dst);
+    case 2: return horizontal_pass<2>(src, stride, row0, rows, t, out_w, dst);
+    case 3: return horizontal_pass<3>(src, stride, row0, rows, t, out_w, dst);
+    default: return horizontal_pass<4>(src, stride, row0, rows, t, out_w, dst);
+  }
+}
+
+}  // namespace
+
+void resize(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
+            std::uint32_t channels, const ResizeBox& box, std::uint32_t out_w,
+            std::uint32_t out_h, std::uint8_t* dst, ResampleFilter filter,
+            std::size_t src_stride) {
+  if (channels < 1 || channels > 4 || width == 0 || height == 0 || out_w == 0 || out_h == 0 ||
+      width > (1u << 30) || height > (1u << 30) || out_w > (1u << 30) || out_h > (1u << 30)) {
+    throw UsageError(fmt::format("resize: cannot resample {}x{}x{} to {}x{}", height, width,
+                                 channels, out_h, out_w));
+  }
+  if (!(box.x0 >= 0 && box.y0 >= 0 && box.x1 <= static_cast<float>(width) &&
+        box.y1 <= static_cast<float>(height) && box.x1 > box.x0 && box.y1 > box.y0)) {
+    throw UsageError(fmt::format("resize: box ({}, {}, {}, {}) is empty or outside the {}x{} image",
+                                 box.x0, box.y0, box.x1, box.y1, width, height));
+  }
+  const std::size_t stride = src_stride ? src_stride : std::size_t{width} * channels;
+  const std::size_t out_row = std::size_t{out_w} * channels;
+  // Integer box of the output's size: Pillow crops (no resampling).
+  if (box.x0 == std::floor(box.x0) && box.y0 == std::floor(box.y0) &&
+      box.x1 - box.x0 == static_cast<float>(out_w) && box.y1 - box.y0 == static_cast<float>(out_h)) {
+    for (std::uint32_t y = 0; y < out_h; ++y) {
+      std::memcpy(dst + y * out_row,
+                  src + (static_cast<std::size_t>(box.y0) + y) * stride +
+                      static_cast<std::size_t>(box.x0) * channels,
+                  out_row);
+    }
+    return;
+  }
+  thread_local Taps horiz, vert;
+  compute_taps(static_cast<int>(width), box.x0, box.x1, static_cast<int>(out_w), filter, horiz);
+  compute_taps(static_cast<int>(height), box.y0, box.y1, static_cast<int>(out_h), filter, vert);
+  // Pillow's test, quirk included (box.x1 is compared with the output width).
+  const bool need_horizontal = out_w != width || box.x0 != 0 || box.x1 != static_cast<float>(out_w);
+  const bool need_vertical = out_h != height || box.y0 != 0 || box.y1 != static_cast<float>(out_h);
+
+  const std::uint8_t* cur = src;
+  std::size_t cur_stride = stride;
+  std::size_t cur_row = std::size_t{width} * channels;
+  thread_local std::vector<std::uint8_t> temp;
+  if (need_horizontal) {
+    // Only the rows the vertical pass reads.
+    const int first = vert.first[0];
+    const int last = vert.first[out_h - 1] + vert.count[out_h - 1];
+    const int rows = need_vertical ? last - first : static_cast<int>(height);
+    const int row0 = need_vertical ? first : 0;
+    std::uint8_t* hdst = dst;
+    if (need_vertical) {
+      temp.resize(static_cast<std::size_t>(rows) * out_row);
+      hdst = temp.data();
+      for (int& f : vert.first) f -= first;
+    }
+    horizontal(src, stride, row0, rows, static_cast<int>(channels), horiz,
+               static_cast<int>(out_w), hdst);
+    if (!need_vertical) return;
+    cur = temp.data();
+    cur_stride = out_row;
+    cur_row = out_row;
+  }
+  if (need_vertical) {
+    vertical_pass(cur, cur_stride, cur_row, vert, static_cast<int>(out_h), dst);
+    return;
+  }
+  for (std::uint32_t y = 0; y < out_h; ++y) std::memcpy(dst + y * out_row, src + y * stride, out_row);
+}
+
+}  // namespace imgstore::detail
