@@ -26,11 +26,6 @@ int main() {
 }
 #else
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,7 +37,6 @@ int main() {
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -55,12 +49,11 @@ int main() {
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "common.hpp"
+#include "launcher.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/torch/dataset.hpp"
 #include "imgstore/torch/loader.hpp"
-
-extern char** environ;
 
 namespace {
 
@@ -83,31 +76,6 @@ struct Args {
 };
 
 std::string quote(const fs::path& p) { return "'" + p.string() + "'"; }
-
-std::uint64_t splitmix(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-// A strict non-negative integer from an environment variable, or `fallback` when unset.
-long env_int(const char* name, long fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  char* end = nullptr;
-  errno = 0;
-  const long x = std::strtol(v, &end, 10);
-  if (errno || *end || x < 0 || x > 1000000) {
-    throw UsageError(fmt::format("environment variable {}='{}' is not a valid count", name, v));
-  }
-  return x;
-}
-
-std::string env_str(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::string(v) : fallback;
-}
 
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -227,13 +195,6 @@ struct Setup {
     train = std::shared_ptr<const StoreReader>(open_store(a.train));
     const auto shape = train->shape();
     if (train->size() == 0) throw UsageError(fmt::format("training store {} is empty", quote(a.train)));
-    if (a.whole_shards && train->shard_ranges().size() < static_cast<std::size_t>(world)) {
-      const auto s = train->shard_ranges().size();
-      throw UsageError(fmt::format(
-          "--whole-shards: store {} has {} shard{}, fewer than the {} ranks; write it with "
-          "`imgstore-convert convert ... --shards K` (K a multiple of {}) or drop --whole-shards",
-          quote(a.train), s, s == 1 ? "" : "s", world, world));
-    }
     auto [mean, stdev] = channel_stats(*train);
     normalize = Normalize::mean_std(mean, stdev);
     test = std::make_unique<StoreDataset>(a.test, DatasetOptions{{}, normalize});
@@ -284,7 +245,7 @@ struct Setup {
     }
     // The loader decides whether the state fits this store, seed, batch size and rank.
     const fs::path state_file = resume_dir / loader_file(rank);
-    const LoaderState state = LoaderState::from_json(read_text(state_file), state_file.string());
+    const LoaderState state = LoaderState::load(state_file);
     try {
       loader->restore(state);
     } catch (const UsageError& e) {
@@ -346,12 +307,12 @@ void unflatten(const torch::Tensor& flat, const std::vector<torch::Tensor>& ts) 
 
 // Identifies the model's exact bits: every parameter and buffer, in order.
 std::uint64_t state_hash(ConvNet& model) {
-  std::uint64_t h = 0;
+  ContentDigest digest;
   for (const auto& t : all_state(model)) {
     auto c = t.detach().contiguous();
-    h = splitmix(h ^ xxh3_64(c.data_ptr(), c.numel() * c.element_size()));
+    digest.add(xxh3_64(c.data_ptr(), c.numel() * c.element_size()));
   }
-  return h;
+  return digest.value();
 }
 
 // CPU time of the whole process (training, loader and Gloo threads): on a shared machine
@@ -476,7 +437,7 @@ struct Rank {
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) throw IoError(fmt::format("cannot create {}: {}", quote(dir), ec.message()));
-    write_text(dir / loader_file(s.rank), s.loader->state().to_json());
+    s.loader->state().save(dir / loader_file(s.rank));  // staged and fsynced by the library
     auto bufs = flatten(float_buffers(s.model));
     write_atomically(dir / buffers_file(s.rank), [&](const fs::path& t) { torch::save(bufs, t.string()); });
     if (s.rank == 0) {
@@ -545,7 +506,8 @@ struct Rank {
         wait += seconds_since(t);
         // Dropout draws from a generator seeded per rank and step, so a resumed run continues
         // exactly as an uninterrupted one.
-        torch::manual_seed(splitmix(a.seed ^ splitmix(global_step * 1024 + static_cast<std::uint64_t>(s.rank))));
+        const std::uint64_t key[] = {a.seed, global_step, static_cast<std::uint64_t>(s.rank)};
+        torch::manual_seed(xxh3_64(key, sizeof key));
         s.opt->zero_grad();
         auto l = torch::nn::functional::cross_entropy(s.model->forward(it->data), it->target);
         l.backward();
@@ -677,28 +639,6 @@ int run_rank(const Args& a, int rank, int world) {
 
 // ---- launcher ----------------------------------------------------------------------------
 
-// A port free right now on every interface (the kernel picks it); rank 0 binds it moments later.
-std::uint16_t free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw IoError(fmt::format("cannot create a socket: {}", std::strerror(errno)));
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_ANY);
-  sa.sin_port = 0;
-  socklen_t len = sizeof sa;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
-    const int err = errno;
-    ::close(fd);
-    throw IoError(fmt::format("cannot find a free port: {}", std::strerror(err)));
-  }
-  ::close(fd);
-  return ntohs(sa.sin_port);
-}
-
-volatile sig_atomic_t g_signal = 0;
-extern "C" void on_signal(int sig) { g_signal = sig; }
-
 // Starts --nproc ranks of this very program and waits for them. The first rank to fail takes
 // the others down (they would otherwise wait for it in a collective until the timeout).
 int launch(const Args& a, int argc, char** argv) {
@@ -718,92 +658,7 @@ int launch(const Args& a, int argc, char** argv) {
   const std::string addr = a.master_addr.empty() ? env_str("MASTER_ADDR", "127.0.0.1") : a.master_addr;
   const std::string port = !a.master_port.empty() ? a.master_port
                                                   : env_str("MASTER_PORT", std::to_string(free_port()));
-
-  // The ranks' command line: ours without --nproc, plus --rank/--world-size.
-  std::vector<std::string> base;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--nproc") { ++i; continue; }
-    if (arg.rfind("--nproc=", 0) == 0) continue;
-    base.push_back(arg);
-  }
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) {
-    const std::string kv = *e;
-    const auto key = kv.substr(0, kv.find('='));
-    if (key != "MASTER_ADDR" && key != "MASTER_PORT" && key != "RANK" && key != "WORLD_SIZE" &&
-        key != "LOCAL_RANK") {
-      env.push_back(kv);
-    }
-  }
-  struct sigaction sa{};
-  sa.sa_handler = on_signal;  // no SA_RESTART: waitpid returns so the signal is passed on
-  ::sigaction(SIGINT, &sa, nullptr);
-  ::sigaction(SIGTERM, &sa, nullptr);
-
-  std::fflush(nullptr);
-  std::map<pid_t, int> children;
-  for (int r = 0; r < n; ++r) {
-    std::vector<std::string> args{argv[0]};
-    args.insert(args.end(), base.begin(), base.end());
-    for (const std::string& x : {std::string("--rank"), std::to_string(r), std::string("--world-size"), std::to_string(n)}) args.push_back(x);
-    std::vector<std::string> envr = env;
-    envr.push_back("MASTER_ADDR=" + addr);
-    envr.push_back("MASTER_PORT=" + port);
-    envr.push_back("LOCAL_RANK=" + std::to_string(r));
-    std::vector<char*> av, ev;
-    for (auto& s : args) av.push_back(s.data());
-    av.push_back(nullptr);
-    for (auto& s : envr) ev.push_back(s.data());
-    ev.push_back(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-      const int err = errno;
-      for (auto& [p, rk] : children) ::kill(p, SIGTERM);
-      for (auto& [p, rk] : children) ::waitpid(p, nullptr, 0);
-      throw IoError(fmt::format("cannot start rank {}: fork: {}", r, std::strerror(err)));
-    }
-    if (pid == 0) {
-      ::execve("/proc/self/exe", av.data(), ev.data());
-      std::fprintf(stderr, "imgstore-ddp-train: cannot start rank %d: %s\n", r, std::strerror(errno));
-      ::_exit(127);
-    }
-    children[pid] = r;
-  }
-
-  int result = 0;
-  bool killed = false;
-  while (!children.empty()) {
-    int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, 0);
-    if (pid < 0) {
-      if (errno == EINTR) {
-        for (auto& [p, rk] : children) ::kill(p, g_signal ? g_signal : SIGTERM);
-        if (!result) result = 130;
-        continue;
-      }
-      break;
-    }
-    const auto it = children.find(pid);
-    if (it == children.end()) continue;
-    const int r = it->second;
-    children.erase(it);
-    int code = 0;
-    if (WIFEXITED(status)) code = WEXITSTATUS(status);
-    else if (WIFSIGNALED(status)) {
-      code = 128 + WTERMSIG(status);
-      if (!killed) std::cerr << fmt::format("imgstore-ddp-train: rank {} killed by signal {}\n", r, WTERMSIG(status));
-    }
-    if (code && !killed) {
-      if (!result) result = code;
-      if (!children.empty()) {
-        std::cerr << fmt::format("imgstore-ddp-train: rank {} exited with {}; stopping the other ranks\n", r, code);
-      }
-      for (auto& [p, rk] : children) ::kill(p, SIGTERM);
-      killed = true;
-    }
-  }
-  return result;
+  return launch_ranks(n, argc, argv, addr, port);
 }
 
 int run(const Args& a0, int argc, char** argv) {

@@ -1,48 +1,15 @@
-// Sampling plans, augmentation draws and the HWC -> CHW batch writer.
+// Augmentation draws and the HWC -> CHW batch writer.
 #include "batch_fill.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <numeric>
 
 #include <fmt/format.h>
 
 #include "imgstore/error.hpp"
 
 namespace imgstore::detail {
-
-// ---- SamplingPlan ----
-
-std::size_t SamplingPlan::samples_per_rank() const {
-  const std::uint64_t n = count, w = world_size;
-  if (drop_last && n % w != 0) return static_cast<std::size_t>(n / w);  // cut the tail
-  return static_cast<std::size_t>((n + w - 1) / w);                     // pad to a multiple
-}
-
-std::size_t SamplingPlan::batches() const {
-  const std::size_t s = samples_per_rank();
-  return drop_last ? s / batch_size : (s + batch_size - 1) / batch_size;
-}
-
-std::vector<std::uint64_t> SamplingPlan::indices(std::uint64_t epoch) const {
-  std::vector<std::uint64_t> order(static_cast<std::size_t>(count));
-  std::iota(order.begin(), order.end(), std::uint64_t{0});
-  if (shuffle) {
-    SplitMix rng(mix_seed(seed, epoch));
-    for (std::size_t i = order.size(); i > 1; --i) {
-      std::swap(order[i - 1], order[static_cast<std::size_t>(rng.below(i))]);
-    }
-  }
-  const std::size_t per_rank = samples_per_rank();
-  std::vector<std::uint64_t> mine(per_rank);
-  for (std::size_t k = 0; k < per_rank; ++k) {
-    // Position in the padded permutation; padding repeats it from the start.
-    mine[k] = order[(k * world_size + rank) % order.size()];
-  }
-  if (drop_last) mine.resize(batches() * batch_size);
-  return mine;
-}
 
 // ---- BatchWriter ----
 

@@ -1,64 +1,16 @@
-// Internals shared by the datasets and the prefetch loader: sampling plans, the deterministic
-// random numbers behind shuffling and augmentation, and the HWC -> CHW batch writer.
+// Internals shared by the datasets and the prefetch loader: augmentation draws and the
+// HWC -> CHW batch writer. (Random numbers: detail/random.hpp; sampling: sampler.hpp.)
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "detail/random.hpp"
 #include "imgstore/image.hpp"
 #include "imgstore/torch/dataset.hpp"
 
 namespace imgstore::detail {
-
-// splitmix64: a tiny, well-mixed, platform-independent generator (std distributions are not
-// portable across standard libraries, and batches must not depend on the platform either).
-inline std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-inline std::uint64_t mix_seed(std::uint64_t a, std::uint64_t b) {
-  return splitmix64(a ^ splitmix64(b + 0x632be59bd9b4e019ULL));
-}
-
-class SplitMix {
- public:
-  explicit SplitMix(std::uint64_t seed) : state_(seed) {}
-  std::uint64_t next() {
-    state_ += 0x9e3779b97f4a7c15ULL;
-    std::uint64_t z = state_;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [0, bound), Lemire's multiply-shift (bias below 2^-40 for our bounds).
-  std::uint64_t below(std::uint64_t bound) {
-    return static_cast<std::uint64_t>((static_cast<unsigned __int128>(next()) * bound) >> 64);
-  }
-
- private:
-  std::uint64_t state_;
-};
-
-// DistributedSampler semantics over `count` records for one epoch: seeded permutation (or
-// identity), padded by repeating its start to a multiple of world_size (or cut when drop_last),
-// then rank's positions rank, rank + world_size, ...
-struct SamplingPlan {
-  std::uint64_t count = 0;
-  bool shuffle = true;
-  std::uint64_t seed = 0;
-  bool drop_last = false;
-  std::size_t rank = 0;
-  std::size_t world_size = 1;
-  std::size_t batch_size = 1;
-
-  std::size_t samples_per_rank() const;
-  std::size_t batches() const;
-  std::vector<std::uint64_t> indices(std::uint64_t epoch) const;
-};
 
 // Per-sample augmentation, drawn from (seed, epoch, record index).
 struct Augmentation {

@@ -1,9 +1,11 @@
-// LoaderState <-> JSON. The digest is written as 16 hex digits (as in the manifest) so readers
-// whose JSON numbers are doubles do not round it; counts and the seed are plain integers.
+// LoaderState <-> JSON, and <-> a file. The digest is written as 16 hex digits (as in the
+// manifest) so readers whose JSON numbers are doubles do not round it; counts and the seed are
+// plain integers.
 #include <nlohmann/json.hpp>
 
 #include <fmt/format.h>
 
+#include "detail/fs_util.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/torch/loader.hpp"
@@ -14,6 +16,8 @@ namespace {
 
 constexpr int kStateVersion = 1;
 constexpr const char* kKind = "imgstore_loader_state";
+// A state file is a few hundred bytes; anything much larger is not one.
+constexpr std::uint64_t kMaxFileBytes = 1 << 20;
 
 using Json = nlohmann::json;
 
@@ -106,6 +110,30 @@ LoaderState LoaderState::from_json(const std::string& text, const std::string& w
         fmt::format("{}: rank {} is not below world_size {}", what, s.rank, s.world_size));
   }
   return s;
+}
+
+void LoaderState::save(const std::filesystem::path& path, bool durable) const {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    // The staged write would swap the directory out and delete it.
+    throw IoError(fmt::format("cannot save the loader state to {}: it is a directory",
+                              detail::quote(path)));
+  }
+  try {
+    // The core's staged write: a temporary sibling, fsynced, renamed over `path`, then the
+    // directory fsynced. Any failure removes the temporary and leaves `path` as it was.
+    detail::StagedOutput staged(path, detail::StagedOutput::Kind::File, /*overwrite=*/true);
+    detail::write_file(staged.temp(), to_json(), durable);
+    staged.commit(durable);
+  } catch (const IoError& e) {
+    throw IoError(fmt::format("cannot save the loader state to {}: {}", detail::quote(path),
+                              e.what()));
+  }
+}
+
+LoaderState LoaderState::load(const std::filesystem::path& path) {
+  const std::vector<std::uint8_t> bytes = detail::read_file(path, kMaxFileBytes);
+  return from_json(std::string(bytes.begin(), bytes.end()), detail::quote(path));
 }
 
 }  // namespace imgstore

@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "detail/png_codec.hpp"
+#include "detail/random.hpp"
 #include "experiments.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/torch/dataset.hpp"
@@ -24,15 +25,11 @@ std::vector<std::uint64_t> read_order(std::uint64_t n, bool shuffled, std::uint6
   std::vector<std::uint64_t> order(n);
   for (std::uint64_t i = 0; i < n; ++i) order[i] = i;
   if (shuffled) {
-    // Fisher-Yates with splitmix64: the same permutation on every platform and library.
-    std::uint64_t state = seed * 0x9E3779B97F4A7C15ull + n;
-    auto next = [&state] {
-      std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      return z ^ (z >> 31);
-    };
-    for (std::uint64_t i = n; i > 1; --i) std::swap(order[i - 1], order[next() % i]);
+    // The same permutation on every platform and library. (Its draw is next() % i, not the
+    // loader's below(i): kept so that read orders, and so timings, compare with older runs.)
+    detail::SplitMix rng(seed * detail::kGoldenGamma + n);
+    detail::fisher_yates(order.data(), order.size(),
+                         [&rng](std::uint64_t i) { return rng.next() % i; });
   }
   return order;
 }

@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/random.hpp"
 #include "imgstore/error.hpp"
 #include "ingest/sources.hpp"
 
@@ -111,22 +112,18 @@ Params parse_params(const std::string& spec) {
   return p;
 }
 
-std::uint64_t mix64(std::uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+using detail::mix64;
 
-// splitmix64: tiny state, good enough statistics, and trivially seeded per image.
+// splitmix64 (detail/random.hpp) with the float draws the generator needs.
 class Rng {
  public:
-  explicit Rng(std::uint64_t seed) : state_(seed) {}
-  std::uint64_t next() { return mix64(state_ += 0x9E3779B97F4A7C15ull); }
+  explicit Rng(std::uint64_t seed) : bits_(seed) {}
+  std::uint64_t next() { return bits_.next(); }
   float uniform() { return static_cast<float>(next() >> 40) * (1.0f / 16777216.0f); }  // [0,1)
   float symmetric() { return uniform() * 2.0f - 1.0f; }                                 // [-1,1)
 
  private:
-  std::uint64_t state_;
+  detail::SplitMix bits_;
 };
 
 float smoothstep(float t) { return t * t * (3.0f - 2.0f * t); }
@@ -152,7 +149,7 @@ class Generator {
   // Image `index` of split `split_id` into out (H*W*C bytes); returns its label.
   std::int64_t generate(std::uint64_t split_id, std::uint64_t index, std::uint8_t* out,
                         Scratch& s) const {
-    Rng rng(mix64(mix64(p_.seed ^ 0x5EEDull) + split_id * 0x9E3779B97F4A7C15ull) ^
+    Rng rng(mix64(mix64(p_.seed ^ 0x5EEDull) + split_id * detail::kGoldenGamma) ^
             mix64(index + 0x1234567ull));
     const auto label = static_cast<std::int64_t>(rng.next() % p_.classes);
     const int h = static_cast<int>(p_.height), w = static_cast<int>(p_.width);

@@ -2,8 +2,8 @@
 //
 // Loops over a store with the prefetching loader. Each consumed batch is one "step": its epoch,
 // batch number, a hash of its tensors and its record indices are appended to --log. Every
-// --every steps the LoaderState is checkpointed to --state atomically (temp file, fsync unless
-// --no-fsync, rename), as a trainer saves it next to the model after the optimizer step.
+// --every steps the LoaderState is checkpointed to --state with LoaderState::save (staged: temp
+// file, fsync unless --no-fsync, rename), as a trainer saves it next to the model after the optimizer step.
 // --resume restores from that file. --kill-after N raises SIGKILL after the N-th step of this
 // process, so the pipeline dies with batches in flight, exactly as under `kill -9`.
 #include <fcntl.h>
@@ -31,38 +31,6 @@
 namespace {
 
 using imgstore::IoError;
-
-// Writes `text` to `path` so that a crash at any moment leaves either the old or the new file.
-void write_atomically(const std::string& path, const std::string& text, bool durable) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw IoError(fmt::format("cannot create '{}': {}", tmp, std::strerror(errno)));
-  std::size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      throw IoError(fmt::format("cannot write '{}': {}", tmp, std::strerror(err)));
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  if ((durable && ::fsync(fd) != 0) || ::close(fd) != 0) {
-    throw IoError(fmt::format("cannot flush '{}': {}", tmp, std::strerror(errno)));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    throw IoError(fmt::format("cannot rename '{}' to '{}': {}", tmp, path, std::strerror(errno)));
-  }
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 std::uint64_t batch_hash(const torch::data::Example<>& batch) {
   const auto data = batch.data.contiguous();
@@ -108,7 +76,7 @@ int main(int argc, char** argv) {
   try {
     imgstore::PrefetchLoader loader(store, o);
     if (resume) {
-      loader.restore(imgstore::LoaderState::from_json(read_file(state_path), state_path));
+      loader.restore(imgstore::LoaderState::load(state_path));
     }
     std::ofstream log(log_path, std::ios::app);
     if (!log) throw IoError(fmt::format("cannot open '{}' for appending", log_path));
@@ -130,11 +98,11 @@ int main(int argc, char** argv) {
         ++b;
         ++steps;
         // After the step, save the loader state with the (here imaginary) model.
-        if (steps % every == 0) write_atomically(state_path, loader.state().to_json(), !no_fsync);
+        if (steps % every == 0) loader.state().save(state_path, !no_fsync);
         if (kill_after > 0 && steps == kill_after) ::raise(SIGKILL);
       }
     }
-    write_atomically(state_path, loader.state().to_json(), !no_fsync);
+    loader.state().save(state_path, !no_fsync);
     std::cerr << fmt::format("resume-driver: {} steps, now at epoch {}\n", steps, loader.epoch());
     return 0;
   } catch (const imgstore::UsageError& e) {

@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -12,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "../unit/test_support.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/torch/loader.hpp"
 #include "torch_test_support.hpp"
@@ -346,4 +349,88 @@ TEST_CASE("LoaderState JSON: round trip, and malformed text is a DataError namin
   j = good;
   j["imgstore_loader_state"] = 2;
   bad(j.dump(), "imgstore_loader_state version 2 is not supported");
+}
+
+namespace {
+
+// Files in `dir` other than `keep` (a staged write must leave no temporary behind).
+std::vector<std::string> other_files(const std::filesystem::path& dir, const std::string& keep) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().filename() != keep) names.push_back(e.path().filename().string());
+  }
+  return names;
+}
+
+LoaderState sample_state() {
+  auto reader = test::memory_reader(50);
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.seed = 9;
+  PrefetchLoader loader(reader, o);
+  auto it = loader.begin();
+  for (int i = 0; i < 3; ++i) ++it;
+  return loader.state();  // epoch 0, 4 batches consumed
+}
+
+}  // namespace
+
+TEST_CASE("LoaderState file: save() then load() round trips, replacing the old file whole") {
+  test::TempDir dir;
+  const auto path = dir / "loader.json";
+  const LoaderState s = sample_state();
+  REQUIRE(s.batches_consumed == 4);
+  s.save(path);
+  LoaderState r = LoaderState::load(path);
+  CHECK(r.to_json() == s.to_json());
+  CHECK(other_files(dir.path(), "loader.json").empty());
+
+  LoaderState later = s;
+  later.epoch = 3;
+  later.batches_consumed = 1;
+  later.save(path, /*durable=*/false);
+  r = LoaderState::load(path);
+  CHECK(r.epoch == 3);
+  CHECK(r.batches_consumed == 1);
+  CHECK(other_files(dir.path(), "loader.json").empty());
+}
+
+TEST_CASE("LoaderState file: a failed save() leaves no file and names the path") {
+  test::TempDir dir;
+  const LoaderState s = sample_state();
+  const auto missing = dir / "no-such-dir" / "loader.json";
+  CHECK_THROWS_WITH_AS(s.save(missing), doctest::Contains(("'" + missing.string() + "'").c_str()),
+                       IoError);
+  CHECK_FALSE(std::filesystem::exists(missing));
+  CHECK_FALSE(std::filesystem::exists(dir / "no-such-dir"));
+
+  // A directory in the way: refused, kept as it was, nothing staged left beside it.
+  const auto taken = dir / "state";
+  std::filesystem::create_directories(taken / "inside");
+  CHECK_THROWS_WITH_AS(s.save(taken), doctest::Contains("is a directory"), IoError);
+  CHECK(std::filesystem::is_directory(taken / "inside"));
+  CHECK(other_files(dir.path(), "state").empty());
+}
+
+TEST_CASE("LoaderState file: load() of a missing, corrupt or oversized file names it") {
+  test::TempDir dir;
+  const auto path = dir / "loader.json";
+  const std::string quoted = "'" + path.string() + "'";
+  CHECK_THROWS_WITH_AS(LoaderState::load(path), doctest::Contains(quoted.c_str()), IoError);
+
+  const std::string whole = sample_state().to_json();
+  auto write = [&](const std::string& text) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+  };
+  write(whole.substr(0, whole.size() / 2));  // torn write
+  CHECK_THROWS_WITH_AS(LoaderState::load(path), doctest::Contains((quoted + ": not valid JSON").c_str()),
+                       DataError);
+  write("\x89PNG\r\n\x1a\n binary junk");
+  CHECK_THROWS_WITH_AS(LoaderState::load(path), doctest::Contains((quoted + ": not valid JSON").c_str()),
+                       DataError);
+  write("{\"imgstore_loader_state\": 1}");
+  CHECK_THROWS_WITH_AS(LoaderState::load(path),
+                       doctest::Contains((quoted + ": missing field 'epoch'").c_str()), DataError);
+  write(std::string(2 << 20, ' '));
+  CHECK_THROWS_WITH_AS(LoaderState::load(path), doctest::Contains(quoted.c_str()), DataError);
 }

@@ -101,6 +101,15 @@ struct LoaderState {
   std::string to_json() const;
   // Throws DataError naming `what` on malformed text.
   static LoaderState from_json(const std::string& text, const std::string& what = "loader state");
+
+  // Writes to_json() to `path` atomically: a temporary name beside it, fsynced (unless
+  // !durable, enough against a killed process but not against power loss), renamed over `path`,
+  // then the directory fsynced. `path` holds the whole new state or, after any failure, what it
+  // held before. Throws IoError naming the file.
+  void save(const std::filesystem::path& path, bool durable = true) const;
+  // Reads a file save() wrote. Throws IoError (unreadable) or DataError (not a loader state),
+  // naming the file.
+  static LoaderState load(const std::filesystem::path& path);
 };
 
 class PrefetchLoader {

@@ -1,0 +1,55 @@
+// Recycled batch slots, bounded by the prefetch depth.
+#include "batch_pool.hpp"
+
+namespace imgstore::detail {
+
+void Slot::allocate(std::size_t batch_size, const Shape& shape, bool to_float) {
+  if (data.defined()) return;
+  auto dim = [](std::size_t v) { return static_cast<std::int64_t>(v); };
+  data = torch::empty({dim(batch_size), dim(shape.channels), dim(shape.height), dim(shape.width)},
+                      to_float ? torch::kFloat32 : torch::kUInt8);
+  target = torch::empty({dim(batch_size)}, torch::kInt64);
+}
+
+torch::data::Example<> Slot::example() const {
+  if (static_cast<std::int64_t>(n) == data.size(0)) return {data, target};
+  const auto rows = static_cast<std::int64_t>(n);
+  return {data.narrow(0, 0, rows), target.narrow(0, 0, rows)};
+}
+
+SlotPool::SlotPool(std::size_t depth) {
+  for (std::size_t i = 0; i < depth; ++i) {
+    slots_.push_back(std::make_unique<Slot>());
+    free_.push_back(slots_.back().get());
+  }
+}
+
+Slot* SlotPool::acquire(const std::atomic<bool>& stop) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  freed_.wait(lock, [&] { return stop.load() || !free_.empty(); });
+  if (stop.load()) return nullptr;
+  Slot* s = free_.back();
+  free_.pop_back();
+  return s;
+}
+
+void SlotPool::release(Slot* s) {
+  auto shared = [](const torch::Tensor& t) {
+    return t.use_count() > 1 || t.storage().use_count() > 1;  // the handle, or a view
+  };
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (s->data.defined() && (shared(s->data) || shared(s->target))) {
+    s->data = torch::Tensor();
+    s->target = torch::Tensor();
+  }
+  s->error = nullptr;
+  free_.push_back(s);
+  freed_.notify_one();
+}
+
+void SlotPool::wake() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  freed_.notify_all();
+}
+
+}  // namespace imgstore::detail

@@ -1,0 +1,91 @@
+// Sampling for the prefetch loader: which records this rank reads in each epoch, in what order,
+// and where in that sequence of epochs the loader stands (for checkpoints and resume).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "imgstore/store.hpp"
+#include "imgstore/torch/loader.hpp"
+
+namespace imgstore::detail {
+
+// DistributedSampler semantics over `count` records for one epoch: seeded permutation (or
+// identity), padded by repeating its start to a multiple of world_size (or cut when drop_last),
+// then rank's positions rank, rank + world_size, ...
+struct SamplingPlan {
+  std::uint64_t count = 0;
+  bool shuffle = true;
+  std::uint64_t seed = 0;
+  bool drop_last = false;
+  std::size_t rank = 0;
+  std::size_t world_size = 1;
+  std::size_t batch_size = 1;
+
+  std::size_t samples_per_rank() const;
+  std::size_t batches() const;
+  std::vector<std::uint64_t> indices(std::uint64_t epoch) const;
+};
+
+// This rank's records per epoch: DistributedSampler slices (SamplingPlan), or whole shards of a
+// sharded store (options.whole_shards). Batch k of an epoch depends only on (options, epoch).
+class Sampler {
+ public:
+  // Throws UsageError if whole shards cannot be shared out (fewer shards than ranks, or this
+  // rank's shards are empty), DataError if the store's shard ranges are not in order.
+  Sampler(const StoreReader& reader, const LoaderOptions& options);
+
+  std::size_t batches() const;
+  std::size_t samples() const;
+  std::vector<std::uint64_t> indices(std::uint64_t epoch) const;
+
+ private:
+  struct Shard {
+    std::size_t id;
+    std::uint64_t begin, end;
+  };
+
+  void plan_shards(const StoreReader& reader, const LoaderOptions& o);
+  std::vector<std::uint64_t> shard_indices(std::uint64_t epoch) const;
+
+  SamplingPlan plan_;
+  bool whole_shards_ = false;
+  std::vector<Shard> shards_;  // this rank's shards, ascending
+  std::size_t own_ = 0;        // records in them
+  std::size_t per_rank_ = 0;   // samples per rank before drop_last's batch cut
+};
+
+// Where the loader stands in its sequence of passes: the next pass's epoch and first batch,
+// and, while a pass is consumed, how many of its batches the training loop has taken. Used by
+// the consumer's thread only.
+class Position {
+ public:
+  struct Pass {
+    std::uint64_t epoch;
+    std::size_t first_batch;
+  };
+  // begin(): the pass to run now (of `batches` batches); later passes take the next epoch.
+  Pass begin_pass(std::size_t batches);
+  // The consumer took batch `batch` of the current pass.
+  void taken(std::size_t batch) { consumed_ = batch + 1; }
+  // set_epoch(): keeps a restored position of that same epoch.
+  void set_epoch(std::uint64_t epoch);
+  std::uint64_t next_epoch() const { return next_epoch_; }
+  // (epoch, batches consumed) for state(). A finished pass reads as the start of the next
+  // epoch, so a checkpoint taken on the last batch resumes with the next epoch.
+  std::pair<std::uint64_t, std::uint64_t> saved() const;
+  // restore(): a complete epoch (batches_consumed == batches > 0) resumes with the next one.
+  void restore(std::uint64_t epoch, std::uint64_t batches_consumed, std::size_t batches);
+
+ private:
+  std::uint64_t next_epoch_ = 0;
+  std::size_t next_offset_ = 0;  // first batch of the next pass (set by restore())
+  std::uint64_t pass_epoch_ = 0;
+  std::size_t pass_batches_ = 0;
+  std::size_t consumed_ = 0;
+  bool from_pass_ = false;  // saved() reports the pass, not the next pass's position
+};
+
+}  // namespace imgstore::detail
