@@ -156,7 +156,7 @@ inline double evaluate(ConvNet& model, const StoreDataset& test) {
   torch::NoGradGuard no_grad;
   model->eval();
   std::size_t correct = 0;
-  const std::size_t n = test.count(), chunk = 1000;
+  const std::size_t n = test.reader().size(), chunk = 1000;
   std::vector<std::uint64_t> idx;
   for (std::size_t first = 0; first < n; first += chunk) {
     const std::size_t count = std::min(chunk, n - first);

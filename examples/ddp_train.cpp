@@ -484,7 +484,7 @@ struct Rank {
     if (s.rank == 0) {
       say("train {} ({} x {}), test {} ({}), {} ranks, batch {} per rank ({} global), "
           "{} steps per epoch, loader threads {}, torch threads {}{}",
-          a.train, s.train->size(), to_string(s.train->shape()), a.test, s.test->count(), s.world,
+          a.train, s.train->size(), to_string(s.train->shape()), a.test, s.test->reader().size(), s.world,
           s.batch_size, s.batch_size * static_cast<std::size_t>(s.world), steps, a.threads,
           torch::get_num_threads(),
           s.resume_dir.empty() ? "" : fmt::format(", resumed from {} at step {}", quote(s.resume_dir), global_step));

@@ -50,7 +50,7 @@ int run(const Args& a) {
   auto train_reader = std::shared_ptr<const StoreReader>(open_store(a.train));
   auto [mean, stdev] = channel_stats(*train_reader);
   const Normalize normalize = Normalize::mean_std(mean, stdev);
-  StoreDataset test(a.test, DatasetOptions{{}, normalize});
+  auto test = open_dataset(a.test, DatasetOptions{{}, normalize});
   const auto shape = train_reader->shape();
   const auto& classes = train_reader->manifest().class_names;
   const int num_classes = classes.empty() ? 10 : static_cast<int>(classes.size());
@@ -62,7 +62,7 @@ int run(const Args& a) {
                                                  .nesterov(true));
   fmt::print("train {} ({} x {}), test {} ({}), loader {}, batch {}, loader threads {}, "
              "torch threads {}\n", a.train, train_reader->size(), to_string(shape), a.test,
-             test.count(), a.loader, a.batch_size,
+             test.reader().size(), a.loader, a.batch_size,
              a.loader == "stock" ? a.workers : a.threads, torch::get_num_threads());
 
   // Each loader kind yields float batches; only the feeding differs.

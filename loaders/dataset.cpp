@@ -13,7 +13,7 @@ namespace {
 
 std::shared_ptr<const StoreReader> open_checked(const std::filesystem::path& path,
                                                 const ReaderOptions& options,
-                                                const Format* expected) {
+                                                const std::optional<Format>& expected) {
   std::shared_ptr<const StoreReader> reader = open_store(path, options);
   if (expected && reader->format() != *expected) {
     throw UsageError(fmt::format("'{}' is a {} store, not {}", path.string(),
@@ -40,11 +40,7 @@ void fill_batch(const StoreReader& reader, const detail::BatchWriter& writer,
 }  // namespace
 
 StoreDataset::StoreDataset(const std::filesystem::path& path, const DatasetOptions& options)
-    : StoreDataset(open_checked(path, options.reader, nullptr), options.normalize) {}
-
-StoreDataset::StoreDataset(const std::filesystem::path& path, const DatasetOptions& options,
-                           Format expected)
-    : StoreDataset(open_checked(path, options.reader, &expected), options.normalize) {}
+    : StoreDataset(open_checked(path, options.reader, options.format), options.normalize) {}
 
 StoreDataset::StoreDataset(std::shared_ptr<const StoreReader> reader, const Normalize& normalize)
     : reader_(std::move(reader)), normalize_(normalize) {

@@ -2,7 +2,8 @@
 # The main job, end to end on a fresh machine: set up and build, convert the embedded default
 # data set (the real Fashion-MNIST from Debian's dataset-fashion-mnist) into PNG, LMDB and HDF5,
 # verify that the three agree, measure which format feeds training best (the throughput
-# example), then train the small convnet from LMDB with the prefetching loader.
+# benchmark, bench/throughput.cpp), then train the small convnet from LMDB with the prefetching
+# loader.
 # Pass a CIFAR-10 folder or archive to use it instead:  scripts/run.sh ~/cifar-10-binary.tar.gz
 set -euo pipefail
 IMGSTORE_TARGETS="imgstore-convert imgstore-throughput imgstore-train"

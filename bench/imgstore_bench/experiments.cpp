@@ -154,7 +154,7 @@ double time_epoch_prefetch(const fs::path& store, std::size_t batch, unsigned th
 double time_epoch_stock(const fs::path& store, std::size_t batch, unsigned threads,
                         std::uint64_t& images) {
   auto ds = open_dataset(store);
-  const std::size_t n = ds.count();
+  const std::size_t n = ds.reader().size();
   auto loader = torch::data::make_data_loader(
       std::move(ds), torch::data::samplers::RandomSampler(n),
       torch::data::DataLoaderOptions().batch_size(batch).workers(threads));

@@ -31,6 +31,7 @@
 #include "torch_test_support.hpp"
 
 using namespace imgstore;
+using imgstore::test::expecting;
 namespace fs = std::filesystem;
 
 namespace {
@@ -189,7 +190,8 @@ TEST_CASE("bad store: a missing path fails at open naming it") {
     const auto path = dir / name;
     CHECK_THROWS_WITH_AS(PrefetchLoader(path, bad_loader_options()),
                          has(quoted(path) + " does not exist"), IoError);
-    CHECK_THROWS_WITH_AS(PrefetchLoader(LmdbDataset(path), bad_loader_options()),
+    CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(path, expecting(Format::Lmdb)),
+                                        bad_loader_options()),
                          has(quoted(path)), IoError);
     check_recovers(good, threads);
   }
@@ -206,17 +208,17 @@ TEST_CASE("bad store: the wrong format fails at open naming the store") {
   const int threads = warm_thread_count(lmdb);
 
   const auto o = bad_loader_options();
-  CHECK_THROWS_WITH_AS(PrefetchLoader(LmdbDataset(png), o),
+  CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(png, expecting(Format::Lmdb)), o),
                        has(quoted(png) + " is a png store, not lmdb"), UsageError);
-  CHECK_THROWS_WITH_AS(PrefetchLoader(LmdbDataset(h5), o),
+  CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(h5, expecting(Format::Lmdb)), o),
                        has(quoted(h5) + " is a hdf5 store, not lmdb"), UsageError);
-  CHECK_THROWS_WITH_AS(PrefetchLoader(Hdf5Dataset(lmdb), o),
+  CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(lmdb, expecting(Format::Hdf5)), o),
                        has(quoted(lmdb) + " is a lmdb store, not hdf5"), UsageError);
-  CHECK_THROWS_WITH_AS(PrefetchLoader(Hdf5Dataset(png), o),
+  CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(png, expecting(Format::Hdf5)), o),
                        has(quoted(png) + " is a png store, not hdf5"), UsageError);
-  CHECK_THROWS_WITH_AS(PrefetchLoader(PngDataset(h5), o),
+  CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(h5, expecting(Format::PngFolder)), o),
                        has(quoted(h5) + " is a hdf5 store, not png"), UsageError);
-  CHECK_THROWS_WITH_AS(PrefetchLoader(PngDataset(lmdb), o),
+  CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(lmdb, expecting(Format::PngFolder)), o),
                        has(quoted(lmdb) + " is a lmdb store, not png"), UsageError);
   check_recovers(lmdb, threads);
 
@@ -227,7 +229,7 @@ TEST_CASE("bad store: the wrong format fails at open naming the store") {
   CHECK_THROWS_WITH_AS(PrefetchLoader(plain_dir, o),
                        has(quoted(plain_dir) + " is a directory but not an imgstore"),
                        DataError);
-  CHECK_THROWS_WITH_AS(PrefetchLoader(LmdbDataset(plain_dir), o),
+  CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(plain_dir, expecting(Format::Lmdb)), o),
                        has(quoted(plain_dir)), DataError);
   const auto text = dir / "train.txt";
   imgstore::test::spit(text, "not a store at all\n");
@@ -308,7 +310,8 @@ for path, shape in ((sys.argv[1], (40, 8, 8, 3)), (sys.argv[2], (40, 8, 24))):
   }
   CHECK_THROWS_WITH_AS(PrefetchLoader(rank3, bad_loader_options()),
                        has(quoted(rank3)), DataError);
-  CHECK_THROWS_WITH_AS(PrefetchLoader(Hdf5Dataset(rank3), bad_loader_options()),
+  CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(rank3, expecting(Format::Hdf5)),
+                                      bad_loader_options()),
                        has("rank 3"), DataError);
   check_recovers(good, threads);
 }
@@ -379,7 +382,7 @@ TEST_CASE("bad store: a manifest that disagrees with the data fails at open nami
     write_store(Format::Lmdb, bad);
     edit_lmdb(dir, bad, "00000100", "delete");
     CHECK_THROWS_WITH_AS(
-        PrefetchLoader(LmdbDataset(bad), bad_loader_options()),
+        PrefetchLoader(open_dataset(bad, expecting(Format::Lmdb)), bad_loader_options()),
         has(fmt::format("{}: manifest says {} records, database holds {}", quoted(bad),
                         kRecords, kRecords - 1)),
         DataError);
@@ -404,7 +407,8 @@ with h5py.File(sys.argv[2], "r+") as f:
                {labels.string(), images.string()});
     CHECK_THROWS_WITH_AS(PrefetchLoader(labels, bad_loader_options()),
                          has(quoted(labels) + " dataset /labels: wrong shape"), DataError);
-    CHECK_THROWS_WITH_AS(PrefetchLoader(Hdf5Dataset(images), bad_loader_options()),
+    CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(images, expecting(Format::Hdf5)),
+                                        bad_loader_options()),
                          has(quoted(images)), DataError);
     CHECK_THROWS_WITH_AS(PrefetchLoader(images, bad_loader_options()),
                          has(fmt::format("manifest says {} images", kRecords)), DataError);
@@ -419,7 +423,8 @@ with h5py.File(sys.argv[2], "r+") as f:
     imgstore::test::spit(bad / "labels.csv", csv);
     CHECK_THROWS_WITH_AS(PrefetchLoader(bad, bad_loader_options()),
                          has(quoted(bad / "labels.csv")), DataError);
-    CHECK_THROWS_WITH_AS(PrefetchLoader(PngDataset(bad), bad_loader_options()),
+    CHECK_THROWS_WITH_AS(PrefetchLoader(open_dataset(bad, expecting(Format::PngFolder)),
+                                        bad_loader_options()),
                          has(fmt::format("missing row for record {}", kRecords - 1)),
                          DataError);
   }

@@ -1,4 +1,5 @@
-// Datasets: shapes, dtypes and exact values against the reader; the stock LibTorch loader.
+// Datasets: shapes, dtypes and exact values against the reader; the stock LibTorch loader over
+// the batch path and over the per-sample view with LibTorch's transforms.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -167,6 +168,63 @@ TEST_CASE("stock loader rethrows a corrupt record as a worker exception naming i
       StoreDataset(reader), torch::data::DataLoaderOptions().batch_size(5).workers(2));
   CHECK_THROWS_WITH([&] { for (auto& b : *loader) (void)b; }(),
                     doctest::Contains("key '00000011'"));
+}
+
+TEST_CASE("per-sample view serves the dataset's examples one at a time over the same reader") {
+  auto reader = memory_reader(12, 5, 7, 3);
+  StoreDataset ds(reader, Normalize::float01());
+  auto samples = ds.samples();
+  CHECK(samples.size().value() == 12);
+  CHECK(&samples.dataset().reader() == &ds.reader());
+  for (std::size_t i : {0u, 7u, 11u}) {
+    auto ex = samples.get(i);
+    CHECK(ex.data.sizes() == torch::IntArrayRef({3, 5, 7}));
+    CHECK(ex.data.dtype() == torch::kFloat32);
+    CHECK(ex.target.item<std::int64_t>() == static_cast<std::int64_t>(i));
+    CHECK(torch::equal(ex.data, ds.get(i).data));
+  }
+  CHECK_THROWS_WITH_AS(samples.get(12), doctest::Contains("out of range"), UsageError);
+}
+
+TEST_CASE("per-sample view + Normalize<> + Stack<> through make_data_loader matches get_batch") {
+  auto reader = memory_reader(37, 5, 6, 3);
+  const std::vector<double> mean{0.5, 0.25, 0.1}, sd{0.2, 0.5, 2.0};
+  StoreDataset plain(reader, Normalize::float01());
+  StoreDataset normalised(reader, Normalize::mean_std({0.5f, 0.25f, 0.1f}, {0.2f, 0.5f, 2.0f}));
+  // What Normalize<> computes, applied to a whole get_batch: float32 (x - mean[c]) / std[c].
+  auto m = torch::tensor(mean, torch::kFloat32).view({1, 3, 1, 1});
+  auto s = torch::tensor(sd, torch::kFloat32).view({1, 3, 1, 1});
+  for (std::size_t workers : {0u, 2u}) {
+    CAPTURE(workers);
+    auto loader = torch::data::make_data_loader(
+        plain.samples()
+            .map(torch::data::transforms::Normalize<>(mean, sd))
+            .map(torch::data::transforms::Stack<>()),
+        torch::data::DataLoaderOptions().batch_size(8).workers(workers));
+    std::vector<std::int64_t> seen;
+    std::size_t batches = 0;
+    for (auto& batch : *loader) {
+      ++batches;
+      REQUIRE(batch.data.dim() == 4);
+      CHECK(batch.data.dtype() == torch::kFloat32);
+      CHECK(batch.target.dtype() == torch::kInt64);
+      // The same records through the batch path (a record's label is its index).
+      std::vector<std::size_t> idx;
+      for (std::int64_t i = 0; i < batch.target.size(0); ++i) {
+        seen.push_back(batch.target[i].item<std::int64_t>());
+        idx.push_back(static_cast<std::size_t>(seen.back()));
+      }
+      auto fast = plain.get_batch(idx);
+      CHECK(torch::equal(batch.target, fast.target));
+      CHECK(torch::equal(batch.data, fast.data.sub(m).div(s)));
+      CHECK(torch::allclose(batch.data, normalised.get_batch(idx).data, 1e-5, 1e-6));
+    }
+    CHECK(batches == 5);
+    std::sort(seen.begin(), seen.end());
+    std::vector<std::int64_t> all(37);
+    std::iota(all.begin(), all.end(), 0);
+    CHECK(seen == all);
+  }
 }
 
 TEST_CASE("BatchWriter crop and flip match a naive reference in uint8 and float") {

@@ -13,6 +13,7 @@
 #include "torch_test_support.hpp"
 
 using namespace imgstore;
+using imgstore::test::expecting;
 using imgstore::test::reference_chw;
 
 namespace {
@@ -35,15 +36,6 @@ std::vector<RealStore> write_all_formats(const std::filesystem::path& dir, const
   return stores;
 }
 
-StoreDataset typed_dataset(Format f, const std::filesystem::path& path) {
-  switch (f) {
-    case Format::PngFolder: return PngDataset(path);
-    case Format::Lmdb: return LmdbDataset(path);
-    case Format::Hdf5: return Hdf5Dataset(path);
-  }
-  throw UsageError("unknown format");
-}
-
 }  // namespace
 
 TEST_CASE("datasets over real PNG and LMDB and HDF5 stores match the written pixels") {
@@ -54,7 +46,7 @@ TEST_CASE("datasets over real PNG and LMDB and HDF5 stores match the written pix
     auto ds = open_dataset(store.path);
     CHECK(ds.reader().format() == store.format);
     CHECK(ds.size().value() == 70);
-    auto typed = typed_dataset(store.format, store.path);
+    auto typed = open_dataset(store.path, expecting(store.format));
     std::vector<std::size_t> idx{69, 3, 3, 40, 0};
     auto a = ds.get_batch(idx);
     auto b = typed.get_batch(idx);
@@ -64,11 +56,17 @@ TEST_CASE("datasets over real PNG and LMDB and HDF5 stores match the written pix
       CHECK(torch::equal(a.data[i], reference_chw(images, idx[i])));
     }
     CHECK(torch::equal(ds.get(40).data, reference_chw(images, 40)));
-    // A typed dataset refuses another format.
+    // A dataset expecting one format refuses another, naming the path and both formats.
     if (store.format != Format::Lmdb) {
-      CHECK_THROWS_WITH_AS(LmdbDataset(store.path), doctest::Contains("not lmdb"), UsageError);
+      CHECK_THROWS_WITH_AS(open_dataset(store.path, expecting(Format::Lmdb)),
+                           doctest::Contains("not lmdb"), UsageError);
+      const std::string names_all = "'" + store.path.string() + "' is a " +
+                                    to_string(store.format) + " store, not lmdb";
+      CHECK_THROWS_WITH_AS(StoreDataset(store.path, expecting(Format::Lmdb)),
+                           doctest::Contains(names_all.c_str()), UsageError);
     } else {
-      CHECK_THROWS_WITH_AS(PngDataset(store.path), doctest::Contains("not png"), UsageError);
+      CHECK_THROWS_WITH_AS(open_dataset(store.path, expecting(Format::PngFolder)),
+                           doctest::Contains("not png"), UsageError);
     }
   }
 }

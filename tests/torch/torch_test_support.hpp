@@ -17,6 +17,7 @@
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/store.hpp"
+#include "imgstore/torch/dataset.hpp"
 
 namespace imgstore::test {
 
@@ -93,6 +94,13 @@ inline torch::Tensor reference_chw(const ImageBatch& b, std::size_t i) {
       for (std::uint32_t ch = 0; ch < s.channels; ++ch)
         out[(ch * s.height + y) * s.width + x] = in[(y * s.width + x) * s.channels + ch];
   return t;
+}
+
+// Dataset options that refuse any store format but `format` (for open_dataset).
+inline DatasetOptions expecting(Format format) {
+  DatasetOptions o;
+  o.format = format;
+  return o;
 }
 
 // Resident set size in bytes, from /proc/self/statm.

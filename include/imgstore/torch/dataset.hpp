@@ -11,12 +11,23 @@
 //   imgstore::DatasetOptions opts;
 //   opts.normalize = imgstore::Normalize::mean_std({0.4914f, 0.4822f, 0.4465f},
 //                                                  {0.2470f, 0.2435f, 0.2616f});
-//   auto ds = imgstore::open_dataset("data/train.lmdb", opts);   // or LmdbDataset(path, opts)
+//   opts.format = imgstore::Format::Lmdb;   // optional: refuse any other format
+//   auto ds = imgstore::open_dataset("data/train.lmdb", opts);
 //   auto loader = torch::data::make_data_loader(
 //       ds, torch::data::DataLoaderOptions().batch_size(256).workers(2));
 //   for (auto& batch : *loader) {          // batch is torch::data::Example<>
 //     // batch.data: float32 [256,3,32,32], batch.target: int64 [256]
 //   }
+//
+// samples() gives the same records one [C,H,W] example at a time, for LibTorch's usual
+// per-sample pipeline (slower: one tensor per image, then a torch::stack per batch):
+//
+//   opts.normalize = imgstore::Normalize::float01();
+//   auto samples = imgstore::open_dataset("data/train.lmdb", opts).samples()
+//       .map(torch::data::transforms::Normalize<>({0.4914, 0.4822, 0.4465},
+//                                                 {0.2470, 0.2435, 0.2616}))
+//       .map(torch::data::transforms::Stack<>());
+//   auto loader = torch::data::make_data_loader(std::move(samples), 256);
 //
 // For training throughput prefer imgstore::PrefetchLoader (imgstore/torch/loader.hpp), which
 // recycles batch memory and adds shuffling, sharding and augmentation.
@@ -26,6 +37,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include <torch/data/datasets/base.h>
@@ -53,13 +66,18 @@ struct Normalize {
 struct DatasetOptions {
   ReaderOptions reader;  // used when the dataset opens the store itself
   Normalize normalize;
+  // When set, opening a store of another format throws UsageError naming the path, its
+  // format and this one.
+  std::optional<Format> format = std::nullopt;
 };
 
-// The common base: works over any StoreReader (including your own subclasses).
+class SampleView;
+
+// Works over any StoreReader (including your own subclasses).
 class StoreDataset
     : public torch::data::datasets::BatchDataset<StoreDataset, torch::data::Example<>> {
  public:
-  // Opens the store at `path` (any format).
+  // Opens the store at `path` (any format unless options.format is set); as open_dataset.
   explicit StoreDataset(const std::filesystem::path& path, const DatasetOptions& options = {});
   // Shares an already open reader. Throws UsageError on a null reader or bad options.
   explicit StoreDataset(std::shared_ptr<const StoreReader> reader,
@@ -72,8 +90,11 @@ class StoreDataset
   // Same, const and for 64-bit indices.
   torch::data::Example<> read_batch(const std::uint64_t* indices, std::size_t n) const;
 
+  // The same records one example at a time, as a per-sample torch::data Dataset that
+  // composes with LibTorch's transforms (.map(Normalize<>), .map(Stack<>)). Shares the reader.
+  SampleView samples() const;
+
   torch::optional<std::size_t> size() const override { return reader_->size(); }
-  std::size_t count() const { return reader_->size(); }
 
   const StoreReader& reader() const { return *reader_; }
   const std::shared_ptr<const StoreReader>& shared_reader() const { return reader_; }
@@ -81,34 +102,29 @@ class StoreDataset
   // Element type of data: torch::kUInt8 or torch::kFloat32.
   torch::Dtype dtype() const;
 
- protected:
-  StoreDataset(const std::filesystem::path& path, const DatasetOptions& options, Format expected);
-
  private:
   std::shared_ptr<const StoreReader> reader_;
   Normalize normalize_;
 };
 
-// One thin type per format. Each throws UsageError if `path` holds another format.
-class PngDataset : public StoreDataset {
+// Per-sample view of a StoreDataset: get(i) is StoreDataset::get(i), one [C,H,W] example.
+class SampleView : public torch::data::datasets::Dataset<SampleView, torch::data::Example<>> {
  public:
-  explicit PngDataset(const std::filesystem::path& path, const DatasetOptions& options = {})
-      : StoreDataset(path, options, Format::PngFolder) {}
+  explicit SampleView(StoreDataset dataset) : dataset_(std::move(dataset)) {}
+
+  torch::data::Example<> get(std::size_t index) override { return dataset_.get(index); }
+  torch::optional<std::size_t> size() const override { return dataset_.size(); }
+
+  const StoreDataset& dataset() const { return dataset_; }
+
+ private:
+  StoreDataset dataset_;
 };
 
-class LmdbDataset : public StoreDataset {
- public:
-  explicit LmdbDataset(const std::filesystem::path& path, const DatasetOptions& options = {})
-      : StoreDataset(path, options, Format::Lmdb) {}
-};
+inline SampleView StoreDataset::samples() const { return SampleView(*this); }
 
-class Hdf5Dataset : public StoreDataset {
- public:
-  explicit Hdf5Dataset(const std::filesystem::path& path, const DatasetOptions& options = {})
-      : StoreDataset(path, options, Format::Hdf5) {}
-};
-
-// Detects the format at `path` and opens it.
+// Detects the format at `path` and opens it; with options.format set, refuses any other format
+// (UsageError: "'<path>' is a <actual> store, not <expected>").
 StoreDataset open_dataset(const std::filesystem::path& path, const DatasetOptions& options = {});
 
 }  // namespace imgstore

@@ -1,7 +1,8 @@
 // imgstore-throughput: which store format feeds training best, measured side by side in one run.
 // For each format (PNG folder, LMDB, HDF5) over the same images:
 //   (a) shuffled epoch read throughput of the prefetching loader;
-//   (b) the same through LibTorch's stock DataLoader (workers 0 and 2) over the same Dataset;
+//   (b) the same through LibTorch's stock DataLoader (workers 0 and 2) over the same Dataset's
+//       get_batch, and over its per-sample view with Stack<> (LibTorch's usual pattern);
 //   (c) the in-memory limit: gathering the same bytes from one RAM tensor into batches
 //       (and, for PNG, threads x the single-thread decode rate);
 //   (d) training images/s fed by the prefetching loader, against training fed from memory.
@@ -26,7 +27,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "common.hpp"
+#include "examples/common.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/torch/dataset.hpp"
 #include "imgstore/torch/loader.hpp"
@@ -48,11 +49,11 @@ struct Args {
   std::string python = "/usr/bin/python3";  // empty: skip the Python peer
 };
 
-// Python's PyTorch DataLoader over the same stores (examples/python_dataloader.py), run as a
+// Python's PyTorch DataLoader over the same stores (bench/python_dataloader.py), run as a
 // subprocess. Returns its JSON, or null with a note if Python or torch is unavailable.
 Json run_python_peer(const Args& a) {
   if (a.python.empty()) return nullptr;
-  const std::string script = std::string(IMGSTORE_SOURCE_DIR) + "/examples/python_dataloader.py";
+  const std::string script = std::string(IMGSTORE_SOURCE_DIR) + "/bench/python_dataloader.py";
   const std::string cmd = fmt::format(
       "'{}' '{}' --stores '{}' --split '{}' --batch-size {} --runs {} --workers 0,2",
       a.python, script, a.stores, a.split, a.batch_size, a.runs);
@@ -132,19 +133,9 @@ double stock_epoch(const StoreDataset& ds, std::size_t batch, std::size_t worker
 
 // LibTorch's usual pattern: a per-sample Dataset (get(i) -> one [C,H,W] Example) batched by
 // the stock loader's Stack<> collation. Same reader and records as StoreDataset::get_batch.
-class PerSampleDataset : public torch::data::datasets::Dataset<PerSampleDataset> {
- public:
-  explicit PerSampleDataset(StoreDataset ds) : ds_(std::move(ds)) {}
-  torch::data::Example<> get(std::size_t index) override { return ds_.get(index); }
-  torch::optional<std::size_t> size() const override { return ds_.size(); }
-
- private:
-  StoreDataset ds_;
-};
-
 double stock_per_sample_epoch(const StoreDataset& ds, std::size_t batch, std::size_t workers) {
   auto loader = torch::data::make_data_loader(
-      PerSampleDataset(ds).map(torch::data::transforms::Stack<>()),
+      ds.samples().map(torch::data::transforms::Stack<>()),
       torch::data::DataLoaderOptions().batch_size(batch).workers(workers));
   std::size_t images = 0;
   auto t = Clock::now();
@@ -321,7 +312,7 @@ int run(const Args& a) {
       row.sample0 = measure(a.runs, [&] { return stock_per_sample_epoch(ds, a.batch_size, 0); });
       row.sample2 = measure(a.runs, [&] { return stock_per_sample_epoch(ds, a.batch_size, 2); });
       fmt::print("      stock, per-sample    {:>10.0f} img/s (workers 0), {:.0f} img/s (workers 2) "
-                 "with get(i) + Stack<>\n", row.sample0.median, row.sample2.median);
+                 "with samples() + Stack<>\n", row.sample0.median, row.sample2.median);
       std::fflush(stdout);
     }
 
@@ -446,7 +437,7 @@ int run(const Args& a) {
   }
   fmt::print("limit: memory gather (LMDB, HDF5) or PNG single-thread decode x threads. stock: "
              "LibTorch's DataLoader over our Dataset's get_batch; per-sample: the same Dataset's "
-             "get(i) + Stack<>; python: PyTorch's DataLoader in Python over the same store; all the "
+             "samples() + Stack<>; python: PyTorch's DataLoader in Python over the same store; all the "
              "better of workers 0 and 2\n");
   if (!peer.is_null()) {
     for (const auto& r : peer.at("results")) {

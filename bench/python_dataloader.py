@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch DataLoader throughput over imgstore stores (PNG folder, LMDB, HDF5).
 
-The Python half of examples/throughput.cpp: it reads the SAME stores the C++ loaders read,
+The Python half of bench/throughput.cpp: it reads the SAME stores the C++ loaders read,
 written the way a Python user would (and the way the tutorial "Three Ways of Storing and
 Accessing Lots of Images in Python" reads them): PIL per PNG file, py-lmdb with one read
 transaction per item, h5py indexing f["images"][i]. Each Dataset returns
