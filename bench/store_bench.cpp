@@ -38,6 +38,8 @@
 #include <tbb/global_control.h>
 #include <tbb/task_arena.h>
 
+#include "common/floors.hpp"
+#include "detail/png_codec.hpp"
 #include "imgstore/convert.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/manifest.hpp"
@@ -184,27 +186,17 @@ void prepare(const fs::path& path, const fs::path& trash) {
   ::sync();
 }
 
-void write_all(int fd, const void* data, std::size_t size, const fs::path& path) {
-  const auto* p = static_cast<const char*>(data);
-  while (size > 0) {
-    ssize_t n = ::write(fd, p, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw imgstore::IoError(fmt::format("cannot write '{}': {}", path.string(), std::strerror(errno)));
-    }
-    p += n;
-    size -= static_cast<std::size_t>(n);
+// Regular files under `spec` when it names a file or directory (sorted), else none (synthetic).
+std::vector<fs::path> regular_files_under(const std::string& spec) {
+  std::vector<fs::path> files;
+  std::error_code ec;
+  if (spec.empty() || !fs::exists(spec, ec)) return files;
+  if (fs::is_regular_file(spec, ec)) return {fs::path(spec)};
+  for (fs::recursive_directory_iterator it(spec, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->is_regular_file(ec)) files.push_back(it->path());
   }
-}
-
-void fsync_or_throw(const fs::path& path, int flags) {
-  int fd = ::open(path.c_str(), flags | O_CLOEXEC);
-  if (fd < 0 || ::fsync(fd) != 0) {
-    int e = errno;
-    if (fd >= 0) ::close(fd);
-    throw imgstore::IoError(fmt::format("cannot fsync '{}': {}", path.string(), std::strerror(e)));
-  }
-  ::close(fd);
+  std::sort(files.begin(), files.end());
+  return files;
 }
 
 // ---- the data set, in memory ----
@@ -470,6 +462,27 @@ int bench_main(const Options& o) {
   const fs::path cxx_dir = o.out / "imgstore";
   fs::create_directories(cxx_dir, ec);
 
+  // What the floors need, prepared untimed: the source's files (when it is files on disk) and
+  // the size of every image's PNG file.
+  const std::vector<fs::path> source_files = regular_files_under(o.source);
+  std::vector<std::uint64_t> png_sizes;
+  png_sizes.reserve(ds.count);
+  {
+    std::vector<std::uint8_t> buf;
+    for (const auto& b : ds.batches) {
+      for (std::size_t i = 0; i < b.size(); ++i) {
+        imgstore::detail::encode_png(b.image(i), shape, o.png_level, buf);
+        png_sizes.push_back(buf.size());
+      }
+    }
+  }
+  std::uint64_t source_bytes = 0;
+  for (const auto& f : source_files) source_bytes += fs::file_size(f, ec);
+  if (!source_files.empty()) {
+    fmt::print("source files: {} ({:.1f} MiB; the cat floor copies them)\n", source_files.size(),
+               source_bytes / kMiB);
+  }
+
   std::vector<Case> cases;
   struct Runner {
     std::size_t index;
@@ -488,26 +501,52 @@ int bench_main(const Options& o) {
                          w->commit();
                        }});
   };
-  auto add_plain_case = [&](bool durable) {
-    cases.push_back({durable ? "plain_durable" : "plain_nosync", "plain write() of the pixels",
-                     durable ? "fsync file+dir" : "none (page cache)", {}, {}, {}, {}});
-    auto path = cxx_dir / (durable ? "plain_durable.raw" : "plain_nosync.raw");
-    runners.push_back({cases.size() - 1, path, [&, path, durable] {
-                         int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                         if (fd < 0) throw imgstore::IoError("cannot create " + path.string());
-                         for (const auto& b : ds.batches) write_all(fd, b.pixels.data(), b.pixels.size(), path);
-                         if (durable && ::fsync(fd) != 0) throw imgstore::IoError("fsync failed");
-                         ::close(fd);
-                         if (durable) fsync_or_throw(path.parent_path(), O_RDONLY | O_DIRECTORY);
-                       }});
+  // The floors, measured in the same run, interleaved with the stores
+  // (bench/common/floors.hpp; tests/unit/test_bench_floors.cpp proves what they write).
+  using imgstore::bench::Flush;
+  auto flush_of = [](bool durable) { return durable ? Flush::Fsync : Flush::None; };
+  auto add_floor_case = [&](const std::string& key, const std::string& label, bool durable,
+                            const fs::path& path, std::function<void(const fs::path&, Flush)> body) {
+    cases.push_back({key, label, durable ? "fsync file+dir" : "none (page cache)", {}, {}, {}, {}});
+    runners.push_back({cases.size() - 1, path,
+                       [body, path, flush = flush_of(durable)] { body(path, flush); }});
   };
+  for (bool durable : {true, false}) {
+    const std::string tail = durable ? "_durable" : "_nosync";
+    // The pixel bytes in one sequential pass of large writes from one reused buffer.
+    add_floor_case("plain" + tail, "write floor (4 MiB writes)", durable, cxx_dir / ("plain" + tail + ".raw"),
+                   [&](const fs::path& path, Flush flush) {
+                     imgstore::bench::write_floor(path, pixel_bytes, imgstore::bench::kFloorPiece, flush);
+                   });
+    // `cat` of the source's files into one new file: what converting them cannot beat.
+    if (!source_files.empty()) {
+      add_floor_case("cat" + tail, "cat of the source files", durable, cxx_dir / ("cat" + tail + ".raw"),
+                     [&](const fs::path& path, Flush flush) {
+                       imgstore::bench::copy_floor(source_files, path, imgstore::bench::kFloorPiece, flush);
+                     });
+    }
+    // A PNG folder's files, same sizes, created and written from one thread.
+    add_floor_case("files" + tail, "file-creation floor (PNG sizes)", durable, cxx_dir / ("files" + tail),
+                   [&](const fs::path& path, Flush flush) {
+                     imgstore::bench::file_creation_floor(path, png_sizes, flush);
+                   });
+  }
+  // PNG encoding of every image on one thread, into one reused buffer: its time over the
+  // writer's thread count is what the PNG folder's encoding costs at best.
+  cases.push_back({"png_encode_1thread", "PNG encode, 1 thread, no I/O", "-", {}, {}, {}, {}});
+  runners.push_back({cases.size() - 1, cxx_dir / "png_encode_1thread", [&] {
+                       std::vector<std::uint8_t> buf;
+                       for (const auto& b : ds.batches) {
+                         for (std::size_t i = 0; i < b.size(); ++i) {
+                           imgstore::detail::encode_png(b.image(i), shape, o.png_level, buf);
+                         }
+                       }
+                     }});
   for (Format f : all_formats()) {
     const std::string name = format_info(f).description + " (imgstore)";
     add_store_case(f, true, name);
     add_store_case(f, false, name);
   }
-  add_plain_case(true);
-  add_plain_case(false);
 
   // 3. Interleaved runs: a slow moment of the machine spreads over all cases.
   std::vector<std::string> failures;
@@ -605,7 +644,8 @@ int bench_main(const Options& o) {
   };
   const char* order[] = {"png_durable", "png_nosync", "tutorial_disk", "lmdb_durable", "lmdb_nosync",
                          "tutorial_lmdb", "hdf5_durable", "hdf5_nosync", "tutorial_hdf5",
-                         "plain_durable", "plain_nosync"};
+                         "plain_durable", "plain_nosync", "cat_durable", "cat_nosync",
+                         "files_durable", "files_nosync", "png_encode_1thread"};
   for (const char* key : order) {
     const Case* c = find(key);
     if (!c) continue;
@@ -639,15 +679,50 @@ int bench_main(const Options& o) {
         "both sync on commit");
   ratio("LMDB speed-up vs tutorial (imgstore no fsync)", "tutorial_lmdb", "lmdb_nosync", true, 10,
         "imgstore without sync");
-  ratio("HDF5 time / plain write time (both fsync)", "hdf5_durable", "plain_durable", false, 1.2,
-        "like for like");
-  ratio("HDF5 time / plain write time (neither fsync)", "hdf5_nosync", "plain_nosync", false, 1.2,
-        "like for like");
   ratio("PNG speed-up vs tutorial (imgstore fsync)", "tutorial_disk", "png_durable", true, 3,
         "tutorial does not fsync");
   ratio("PNG speed-up vs tutorial (imgstore no fsync)", "tutorial_disk", "png_nosync", true, 3,
         "like for like");
 
+  // The floors: a store is compared with the floor of the same flush, measured in this run.
+  // Raw stores: the cat of the source's files when there are files, else the write floor.
+  // A figure below 1 would mean the store beat its floor, i.e. the floor is wrong: flagged.
+  json floors = json::array();
+  auto floor_ratio = [&](const std::string& name, const std::string& num,
+                         const std::vector<std::string>& dens, double divide_first, double target) {
+    const Case* a = find(num);
+    if (!a) return;
+    double floor_s = 0;
+    std::vector<json> parts;
+    for (std::size_t i = 0; i < dens.size(); ++i) {
+      const Case* b = find(dens[i]);
+      if (!b) return;
+      const double s = median(b->seconds) / (i == 0 ? divide_first : 1.0);
+      parts.push_back({{"case", dens[i]}, {"median_seconds", median(b->seconds)},
+                       {"divided_by", i == 0 ? divide_first : 1.0}});
+      floor_s = std::max(floor_s, s);
+    }
+    const double v = median(a->seconds) / floor_s;
+    const bool ok = v <= target;
+    fmt::print("  {:<52} {:7.2f}  [<= {:.1f}] {}{}\n", name, v, target, ok ? "met" : "MISSED",
+               v < 1 ? "  BEATS ITS FLOOR: the floor is wrong" : "");
+    floors.push_back({{"name", name}, {"case", num}, {"median_seconds", median(a->seconds)},
+                      {"floor_seconds", floor_s}, {"floor_of", parts}, {"value", v},
+                      {"target", target}, {"met", ok}, {"beats_floor", v < 1}});
+  };
+  const std::string raw_floor = find("cat_nosync") ? "cat" : "plain";
+  fmt::print("\nx floor (the floor measured in this run; target in brackets)\n");
+  for (const char* f : {"lmdb", "hdf5"}) {
+    for (const char* d : {"_nosync", "_durable"}) {
+      floor_ratio(fmt::format("{} / {} floor ({})", f, raw_floor, d + 1), std::string(f) + d,
+                  {raw_floor + d}, 1.0, 2.0);
+    }
+  }
+  for (const char* d : {"_nosync", "_durable"}) {
+    floor_ratio(fmt::format("png / max(encode/{} threads, file floor) ({})", tbb_threads, d + 1),
+                std::string("png") + d, {"png_encode_1thread", std::string("files") + d},
+                static_cast<double>(tbb_threads), 1.3);
+  }
   // 7. Memory.
   const std::uint64_t self_peak = peak_rss_maxrss();
   fmt::print("\npeak RSS\n");
@@ -690,6 +765,8 @@ int bench_main(const Options& o) {
   report["machine"]["load_average_at_end"] = load_end;
   if (!o.json_file.empty()) {
     report["config"] = {{"source", spec}, {"source_description", ds.description},
+                        {"source_files", source_files.size()}, {"source_bytes", source_bytes},
+                        {"floor_piece_bytes", imgstore::bench::kFloorPiece},
                         {"split", ds.split}, {"repeat", repeat}, {"count", ds.count},
                         {"shape", {shape.height, shape.width, shape.channels}},
                         {"pixel_bytes", pixel_bytes}, {"batch_records", kBatchRecords},
@@ -703,6 +780,7 @@ int bench_main(const Options& o) {
     for (auto& c : cases) jc[c.key] = case_json(c, ds.count);
     report["cases"] = jc;
     report["ratios"] = ratios;
+    report["floors"] = floors;
     report["memory"] = memory;
     if (py) report["tutorial_versions"] = (*py)["versions"];
     report["failed_cases"] = failures;

@@ -87,7 +87,8 @@ std::string shell_quote(const std::string& s);
 
 // ---- results.cpp ----
 void write_csv(const fs::path& path, const std::vector<Measurement>& rows);
-std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows);
+// durable_stores: the stores were fsynced (--durable), so their write floors are the fsync ones.
+std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows, bool durable_stores);
 Json measurement_json(const Measurement& m);
 Json summary_json(const SummaryRow& s);
 void print_table(const std::vector<SummaryRow>& summary);

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "common/floors.hpp"
 #include "detail/png_codec.hpp"
 #include "detail/random.hpp"
 #include "experiments.hpp"
@@ -68,27 +69,10 @@ double time_read_many(const fs::path& path, const std::vector<std::uint64_t>& or
 }
 
 double time_seqread(const fs::path& store, std::uint64_t& bytes) {
-  static thread_local std::vector<char> buf(1 << 20);
   const auto files = store_files(store);  // listed outside the timing
-  bytes = 0;
-  const auto t0 = Clock::now();
-  for (const auto& f : files) {
-    const int fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw IoError(fmt::format("cannot open '{}': {}", f.string(), std::strerror(errno)));
-    for (;;) {
-      const ssize_t got = ::read(fd, buf.data(), buf.size());
-      if (got < 0 && errno == EINTR) continue;
-      if (got < 0) {
-        const int err = errno;
-        ::close(fd);
-        throw IoError(fmt::format("cannot read '{}': {}", f.string(), std::strerror(err)));
-      }
-      if (got == 0) break;
-      bytes += static_cast<std::uint64_t>(got);
-    }
-    ::close(fd);
-  }
-  return seconds_since(t0);
+  const FloorRun run = read_floor(files, kFloorPiece);
+  bytes = run.bytes;
+  return run.seconds;
 }
 
 double time_gather(const ImageBatch& data, const std::vector<std::uint64_t>& order,

@@ -30,6 +30,7 @@
 
 #include "bench.hpp"
 #include "cli_common.hpp"
+#include "common/floors.hpp"
 #include "experiments.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/source.hpp"
@@ -191,6 +192,7 @@ class Bench {
   void bench_variant(const Variant& v);
   void bench_epochs(const Variant& v, const fs::path& store, std::uint64_t n);
   void bench_seqread(const Variant& v, const fs::path& store, std::uint64_t n);
+  void bench_write_floors(const Variant& v, const fs::path& store, std::uint64_t n);
   void bench_limits(int first_run, const std::string& label);
   void run_python_peer();
   void run_plots();
@@ -346,6 +348,34 @@ void Bench::bench_seqread(const Variant& v, const fs::path& store, std::uint64_t
   }
 }
 
+// What the disk can do with the store's bytes, right after the store was written: the same
+// byte count in one sequential pass of 4 MiB writes, without and with fsync, and for a PNG
+// folder the same files (sizes, count, one directory) created from one thread.
+void Bench::bench_write_floors(const Variant& v, const fs::path& store, std::uint64_t n) {
+  const std::string f = to_string(v.format);
+  const std::uint64_t bytes = apparent_bytes(store);
+  std::vector<std::uint64_t> png_sizes;
+  if (v.format == Format::PngFolder) {
+    for (const auto& file : store_files(store)) {
+      if (file.extension() == ".png") png_sizes.push_back(fs::file_size(file));
+    }
+  }
+  const fs::path scratch = stores_ / "floor";
+  for (int run = 1; run <= c_.runs; ++run) {
+    for (Flush flush : {Flush::None, Flush::Fsync}) {
+      const std::string tail = flush == Flush::Fsync ? "_fsync" : "";
+      set_aside(scratch, trash_);
+      const FloorRun w = write_floor(scratch, bytes, kFloorPiece, flush);
+      add({"limit_write" + tail, "limit", f, v.name, n, 1, "warm", "-", run, w.seconds, w.bytes});
+      if (v.format != Format::PngFolder) continue;
+      set_aside(scratch, trash_);
+      const FloorRun c = file_creation_floor(scratch, png_sizes, flush);
+      add({"limit_files" + tail, "limit", f, v.name, n, 1, "warm", "-", run, c.seconds, c.bytes});
+    }
+  }
+  set_aside(scratch, trash_);
+}
+
 void Bench::bench_epochs(const Variant& v, const fs::path& store, std::uint64_t n) {
   const std::string f = to_string(v.format);
   const std::uint64_t bytes = apparent_bytes(store);
@@ -387,6 +417,7 @@ void Bench::bench_variant(const Variant& v) {
       add({"read_one", "imgstore", f, v.name, 1, 1, "warm", "-", run, time_read_one(store, 0),
            apparent_bytes(store)});
     }
+    bench_write_floors(v, store, n);
     const std::uint64_t bytes = apparent_bytes(store);
     add({"disk_usage", "imgstore", f, v.name, n, 1, "warm", "-", 0, 0, bytes});
     for (const char* order : {"sequential", "shuffled"}) {
@@ -402,7 +433,7 @@ void Bench::bench_variant(const Variant& v) {
     return;
   }
 
-  steps += c_.ns.size() * (R * (1 + 2 + 1 + cold_runs) + 1);
+  steps += c_.ns.size() * (R * (1 + 2 + 1 + cold_runs + 2 + (v.format == Format::PngFolder ? 2 : 0)) + 1);
   steps += 2 * R;
   phase(v.key(), steps);
   const fs::path dir = stores_ / v.key();
@@ -435,6 +466,7 @@ void Bench::bench_variant(const Variant& v) {
       const double s = time_store_many(v, store, subset, class_names_);
       add({"store_many", "imgstore", f, v.name, n, wt, "warm", "-", run, s, apparent_bytes(store)});
     }
+    bench_write_floors(v, store, n);
     const std::uint64_t bytes = apparent_bytes(store);
     add({"disk_usage", "imgstore", f, v.name, n, 1, "warm", "-", 0, 0, bytes});
     const auto seq = read_order(n, false, c_.opt.seed), shuf = read_order(n, true, c_.opt.seed);
@@ -724,7 +756,7 @@ int Bench::run() {
                                    100 * max_resident_));
   }
 
-  const auto summary = summarize(rows_);
+  const auto summary = summarize(rows_, c_.opt.durable);
   write_csv(out_ / "measurements.csv", rows_);
   {
     std::ofstream f(out_ / "results.json");

@@ -52,7 +52,7 @@ void write_csv(const fs::path& path, const std::vector<Measurement>& rows) {
   }
 }
 
-std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows) {
+std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows, bool durable_stores) {
   // Group runs by configuration, keeping first-seen order.
   std::map<Key, std::size_t> index;
   std::vector<SummaryRow> out;
@@ -128,8 +128,18 @@ std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows) {
       if (k.impl == "prefetch") {
         peer = find("epoch", "stock", k.format, k.variant, k.n, k.threads, k.cache, k.order);
       }
-    } else if (k.experiment == "store_one" || k.experiment == "store_many" ||
-               k.experiment == "read_one" || k.experiment == "disk_usage") {
+    } else if (k.experiment == "store_many") {
+      // The same bytes written sequentially, and for a PNG folder the same files created from
+      // one thread, with the stores' flush; the slower of the two is the tighter bound.
+      const std::string tail = durable_stores ? "_fsync" : "";
+      for (const char* floor : {"limit_write", "limit_files"}) {
+        const SummaryRow* c =
+            find(floor + tail, "limit", k.format, k.variant, k.n, 1, "warm", "-");
+        if (c && c->images_per_s > 0 && (!limit || c->images_per_s < limit->images_per_s)) limit = c;
+      }
+      peer = find_tutorial(k);
+    } else if (k.experiment == "store_one" || k.experiment == "read_one" ||
+               k.experiment == "disk_usage") {
       peer = find_tutorial(k);
     }
     if (limit) {

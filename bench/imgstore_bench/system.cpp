@@ -30,6 +30,7 @@
 #endif
 
 #include "bench.hpp"
+#include "common/floors.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore::bench {
@@ -102,25 +103,6 @@ struct Fd {
   }
 };
 
-// Fraction of the file's pages in the page cache (mincore over a read-only mapping).
-std::pair<std::uint64_t, std::uint64_t> resident_pages(const fs::path& file) {
-  Fd f{::open(file.c_str(), O_RDONLY | O_CLOEXEC)};
-  struct stat st {};
-  if (f.fd < 0 || ::fstat(f.fd, &st) != 0 || st.st_size == 0) return {0, 0};
-  const auto size = static_cast<std::size_t>(st.st_size);
-  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, f.fd, 0);
-  if (p == MAP_FAILED) return {0, 0};
-  const long page = ::sysconf(_SC_PAGESIZE);
-  const std::size_t pages = (size + page - 1) / page;
-  std::vector<unsigned char> vec(pages);
-  std::uint64_t resident = 0;
-  if (::mincore(p, size, vec.data()) == 0) {
-    for (unsigned char v : vec) resident += v & 1;
-  }
-  ::munmap(p, size);
-  return {resident, pages};
-}
-
 bool fadvise_file(const fs::path& file) {
   Fd f{::open(file.c_str(), O_RDONLY | O_CLOEXEC)};
   if (f.fd < 0) return false;
@@ -138,18 +120,6 @@ bool drop_caches() {
   if (!f) return false;
   const bool ok = std::fputs("1\n", f) >= 0;
   return (std::fclose(f) == 0) && ok;
-}
-
-double resident_fraction(const std::vector<fs::path>& files) {
-  // Sample up to 256 files evenly: mincore over 100,000 PNG files would take a while.
-  const std::size_t step = std::max<std::size_t>(1, files.size() / 256);
-  std::uint64_t resident = 0, total = 0;
-  for (std::size_t i = 0; i < files.size(); i += step) {
-    auto [r, t] = resident_pages(files[i]);
-    resident += r;
-    total += t;
-  }
-  return total ? static_cast<double>(resident) / total : 0;
 }
 
 }  // namespace

@@ -1,0 +1,240 @@
+// The floors of bench/common/floors.hpp: plain system calls, counted, nothing else.
+#include "floors.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "imgstore/error.hpp"
+
+namespace imgstore::bench {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+[[noreturn]] void throw_io(const char* action, const fs::path& path, int err) {
+  throw IoError(fmt::format("cannot {} '{}': {}", action, path.string(), std::strerror(err)));
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  Fd& operator=(Fd&&) = delete;
+  int get() const { return fd_; }
+  int close() {
+    const int rc = ::close(fd_);
+    fd_ = -1;
+    return rc;
+  }
+
+ private:
+  int fd_;
+};
+
+Fd create_file(int dir_fd, const char* name, const fs::path& shown) {
+  Fd fd(::openat(dir_fd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0) throw_io("create", shown, errno);
+  return fd;
+}
+
+// write() all of [data, data + size), counting the calls.
+void write_counted(int fd, const std::uint8_t* data, std::size_t size, const fs::path& path,
+                   FloorRun& run) {
+  while (size > 0) {
+    const ssize_t w = ::write(fd, data, size);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) throw_io("write", path, w < 0 ? errno : EIO);
+    ++run.write_calls;
+    run.largest_piece = std::max(run.largest_piece, static_cast<std::size_t>(w));
+    run.bytes += static_cast<std::uint64_t>(w);
+    data += w;
+    size -= static_cast<std::size_t>(w);
+  }
+}
+
+// read() up to size bytes; 0 at the end of the file. Counts the calls that returned bytes.
+std::size_t read_counted(int fd, std::uint8_t* data, std::size_t size, const fs::path& path,
+                         FloorRun& run) {
+  for (;;) {
+    const ssize_t r = ::read(fd, data, size);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw_io("read", path, errno);
+    if (r > 0) {
+      ++run.read_calls;
+      run.largest_piece = std::max(run.largest_piece, static_cast<std::size_t>(r));
+    }
+    return static_cast<std::size_t>(r);
+  }
+}
+
+void fsync_or_throw(int fd, const fs::path& path) {
+  if (::fsync(fd) != 0 && errno != EINVAL) throw_io("fsync", path, errno);
+}
+
+void fsync_parent(const fs::path& path) {
+  fs::path parent = path.parent_path();
+  if (parent.empty()) parent = ".";
+  Fd dir(::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir.get() < 0) throw_io("open directory", parent, errno);
+  fsync_or_throw(dir.get(), parent);
+}
+
+// Ends a single-file floor as a durable store's file ends: fsync the file, then its directory.
+void finish_file(Fd& fd, const fs::path& file, Flush flush) {
+  if (flush == Flush::Fsync) fsync_or_throw(fd.get(), file);
+  if (fd.close() != 0) throw_io("close", file, errno);
+  if (flush == Flush::Fsync) fsync_parent(file);
+}
+
+std::vector<std::uint8_t> pattern_buffer(std::size_t piece) {
+  std::vector<std::uint8_t> buf(std::max<std::size_t>(piece, 1));
+  for (std::size_t k = 0; k < buf.size(); ++k) buf[k] = floor_pattern_byte(k);
+  return buf;
+}
+
+void check_piece(std::size_t piece) {
+  if (piece == 0) throw UsageError("a floor's piece size must be at least 1 byte");
+}
+
+std::pair<std::uint64_t, std::uint64_t> resident_pages(const fs::path& file) {
+  Fd f(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat st {};
+  if (f.get() < 0 || ::fstat(f.get(), &st) != 0 || st.st_size == 0) return {0, 0};
+  const auto size = static_cast<std::size_t>(st.st_size);
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, f.get(), 0);
+  if (p == MAP_FAILED) return {0, 0};
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> vec((size + page - 1) / page);
+  std::uint64_t resident = 0;
+  if (::mincore(p, size, vec.data()) == 0) {
+    for (unsigned char v : vec) resident += v & 1;
+  }
+  ::munmap(p, size);
+  return {resident, vec.size()};
+}
+
+}  // namespace
+
+std::uint8_t floor_pattern_byte(std::uint64_t offset) {
+  // Period 251 (prime): never aligned with a page or a piece, never all zeros.
+  return static_cast<std::uint8_t>(1 + offset % 251);
+}
+
+FloorRun write_floor(const fs::path& file, std::uint64_t bytes, std::size_t piece, Flush flush) {
+  check_piece(piece);
+  // The period of the pattern divides no piece boundary, so each piece starts at its offset.
+  const std::size_t period = 251;
+  std::vector<std::uint8_t> buf = pattern_buffer(piece + period);
+  FloorRun run;
+  const auto t0 = Clock::now();
+  Fd fd = create_file(AT_FDCWD, file.c_str(), file);
+  for (std::uint64_t off = 0; off < bytes;) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(piece, bytes - off));
+    write_counted(fd.get(), buf.data() + off % period, n, file, run);
+    off += n;
+  }
+  finish_file(fd, file, flush);
+  run.seconds = seconds_since(t0);
+  run.files = 1;
+  return run;
+}
+
+FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, std::size_t piece,
+                    Flush flush) {
+  check_piece(piece);
+  std::vector<std::uint8_t> buf = pattern_buffer(piece);
+  FloorRun run;
+  const auto t0 = Clock::now();
+  Fd out = create_file(AT_FDCWD, file.c_str(), file);
+  for (const auto& src : sources) {
+    Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
+    if (in.get() < 0) throw_io("open", src, errno);
+    while (const std::size_t got = read_counted(in.get(), buf.data(), buf.size(), src, run)) {
+      write_counted(out.get(), buf.data(), got, file, run);
+    }
+  }
+  finish_file(out, file, flush);
+  run.seconds = seconds_since(t0);
+  run.files = 1;
+  return run;
+}
+
+FloorRun read_floor(const std::vector<fs::path>& files, std::size_t piece) {
+  check_piece(piece);
+  std::vector<std::uint8_t> buf = pattern_buffer(piece);
+  FloorRun run;
+  const auto t0 = Clock::now();
+  for (const auto& f : files) {
+    Fd in(::open(f.c_str(), O_RDONLY | O_CLOEXEC));
+    if (in.get() < 0) throw_io("open", f, errno);
+    while (const std::size_t got = read_counted(in.get(), buf.data(), buf.size(), f, run)) {
+      run.bytes += got;
+    }
+    ++run.files;
+  }
+  run.seconds = seconds_since(t0);
+  return run;
+}
+
+FloorRun file_creation_floor(const fs::path& dir, const std::vector<std::uint64_t>& sizes,
+                             Flush flush) {
+  const std::uint64_t largest = sizes.empty() ? 0 : *std::max_element(sizes.begin(), sizes.end());
+  std::vector<std::uint8_t> buf = pattern_buffer(static_cast<std::size_t>(largest));
+  FloorRun run;
+  const auto t0 = Clock::now();
+  if (::mkdir(dir.c_str(), 0755) != 0) throw_io("create directory", dir, errno);
+  Fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir_fd.get() < 0) throw_io("open directory", dir, errno);
+  char name[32];
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    // As a PNG folder names its files: zero-padded index (8 digits), ".png".
+    std::snprintf(name, sizeof name, "%08zu.png", i);
+    Fd fd = create_file(dir_fd.get(), name, dir / name);
+    write_counted(fd.get(), buf.data(), static_cast<std::size_t>(sizes[i]), dir / name, run);
+    if (fd.close() != 0) throw_io("close", dir / name, errno);
+    ++run.files;
+  }
+  if (flush == Flush::Fsync) {
+    // One syncfs() for the whole directory, then the directory and its parent: what a
+    // durable PNG folder commit does (src/detail/fs_util.cpp, flush_staged).
+    if (::syncfs(dir_fd.get()) != 0) throw_io("flush", dir, errno);
+    fsync_or_throw(dir_fd.get(), dir);
+    fsync_parent(dir);
+  }
+  run.seconds = seconds_since(t0);
+  return run;
+}
+
+double resident_fraction(const std::vector<fs::path>& files) {
+  // Sample up to 256 files evenly: mincore over 100,000 PNG files would take a while.
+  const std::size_t step = std::max<std::size_t>(1, files.size() / 256);
+  std::uint64_t resident = 0, total = 0;
+  for (std::size_t i = 0; i < files.size(); i += step) {
+    auto [r, t] = resident_pages(files[i]);
+    resident += r;
+    total += t;
+  }
+  return total ? static_cast<double>(resident) / static_cast<double>(total) : 0;
+}
+
+}  // namespace imgstore::bench
