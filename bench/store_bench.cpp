@@ -542,8 +542,8 @@ int bench_main(const Options& o) {
                          }
                        }
                      }});
-  for (Format f : all_formats()) {
-    const std::string name = format_info(f).description + " (imgstore)";
+  for (Format f : imgstore::all_formats()) {
+    const std::string name = imgstore::format_info(f).description + " (imgstore)";
     add_store_case(f, true, name);
     add_store_case(f, false, name);
   }

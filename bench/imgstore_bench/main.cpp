@@ -361,6 +361,7 @@ void Bench::bench_write_floors(const Variant& v, const fs::path& store, std::uin
     }
   }
   const fs::path scratch = stores_ / "floor";
+  fs::create_directories(stores_);  // absent when benching an existing store (--store)
   for (int run = 1; run <= c_.runs; ++run) {
     for (Flush flush : {Flush::None, Flush::Fsync}) {
       const std::string tail = flush == Flush::Fsync ? "_fsync" : "";
