@@ -3,8 +3,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "imgstore/format.hpp"
 
 namespace imgstore {
 
@@ -23,20 +26,46 @@ struct Shape {
 
 std::string to_string(const Shape& shape);  // "32x32x3"
 
-// A run of consecutive records, all of one shape, pixels packed back to back (N×H×W×C).
+// A run of consecutive records, pixels HWC uint8 packed back to back.
+//  - Fixed size (`shapes` empty): every record is `shape`, record i at i * shape.bytes().
+//  - Variable size (format version 2, photos): `shape` holds only the channel count (H = W = 0);
+//    record i is shapes[i] (same channels) at pixels[offsets[i], offsets[i + 1]).
+// A source may also hand over each record's already-encoded bytes (a source JPEG when nothing
+// is resized), which a writer of that encoding stores untouched: record i is
+// payload[payload_offsets[i], payload_offsets[i + 1]) in `payload_encoding`. Such a batch may
+// carry no pixels at all (`pixels` empty), when no writer of the conversion needs them.
 struct ImageBatch {
   Shape shape;
-  std::vector<std::uint8_t> pixels;  // size() * shape.bytes()
+  std::vector<std::uint8_t> pixels;
   std::vector<std::int64_t> labels;  // one per image
 
+  std::vector<Shape> shapes;         // variable size: one per record; else empty
+  std::vector<std::size_t> offsets;  // variable size: size() + 1 byte offsets into pixels
+
+  std::optional<Encoding> payload_encoding;  // set: payload holds every record's encoded bytes
+  std::vector<std::uint8_t> payload;
+  std::vector<std::size_t> payload_offsets;  // size() + 1, with payload
+
   std::size_t size() const { return labels.size(); }
-  const std::uint8_t* image(std::size_t i) const { return pixels.data() + i * shape.bytes(); }
-  std::uint8_t* image(std::size_t i) { return pixels.data() + i * shape.bytes(); }
-  // Sizes pixels and labels for n images of `s`, reusing capacity.
+  bool variable_size() const { return !shapes.empty(); }
+  bool has_pixels() const { return !pixels.empty() || size() == 0; }
+  const Shape& image_shape(std::size_t i) const { return shapes.empty() ? shape : shapes[i]; }
+  std::size_t image_bytes(std::size_t i) const { return image_shape(i).bytes(); }
+  const std::uint8_t* image(std::size_t i) const { return pixels.data() + image_offset(i); }
+  std::uint8_t* image(std::size_t i) { return pixels.data() + image_offset(i); }
+  std::size_t image_offset(std::size_t i) const {
+    return shapes.empty() ? i * shape.bytes() : offsets[i];
+  }
+  // Sizes pixels and labels for n fixed-size images of `s`, reusing capacity.
   void resize(const Shape& s, std::size_t n) {
     shape = s;
     pixels.resize(n * s.bytes());
     labels.resize(n);
+    shapes.clear();
+    offsets.clear();
+    payload_encoding.reset();
+    payload.clear();
+    payload_offsets.clear();
   }
 };
 

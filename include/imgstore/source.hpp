@@ -14,8 +14,9 @@ namespace imgstore {
 struct SplitInfo {
   std::string name;     // "train", "test"
   std::uint64_t count = 0;
-  Shape shape;
+  Shape shape;  // variable_size: only channels is set (H = W = 0)
   std::vector<std::string> class_names;
+  bool variable_size = false;  // records differ in H and W (image folders); see ImageBatch
 };
 
 // A forward-only stream of one split's records, in index order.
