@@ -39,6 +39,7 @@
 #include <tbb/task_arena.h>
 
 #include "common/floors.hpp"
+#include "common/scratch.hpp"
 #include "detail/png_codec.hpp"
 #include "imgstore/convert.hpp"
 #include "imgstore/error.hpp"
@@ -52,6 +53,9 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 using imgstore::Format;
+using imgstore::bench::Flush;
+using imgstore::bench::remove_tree;
+using imgstore::bench::set_aside;
 
 constexpr std::size_t kBatchRecords = 1024;  // as imgstore-convert's default
 constexpr double kMiB = 1024.0 * 1024.0;
@@ -165,25 +169,6 @@ DiskUsage disk_usage(const fs::path& path) {
     add(path);
   }
   return u;
-}
-
-void remove_quietly(const fs::path& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-}
-
-// Moves what a previous run left into `trash` (deleting 100,000 files takes a minute on this
-// kind of disk, so it is done once at the end) and flushes everything dirty, so that this run
-// neither finds its output nor pays for another run's writeback.
-void prepare(const fs::path& path, const fs::path& trash) {
-  std::error_code ec;
-  if (fs::exists(path, ec)) {
-    static unsigned counter = 0;
-    fs::create_directories(trash, ec);
-    fs::rename(path, trash / fmt::format("{}-{}", path.filename().string(), counter++), ec);
-    if (ec) remove_quietly(path);
-  }
-  ::sync();
 }
 
 // Regular files under `spec` when it names a file or directory (sorted), else none (synthetic).
@@ -332,7 +317,7 @@ int stream_child_main(const Options& o, const std::string& spec) {
   imgstore::SplitInfo info;
   const std::string split = pick_split(*source, &info);
   const fs::path dir = o.out / "stream";
-  prepare(dir, o.out / "trash");
+  set_aside(dir, o.out / "trash");
   imgstore::ConvertOptions co;
   co.repeat = o.repeat;
   co.writer = writer_options(o, false);
@@ -351,7 +336,7 @@ int stream_child_main(const Options& o, const std::string& spec) {
                             {"seconds", f.seconds},
                             {"bytes_on_disk", f.bytes_on_disk}});
   }
-  prepare(dir, o.out / "trash");
+  set_aside(dir, o.out / "trash");
   std::cout << j.dump() << std::endl;
   return 0;
 }
@@ -397,273 +382,348 @@ json case_json(const Case& c, std::uint64_t count) {
           {"cpu_system_seconds", c.sys}};
 }
 
-int bench_main(const Options& o) {
-  const std::uint64_t n_source = o.count ? o.count : o.base;
-  const std::uint32_t repeat = o.count ? 1 : o.repeat;
-  const std::string spec = o.source.empty() ? synthetic_spec(n_source) : o.source;
+// One run of the benchmark, in the order bench_main calls its steps.
+class StoreBench {
+ public:
+  explicit StoreBench(const Options& o)
+      : o_(o),
+        repeat_(o.count ? 1 : o.repeat),
+        spec_(o.source.empty() ? synthetic_spec(o.count ? o.count : o.base) : o.source) {}
 
-  std::optional<tbb::global_control> limit;
-  if (o.threads) limit.emplace(tbb::global_control::max_allowed_parallelism, o.threads);
-  std::error_code ec;
-  fs::create_directories(o.out, ec);
-  if (ec) throw imgstore::IoError(fmt::format("cannot create '{}': {}", o.out.string(), ec.message()));
-
-  json report;
-  report["machine"] = machine_info(o.out);
-  const unsigned tbb_threads = static_cast<unsigned>(tbb::this_task_arena::max_concurrency());
-  fmt::print("machine: {}, {} cores, {:.1f} GiB RAM; output on {} ({})\n",
-             report["machine"]["cpu"].get<std::string>(), std::thread::hardware_concurrency(),
-             report["machine"]["ram_bytes"].get<double>() / (kMiB * 1024), o.out.string(),
-             report["machine"]["out_dir_filesystem"].get<std::string>());
-
-  // 1. Streaming conversion first, in a child, before this process holds the data set.
-  std::optional<json> stream;
-  if (!o.no_stream) {
-    std::vector<std::string> argv{self_exe(), "--stream-child", "--out", o.out.string(),
-                                  "--threads", std::to_string(o.threads),
-                                  "--png-level", std::to_string(o.png_level)};
-    if (o.count) {
-      argv.insert(argv.end(), {"--count", std::to_string(o.count)});
-    } else {
-      argv.insert(argv.end(), {"--base", std::to_string(o.base), "--repeat", std::to_string(o.repeat)});
-    }
-    if (!o.source.empty()) argv.insert(argv.end(), {"--source", o.source});
-    fmt::print("streaming conversion (all formats, durable off) in a child process...\n");
-    auto r = run_child(argv);
-    if (WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0 && json::accept(r.out)) {
-      stream = json::parse(r.out);
-    } else {
-      fmt::print(stderr, "warning: the streaming conversion child failed (status {})\n", r.status);
-    }
+  // Machine facts, then the streaming conversion, in a child, before this process holds the
+  // data set.
+  void start() {
+    std::error_code ec;
+    fs::create_directories(o_.out, ec);
+    if (ec) throw imgstore::IoError(fmt::format("cannot create '{}': {}", o_.out.string(), ec.message()));
+    report_["machine"] = machine_info(o_.out);
+    tbb_threads_ = static_cast<unsigned>(tbb::this_task_arena::max_concurrency());
+    fmt::print("machine: {}, {} cores, {:.1f} GiB RAM; output on {} ({})\n",
+               report_["machine"]["cpu"].get<std::string>(), std::thread::hardware_concurrency(),
+               report_["machine"]["ram_bytes"].get<double>() / (kMiB * 1024), o_.out.string(),
+               report_["machine"]["out_dir_filesystem"].get<std::string>());
+    if (!o_.no_stream) stream_ = run_stream_child();
   }
 
-  // 2. The data set in memory.
-  auto t_load = Clock::now();
-  DataSet ds = load(spec, repeat);
-  const double load_seconds = seconds_since(t_load);
-  const auto shape = ds.info.shape;
-  const std::uint64_t pixel_bytes = ds.count * shape.bytes();
-  fmt::print("data set: {} ({} split), {} images of {} repeated {}x = {} images, {:.1f} MiB of "
-             "pixels, generated in {:.2f} s\n",
-             ds.description, ds.split, ds.count / repeat, imgstore::to_string(shape), repeat,
-             ds.count, pixel_bytes / kMiB, load_seconds);
-  fmt::print("threads: imgstore/TBB {} (hardware {}), Python 1; runs: {}; PNG zlib level {}\n",
-             tbb_threads, std::thread::hardware_concurrency(), o.runs, o.png_level);
-  fmt::print("page cache warm (nothing dropped); sync() before each timed run; output in {}\n\n",
-             o.out.string());
-
-  imgstore::StoreSpec sspec;
-  sspec.split = ds.split;
-  sspec.source = ds.description;
-  sspec.count = ds.count;
-  sspec.shape = shape;
-  sspec.class_names = ds.info.class_names;
-
-  const fs::path cxx_dir = o.out / "imgstore";
-  fs::create_directories(cxx_dir, ec);
-
-  // What the floors need, prepared untimed: the source's files (when it is files on disk) and
-  // the size of every image's PNG file.
-  const std::vector<fs::path> source_files = regular_files_under(o.source);
-  std::vector<std::uint64_t> png_sizes;
-  png_sizes.reserve(ds.count);
-  {
-    std::vector<std::uint8_t> buf;
-    for (const auto& b : ds.batches) {
-      for (std::size_t i = 0; i < b.size(); ++i) {
-        imgstore::detail::encode_png(b.image(i), shape, o.png_level, buf);
-        png_sizes.push_back(buf.size());
-      }
-    }
-  }
-  std::uint64_t source_bytes = 0;
-  for (const auto& f : source_files) source_bytes += fs::file_size(f, ec);
-  if (!source_files.empty()) {
-    fmt::print("source files: {} ({:.1f} MiB; the cat floor copies them)\n", source_files.size(),
-               source_bytes / kMiB);
+  // The data set in memory, and what the floors need, prepared untimed.
+  void load_data() {
+    auto t_load = Clock::now();
+    ds_ = load(spec_, repeat_);
+    const double load_seconds = seconds_since(t_load);
+    shape_ = ds_.info.shape;
+    pixel_bytes_ = ds_.count * shape_.bytes();
+    fmt::print("data set: {} ({} split), {} images of {} repeated {}x = {} images, {:.1f} MiB of "
+               "pixels, generated in {:.2f} s\n",
+               ds_.description, ds_.split, ds_.count / repeat_, imgstore::to_string(shape_), repeat_,
+               ds_.count, pixel_bytes_ / kMiB, load_seconds);
+    fmt::print("threads: imgstore/TBB {} (hardware {}), Python 1; runs: {}; PNG zlib level {}\n",
+               tbb_threads_, std::thread::hardware_concurrency(), o_.runs, o_.png_level);
+    fmt::print("page cache warm (nothing dropped); sync() before each timed run; output in {}\n\n",
+               o_.out.string());
+    sspec_.split = ds_.split;
+    sspec_.source = ds_.description;
+    sspec_.count = ds_.count;
+    sspec_.shape = shape_;
+    sspec_.class_names = ds_.info.class_names;
+    std::error_code ec;
+    fs::create_directories(cxx_dir_, ec);
+    prepare_floor_inputs();
   }
 
-  std::vector<Case> cases;
-  struct Runner {
-    std::size_t index;
-    fs::path path;
-    std::function<void()> run;
-  };
-  std::vector<Runner> runners;
-  auto add_store_case = [&](Format f, bool durable, const std::string& name) {
-    const auto key = imgstore::to_string(f) + (durable ? "_durable" : "_nosync");
-    cases.push_back({key, name, durable ? "fsync files+dir" : "none (page cache)", {}, {}, {}, {}});
-    auto path = cxx_dir / imgstore::store_file_name(key, f);
-    auto opts = writer_options(o, durable);
-    runners.push_back({cases.size() - 1, path, [&, f, path, opts] {
-                         auto w = imgstore::create_store(f, path, sspec, opts);
-                         for (const auto& b : ds.batches) w->write(b);
-                         w->commit();
-                       }});
-  };
-  // The floors, measured in the same run, interleaved with the stores
-  // (bench/common/floors.hpp; tests/unit/test_bench_floors.cpp proves what they write).
-  using imgstore::bench::Flush;
-  auto flush_of = [](bool durable) { return durable ? Flush::Fsync : Flush::None; };
-  auto add_floor_case = [&](const std::string& key, const std::string& label, bool durable,
-                            const fs::path& path, std::function<void(const fs::path&, Flush)> body) {
-    cases.push_back({key, label, durable ? "fsync file+dir" : "none (page cache)", {}, {}, {}, {}});
-    runners.push_back({cases.size() - 1, path,
-                       [body, path, flush = flush_of(durable)] { body(path, flush); }});
-  };
-  for (bool durable : {true, false}) {
-    const std::string tail = durable ? "_durable" : "_nosync";
-    // The pixel bytes in one sequential pass of large writes from one reused buffer.
-    add_floor_case("plain" + tail, "write floor (4 MiB writes)", durable, cxx_dir / ("plain" + tail + ".raw"),
-                   [&](const fs::path& path, Flush flush) {
-                     imgstore::bench::write_floor(path, pixel_bytes, imgstore::bench::kFloorPiece, flush);
-                   });
-    // `cat` of the source's files into one new file: what converting them cannot beat.
-    if (!source_files.empty()) {
-      add_floor_case("cat" + tail, "cat of the source files", durable, cxx_dir / ("cat" + tail + ".raw"),
-                     [&](const fs::path& path, Flush flush) {
-                       imgstore::bench::copy_floor(source_files, path, imgstore::bench::kFloorPiece, flush);
-                     });
-    }
-    // A PNG folder's files, same sizes, created and written from one thread.
-    add_floor_case("files" + tail, "file-creation floor (PNG sizes)", durable, cxx_dir / ("files" + tail),
-                   [&](const fs::path& path, Flush flush) {
-                     imgstore::bench::file_creation_floor(path, png_sizes, flush);
-                   });
-  }
-  // PNG encoding of every image on one thread, into one reused buffer: its time over the
-  // writer's thread count is what the PNG folder's encoding costs at best.
-  cases.push_back({"png_encode_1thread", "PNG encode, 1 thread, no I/O", "-", {}, {}, {}, {}});
-  runners.push_back({cases.size() - 1, cxx_dir / "png_encode_1thread", [&] {
-                       std::vector<std::uint8_t> buf;
-                       for (const auto& b : ds.batches) {
-                         for (std::size_t i = 0; i < b.size(); ++i) {
-                           imgstore::detail::encode_png(b.image(i), shape, o.png_level, buf);
-                         }
-                       }
-                     }});
-  for (Format f : imgstore::all_formats()) {
-    const std::string name = imgstore::format_info(f).description + " (imgstore)";
-    add_store_case(f, true, name);
-    add_store_case(f, false, name);
-  }
-
-  // 3. Interleaved runs: a slow moment of the machine spreads over all cases.
-  std::vector<std::string> failures;
-  for (int run = 0; run < o.runs; ++run) {
-    for (auto& r : runners) {
-      Case& c = cases[r.index];
-      if (std::find(failures.begin(), failures.end(), c.key) != failures.end()) continue;
-      if (std::find(o.skip.begin(), o.skip.end(), c.key) != o.skip.end()) continue;
-      double spent = 0;
-      for (double t : c.seconds) spent += t;
-      if (spent > o.case_budget) {
-        if (run + 1 == o.runs) {
-          fmt::print("  {}: {} run(s) only, they took {:.0f} s (> --case-budget {:.0f} s)\n", c.key,
-                     c.seconds.size(), spent, o.case_budget);
-        }
-        continue;
-      }
-      const auto t_prep = Clock::now();
-      prepare(r.path, o.out / "trash");
-      const double prep_seconds = seconds_since(t_prep);
-      if (prep_seconds > 2) {
-        fmt::print("  (removing the previous output and sync() took {:.1f} s)\n", prep_seconds);
-      }
-      try {
-        const auto cpu0 = cpu_seconds();
-        auto t0 = Clock::now();
-        r.run();
-        c.seconds.push_back(seconds_since(t0));
-        const auto cpu1 = cpu_seconds();
-        c.user.push_back(cpu1.first - cpu0.first);
-        c.sys.push_back(cpu1.second - cpu0.second);
-        c.usage = disk_usage(r.path);
-        fmt::print("  run {}/{}  {:<28} {:<18} {:8.3f} s\n", run + 1, o.runs, c.label, c.sync,
-                   c.seconds.back());
-      } catch (const std::exception& e) {
-        fmt::print(stderr, "  {} failed: {}\n", c.key, e.what());
-        failures.push_back(c.key);
-      }
-      std::fflush(stdout);
+  void add_cases() {
+    for (bool durable : {true, false}) add_floor_cases(durable);
+    // PNG encoding of every image on one thread, into one reused buffer: its time over the
+    // writer's thread count is what the PNG folder's encoding costs at best.
+    cases_.push_back({"png_encode_1thread", "PNG encode, 1 thread, no I/O", "-", {}, {}, {}, {}});
+    runners_.push_back({cases_.size() - 1, cxx_dir_ / "png_encode_1thread", [this] {
+                          std::vector<std::uint8_t> buf;
+                          for (const auto& b : ds_.batches) {
+                            for (std::size_t i = 0; i < b.size(); ++i) {
+                              imgstore::detail::encode_png(b.image(i), shape_, o_.png_level, buf);
+                            }
+                          }
+                        }});
+    for (Format f : imgstore::all_formats()) {
+      const std::string name = imgstore::format_info(f).description + " (imgstore)";
+      add_store_case(f, true, name);
+      add_store_case(f, false, name);
     }
   }
 
-  // 4. The tutorial's Python code on the same images.
-  std::optional<json> py;
-  if (!o.no_python) {
-    const fs::path py_dir = o.out / "tutorial";
-    fs::create_directories(py_dir, ec);
-    const fs::path img_npy = py_dir / "images.npy", lab_npy = py_dir / "labels.npy";
-    write_npy(img_npy, "|u1", {ds.count, shape.height, shape.width, shape.channels},
-              [&](std::FILE* f) {
-                for (auto& b : ds.batches) std::fwrite(b.pixels.data(), 1, b.pixels.size(), f);
-              });
-    write_npy(lab_npy, "<i8", {ds.count}, [&](std::FILE* f) {
-      for (auto& b : ds.batches) std::fwrite(b.labels.data(), sizeof(std::int64_t), b.labels.size(), f);
-    });
-    const std::string script = std::string(IMGSTORE_SOURCE_DIR) + "/bench/tutorial_store.py";
-    fmt::print("tutorial (Python, {}): {} runs of store_many_disk/lmdb/hdf5...\n", o.python, o.runs);
-    std::fflush(stdout);
-    auto r = run_child({o.python, script, "--images", img_npy.string(), "--labels", lab_npy.string(),
-                        "--out", (py_dir / "out").string(), "--png-level", std::to_string(o.png_level),
-                        "--runs", std::to_string(o.runs), "--budget", fmt::format("{}", o.case_budget)});
-    if (WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0 && json::accept(r.out)) {
-      py = json::parse(r.out);
-    } else {
-      fmt::print(stderr, "warning: the tutorial script failed (status {}); no Python figures\n", r.status);
+  // Interleaved runs: a slow moment of the machine spreads over all cases.
+  void run_cases() {
+    for (int run = 0; run < o_.runs; ++run) {
+      for (auto& r : runners_) run_case(r, run);
     }
   }
-  if (py) {
+
+  // The tutorial's Python code on the same images.
+  void run_tutorial() {
+    if (o_.no_python) return;
+    py_ = run_python_child();
+    if (!py_) return;
     const std::pair<const char*, const char*> methods[] = {
         {"disk", "PNG + CSV (tutorial, Pillow)"}, {"lmdb", "LMDB (tutorial, py-lmdb)"},
         {"hdf5", "HDF5 (tutorial, h5py)"}};
     for (auto& [m, label] : methods) {
-      if (!(*py)["methods"].contains(m)) continue;
-      auto& pm = (*py)["methods"][m];
+      if (!(*py_)["methods"].contains(m)) continue;
+      auto& pm = (*py_)["methods"][m];
       Case c{std::string("tutorial_") + m, label,
              std::string(m) == "lmdb" ? "LMDB commit (sync)" : "none (page cache)",
              pm["seconds"].get<std::vector<double>>(),
              {pm["bytes_on_disk"].get<std::uint64_t>(), pm["bytes_allocated"].get<std::uint64_t>()},
              pm.value("user_seconds", std::vector<double>{}),
              pm.value("sys_seconds", std::vector<double>{})};
-      cases.push_back(c);
+      cases_.push_back(c);
     }
   }
 
-  // 5. Table.
-  fmt::print("\n{} images of {}, median of {} runs (min..max)\n", ds.count, imgstore::to_string(shape), o.runs);
-  fmt::print("{:<30} {:<19} {:>9} {:>19} {:>10} {:>9} {:>9} {:>12}\n", "case",
-             "flushed before done", "median s", "min..max s", "images/s", "MiB", "MiB alloc",
-             "CPU usr+sys");
-  auto find = [&](const std::string& key) -> const Case* {
-    for (auto& c : cases) {
+  void print_table() const {
+    fmt::print("\n{} images of {}, median of {} runs (min..max)\n", ds_.count, imgstore::to_string(shape_), o_.runs);
+    fmt::print("{:<30} {:<19} {:>9} {:>19} {:>10} {:>9} {:>9} {:>12}\n", "case",
+               "flushed before done", "median s", "min..max s", "images/s", "MiB", "MiB alloc",
+               "CPU usr+sys");
+    const char* order[] = {"png_durable", "png_nosync", "tutorial_disk", "lmdb_durable", "lmdb_nosync",
+                           "tutorial_lmdb", "hdf5_durable", "hdf5_nosync", "tutorial_hdf5",
+                           "plain_durable", "plain_nosync", "cat_durable", "cat_nosync",
+                           "files_durable", "files_nosync", "png_encode_1thread"};
+    for (const char* key : order) {
+      const Case* c = find(key);
+      if (!c) continue;
+      const double m = median(c->seconds);
+      fmt::print("{:<30} {:<19} {:>9.3f} {:>19} {:>10.0f} {:>9.1f} {:>9.1f} {:>12}\n", c->label,
+                 c->sync, m,
+                 fmt::format("{:.3f}..{:.3f}", *std::min_element(c->seconds.begin(), c->seconds.end()),
+                             *std::max_element(c->seconds.begin(), c->seconds.end())),
+                 ds_.count / m, c->usage.apparent / kMiB, c->usage.allocated / kMiB,
+                 c->user.empty() ? std::string("-")
+                                 : fmt::format("{:.2f}+{:.2f}", median(c->user), median(c->sys)));
+    }
+  }
+
+  // Ratios against the targets.
+  void print_ratios() {
+    fmt::print("\nratios (target in brackets)\n");
+    ratio("LMDB speed-up vs tutorial (imgstore fsync)", "tutorial_lmdb", "lmdb_durable", true, 10,
+          "both sync on commit");
+    ratio("LMDB speed-up vs tutorial (imgstore no fsync)", "tutorial_lmdb", "lmdb_nosync", true, 10,
+          "imgstore without sync");
+    ratio("PNG speed-up vs tutorial (imgstore fsync)", "tutorial_disk", "png_durable", true, 3,
+          "tutorial does not fsync");
+    ratio("PNG speed-up vs tutorial (imgstore no fsync)", "tutorial_disk", "png_nosync", true, 3,
+          "like for like");
+  }
+
+  // The floors: a store is compared with the floor of the same flush, measured in this run.
+  // Raw stores: the cat of the source's files when there are files, else the write floor.
+  void print_floors() {
+    const std::string raw_floor = find("cat_nosync") ? "cat" : "plain";
+    fmt::print("\nx floor (the floor measured in this run; target in brackets)\n");
+    for (const char* f : {"lmdb", "hdf5"}) {
+      for (const char* d : {"_nosync", "_durable"}) {
+        floor_ratio(fmt::format("{} / {} floor ({})", f, raw_floor, d + 1), std::string(f) + d,
+                    {raw_floor + d}, 1.0, 2.0);
+      }
+    }
+    for (const char* d : {"_nosync", "_durable"}) {
+      floor_ratio(fmt::format("png / max(encode/{} threads, file floor) ({})", tbb_threads_, d + 1),
+                  std::string("png") + d, {"png_encode_1thread", std::string("files") + d},
+                  static_cast<double>(tbb_threads_), 1.3);
+    }
+  }
+
+  void print_memory() {
+    const std::uint64_t self_peak = peak_rss_maxrss();
+    fmt::print("\npeak RSS\n");
+    fmt::print("  {:<58} {:8.1f} MiB\n",
+               fmt::format("this process (holds the {:.0f} MiB data set)", pixel_bytes_ / kMiB),
+               self_peak / kMiB);
+    memory_ = json{{"bench_process_peak_rss_bytes", self_peak}};
+    if (stream_) print_stream_memory();
+    if (py_ && py_->contains("peak_rss_bytes")) {
+      fmt::print("  {:<58} {:8.1f} MiB\n", "tutorial Python process (holds the data set)",
+                 (*py_)["peak_rss_bytes"].get<double>() / kMiB);
+      memory_["tutorial_python_peak_rss_bytes"] = (*py_)["peak_rss_bytes"];
+    }
+    if (!failures_.empty()) {
+      fmt::print("\nfailed cases: {}\n", fmt::join(failures_, ", "));
+    }
+  }
+
+  void finish() {
+    const auto load_end = load_average();
+    if (load_end.size() == 3) {
+      fmt::print("\nload average at start {:.2f}, at end {:.2f} {:.2f} {:.2f} (1/5/15 min)\n",
+                 report_["machine"]["load_average_at_start"][0].get<double>(), load_end[0],
+                 load_end[1], load_end[2]);
+    }
+    report_["machine"]["load_average_at_end"] = load_end;
+    if (!o_.json_file.empty()) write_report();
+    // Scratch output goes last: its deletion is slow and measures nothing.
+    fmt::print("removing the scratch output in {} ...\n", o_.out.string());
+    std::fflush(stdout);
+    for (const char* sub : {"trash", "imgstore", "tutorial", "stream"}) remove_tree(o_.out / sub);
+    std::error_code ec;
+    fs::remove(o_.out, ec);  // only if nothing else was in it
+  }
+
+  bool failed() const { return !failures_.empty(); }
+
+ private:
+  struct Runner {
+    std::size_t index;
+    fs::path path;
+    std::function<void()> run;
+  };
+
+  std::optional<json> run_stream_child() const {
+    std::vector<std::string> argv{self_exe(), "--stream-child", "--out", o_.out.string(),
+                                  "--threads", std::to_string(o_.threads),
+                                  "--png-level", std::to_string(o_.png_level)};
+    if (o_.count) {
+      argv.insert(argv.end(), {"--count", std::to_string(o_.count)});
+    } else {
+      argv.insert(argv.end(), {"--base", std::to_string(o_.base), "--repeat", std::to_string(o_.repeat)});
+    }
+    if (!o_.source.empty()) argv.insert(argv.end(), {"--source", o_.source});
+    fmt::print("streaming conversion (all formats, durable off) in a child process...\n");
+    auto r = run_child(argv);
+    if (WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0 && json::accept(r.out)) return json::parse(r.out);
+    fmt::print(stderr, "warning: the streaming conversion child failed (status {})\n", r.status);
+    return std::nullopt;
+  }
+
+  // The source's files (when it is files on disk) and the size of every image's PNG file.
+  void prepare_floor_inputs() {
+    source_files_ = regular_files_under(o_.source);
+    png_sizes_.reserve(ds_.count);
+    std::vector<std::uint8_t> buf;
+    for (const auto& b : ds_.batches) {
+      for (std::size_t i = 0; i < b.size(); ++i) {
+        imgstore::detail::encode_png(b.image(i), shape_, o_.png_level, buf);
+        png_sizes_.push_back(buf.size());
+      }
+    }
+    std::error_code ec;
+    for (const auto& f : source_files_) source_bytes_ += fs::file_size(f, ec);
+    if (!source_files_.empty()) {
+      fmt::print("source files: {} ({:.1f} MiB; the cat floor copies them)\n", source_files_.size(),
+                 source_bytes_ / kMiB);
+    }
+  }
+
+  void add_store_case(Format f, bool durable, const std::string& name) {
+    const auto key = imgstore::to_string(f) + (durable ? "_durable" : "_nosync");
+    cases_.push_back({key, name, durable ? "fsync files+dir" : "none (page cache)", {}, {}, {}, {}});
+    auto path = cxx_dir_ / imgstore::store_file_name(key, f);
+    auto opts = writer_options(o_, durable);
+    runners_.push_back({cases_.size() - 1, path, [this, f, path, opts] {
+                          auto w = imgstore::create_store(f, path, sspec_, opts);
+                          for (const auto& b : ds_.batches) w->write(b);
+                          w->commit();
+                        }});
+  }
+
+  // The floors, measured in the same run, interleaved with the stores
+  // (bench/common/floors.hpp; tests/unit/test_bench_floors.cpp proves what they write).
+  void add_floor_case(const std::string& key, const std::string& label, bool durable,
+                      const fs::path& path, std::function<void(const fs::path&, Flush)> body) {
+    cases_.push_back({key, label, durable ? "fsync file+dir" : "none (page cache)", {}, {}, {}, {}});
+    runners_.push_back({cases_.size() - 1, path,
+                        [body, path, flush = durable ? Flush::Fsync : Flush::None] { body(path, flush); }});
+  }
+
+  void add_floor_cases(bool durable) {
+    const std::string tail = durable ? "_durable" : "_nosync";
+    // The pixel bytes in one sequential pass of large writes from one reused buffer.
+    add_floor_case("plain" + tail, "write floor (4 MiB writes)", durable, cxx_dir_ / ("plain" + tail + ".raw"),
+                   [this](const fs::path& path, Flush flush) {
+                     imgstore::bench::write_floor(path, pixel_bytes_, imgstore::bench::kFloorPiece, flush);
+                   });
+    // `cat` of the source's files into one new file: what converting them cannot beat.
+    if (!source_files_.empty()) {
+      add_floor_case("cat" + tail, "cat of the source files", durable, cxx_dir_ / ("cat" + tail + ".raw"),
+                     [this](const fs::path& path, Flush flush) {
+                       imgstore::bench::copy_floor(source_files_, path, imgstore::bench::kFloorPiece, flush);
+                     });
+    }
+    // A PNG folder's files, same sizes, created and written from one thread.
+    add_floor_case("files" + tail, "file-creation floor (PNG sizes)", durable, cxx_dir_ / ("files" + tail),
+                   [this](const fs::path& path, Flush flush) {
+                     imgstore::bench::file_creation_floor(path, png_sizes_, flush);
+                   });
+  }
+
+  void run_case(Runner& r, int run) {
+    Case& c = cases_[r.index];
+    if (std::find(failures_.begin(), failures_.end(), c.key) != failures_.end()) return;
+    if (std::find(o_.skip.begin(), o_.skip.end(), c.key) != o_.skip.end()) return;
+    double spent = 0;
+    for (double t : c.seconds) spent += t;
+    if (spent > o_.case_budget) {
+      if (run + 1 == o_.runs) {
+        fmt::print("  {}: {} run(s) only, they took {:.0f} s (> --case-budget {:.0f} s)\n", c.key,
+                   c.seconds.size(), spent, o_.case_budget);
+      }
+      return;
+    }
+    const auto t_prep = Clock::now();
+    set_aside(r.path, o_.out / "trash");
+    const double prep_seconds = seconds_since(t_prep);
+    if (prep_seconds > 2) {
+      fmt::print("  (removing the previous output and sync() took {:.1f} s)\n", prep_seconds);
+    }
+    try {
+      const auto cpu0 = cpu_seconds();
+      auto t0 = Clock::now();
+      r.run();
+      c.seconds.push_back(seconds_since(t0));
+      const auto cpu1 = cpu_seconds();
+      c.user.push_back(cpu1.first - cpu0.first);
+      c.sys.push_back(cpu1.second - cpu0.second);
+      c.usage = disk_usage(r.path);
+      fmt::print("  run {}/{}  {:<28} {:<18} {:8.3f} s\n", run + 1, o_.runs, c.label, c.sync,
+                 c.seconds.back());
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "  {} failed: {}\n", c.key, e.what());
+      failures_.push_back(c.key);
+    }
+    std::fflush(stdout);
+  }
+
+  // Writes the images and labels as .npy and runs bench/tutorial_store.py on them.
+  std::optional<json> run_python_child() const {
+    const fs::path py_dir = o_.out / "tutorial";
+    std::error_code ec;
+    fs::create_directories(py_dir, ec);
+    const fs::path img_npy = py_dir / "images.npy", lab_npy = py_dir / "labels.npy";
+    write_npy(img_npy, "|u1", {ds_.count, shape_.height, shape_.width, shape_.channels},
+              [&](std::FILE* f) {
+                for (auto& b : ds_.batches) std::fwrite(b.pixels.data(), 1, b.pixels.size(), f);
+              });
+    write_npy(lab_npy, "<i8", {ds_.count}, [&](std::FILE* f) {
+      for (auto& b : ds_.batches) std::fwrite(b.labels.data(), sizeof(std::int64_t), b.labels.size(), f);
+    });
+    const std::string script = std::string(IMGSTORE_SOURCE_DIR) + "/bench/tutorial_store.py";
+    fmt::print("tutorial (Python, {}): {} runs of store_many_disk/lmdb/hdf5...\n", o_.python, o_.runs);
+    std::fflush(stdout);
+    auto r = run_child({o_.python, script, "--images", img_npy.string(), "--labels", lab_npy.string(),
+                        "--out", (py_dir / "out").string(), "--png-level", std::to_string(o_.png_level),
+                        "--runs", std::to_string(o_.runs), "--budget", fmt::format("{}", o_.case_budget)});
+    if (WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0 && json::accept(r.out)) return json::parse(r.out);
+    fmt::print(stderr, "warning: the tutorial script failed (status {}); no Python figures\n", r.status);
+    return std::nullopt;
+  }
+
+  const Case* find(const std::string& key) const {
+    for (auto& c : cases_) {
       if (c.key == key && !c.seconds.empty()) return &c;
     }
     return nullptr;
-  };
-  const char* order[] = {"png_durable", "png_nosync", "tutorial_disk", "lmdb_durable", "lmdb_nosync",
-                         "tutorial_lmdb", "hdf5_durable", "hdf5_nosync", "tutorial_hdf5",
-                         "plain_durable", "plain_nosync", "cat_durable", "cat_nosync",
-                         "files_durable", "files_nosync", "png_encode_1thread"};
-  for (const char* key : order) {
-    const Case* c = find(key);
-    if (!c) continue;
-    const double m = median(c->seconds);
-    fmt::print("{:<30} {:<19} {:>9.3f} {:>19} {:>10.0f} {:>9.1f} {:>9.1f} {:>12}\n", c->label,
-               c->sync, m,
-               fmt::format("{:.3f}..{:.3f}", *std::min_element(c->seconds.begin(), c->seconds.end()),
-                           *std::max_element(c->seconds.begin(), c->seconds.end())),
-               ds.count / m, c->usage.apparent / kMiB, c->usage.allocated / kMiB,
-               c->user.empty() ? std::string("-")
-                               : fmt::format("{:.2f}+{:.2f}", median(c->user), median(c->sys)));
   }
 
-  // 6. Ratios against the targets.
-  json ratios = json::array();
-  fmt::print("\nratios (target in brackets)\n");
-  auto ratio = [&](const std::string& name, const char* num, const char* den, bool higher_better,
-                   double target, const std::string& note) {
+  void ratio(const std::string& name, const char* num, const char* den, bool higher_better,
+             double target, const std::string& note) {
     const Case* a = find(num);
     const Case* b = find(den);
     if (!a || !b) return;
@@ -671,25 +731,14 @@ int bench_main(const Options& o) {
     const bool ok = higher_better ? v >= target : v <= target;
     fmt::print("  {:<52} {:7.2f}  [{} {:.1f}] {}  ({})\n", name, v, higher_better ? ">=" : "<=",
                target, ok ? "met" : "MISSED", note);
-    ratios.push_back({{"name", name}, {"numerator", num}, {"denominator", den}, {"value", v},
-                      {"target", target}, {"target_is_minimum", higher_better}, {"met", ok},
-                      {"note", note}});
-  };
-  ratio("LMDB speed-up vs tutorial (imgstore fsync)", "tutorial_lmdb", "lmdb_durable", true, 10,
-        "both sync on commit");
-  ratio("LMDB speed-up vs tutorial (imgstore no fsync)", "tutorial_lmdb", "lmdb_nosync", true, 10,
-        "imgstore without sync");
-  ratio("PNG speed-up vs tutorial (imgstore fsync)", "tutorial_disk", "png_durable", true, 3,
-        "tutorial does not fsync");
-  ratio("PNG speed-up vs tutorial (imgstore no fsync)", "tutorial_disk", "png_nosync", true, 3,
-        "like for like");
+    ratios_.push_back({{"name", name}, {"numerator", num}, {"denominator", den}, {"value", v},
+                       {"target", target}, {"target_is_minimum", higher_better}, {"met", ok},
+                       {"note", note}});
+  }
 
-  // The floors: a store is compared with the floor of the same flush, measured in this run.
-  // Raw stores: the cat of the source's files when there are files, else the write floor.
   // A figure below 1 would mean the store beat its floor, i.e. the floor is wrong: flagged.
-  json floors = json::array();
-  auto floor_ratio = [&](const std::string& name, const std::string& num,
-                         const std::vector<std::string>& dens, double divide_first, double target) {
+  void floor_ratio(const std::string& name, const std::string& num, const std::vector<std::string>& dens,
+                   double divide_first, double target) {
     const Case* a = find(num);
     if (!a) return;
     double floor_s = 0;
@@ -706,95 +755,90 @@ int bench_main(const Options& o) {
     const bool ok = v <= target;
     fmt::print("  {:<52} {:7.2f}  [<= {:.1f}] {}{}\n", name, v, target, ok ? "met" : "MISSED",
                v < 1 ? "  BEATS ITS FLOOR: the floor is wrong" : "");
-    floors.push_back({{"name", name}, {"case", num}, {"median_seconds", median(a->seconds)},
-                      {"floor_seconds", floor_s}, {"floor_of", parts}, {"value", v},
-                      {"target", target}, {"met", ok}, {"beats_floor", v < 1}});
-  };
-  const std::string raw_floor = find("cat_nosync") ? "cat" : "plain";
-  fmt::print("\nx floor (the floor measured in this run; target in brackets)\n");
-  for (const char* f : {"lmdb", "hdf5"}) {
-    for (const char* d : {"_nosync", "_durable"}) {
-      floor_ratio(fmt::format("{} / {} floor ({})", f, raw_floor, d + 1), std::string(f) + d,
-                  {raw_floor + d}, 1.0, 2.0);
-    }
+    floors_.push_back({{"name", name}, {"case", num}, {"median_seconds", median(a->seconds)},
+                       {"floor_seconds", floor_s}, {"floor_of", parts}, {"value", v},
+                       {"target", target}, {"met", ok}, {"beats_floor", v < 1}});
   }
-  for (const char* d : {"_nosync", "_durable"}) {
-    floor_ratio(fmt::format("png / max(encode/{} threads, file floor) ({})", tbb_threads, d + 1),
-                std::string("png") + d, {"png_encode_1thread", std::string("files") + d},
-                static_cast<double>(tbb_threads), 1.3);
-  }
-  // 7. Memory.
-  const std::uint64_t self_peak = peak_rss_maxrss();
-  fmt::print("\npeak RSS\n");
-  fmt::print("  {:<58} {:8.1f} MiB\n",
-             fmt::format("this process (holds the {:.0f} MiB data set)", pixel_bytes / kMiB),
-             self_peak / kMiB);
-  json memory{{"bench_process_peak_rss_bytes", self_peak}};
-  if (stream) {
-    const double peak = (*stream)["peak_rss_bytes"].get<double>();
+
+  void print_stream_memory() {
+    const json& stream = *stream_;
+    const double peak = stream["peak_rss_bytes"].get<double>();
     fmt::print("  {:<58} {:8.1f} MiB  [<= 256] {}  ({:.2f} s)\n",
                fmt::format("streaming convert_split, 3 formats, {} images (child)",
-                           (*stream)["count"].get<std::uint64_t>()),
-               peak / kMiB, peak <= 256 * kMiB ? "met" : "MISSED", (*stream)["seconds"].get<double>());
+                           stream["count"].get<std::uint64_t>()),
+               peak / kMiB, peak <= 256 * kMiB ? "met" : "MISSED", stream["seconds"].get<double>());
     std::string per_format;
-    for (auto& f : (*stream)["formats"]) {
+    for (auto& f : stream["formats"]) {
       per_format += fmt::format("{} {:.2f} s, ", f["format"].get<std::string>(),
                                 f["seconds"].get<double>());
     }
     fmt::print("    (time inside each writer, durable off: {}source {:.2f} s)\n", per_format,
-               (*stream)["read_seconds"].get<double>());
-    memory["streaming_convert"] = *stream;
-    memory["streaming_convert_target_bytes"] = 256 * 1024 * 1024;
-    memory["streaming_convert_target_met"] = peak <= 256 * kMiB;
-  }
-  if (py && py->contains("peak_rss_bytes")) {
-    fmt::print("  {:<58} {:8.1f} MiB\n", "tutorial Python process (holds the data set)",
-               (*py)["peak_rss_bytes"].get<double>() / kMiB);
-    memory["tutorial_python_peak_rss_bytes"] = (*py)["peak_rss_bytes"];
-  }
-  if (!failures.empty()) {
-    fmt::print("\nfailed cases: {}\n", fmt::join(failures, ", "));
+               stream["read_seconds"].get<double>());
+    memory_["streaming_convert"] = stream;
+    memory_["streaming_convert_target_bytes"] = 256 * 1024 * 1024;
+    memory_["streaming_convert_target_met"] = peak <= 256 * kMiB;
   }
 
-  const auto load_end = load_average();
-  if (load_end.size() == 3) {
-    fmt::print("\nload average at start {:.2f}, at end {:.2f} {:.2f} {:.2f} (1/5/15 min)\n",
-               report["machine"]["load_average_at_start"][0].get<double>(), load_end[0],
-               load_end[1], load_end[2]);
-  }
-  report["machine"]["load_average_at_end"] = load_end;
-  if (!o.json_file.empty()) {
-    report["config"] = {{"source", spec}, {"source_description", ds.description},
-                        {"source_files", source_files.size()}, {"source_bytes", source_bytes},
-                        {"floor_piece_bytes", imgstore::bench::kFloorPiece},
-                        {"split", ds.split}, {"repeat", repeat}, {"count", ds.count},
-                        {"shape", {shape.height, shape.width, shape.channels}},
-                        {"pixel_bytes", pixel_bytes}, {"batch_records", kBatchRecords},
-                        {"runs", o.runs}, {"png_level", o.png_level},
-                        {"threads_requested", o.threads}, {"threads_tbb", tbb_threads},
-                        {"threads_python", 1}, {"out", o.out.string()},
-                        {"skipped_cases", o.skip}, {"case_budget_seconds", o.case_budget},
-                        {"page_cache", "warm; sync() before each timed run, nothing dropped"},
-                        {"imgstore_version", imgstore::tool_version()}};
+  void write_report() {
+    report_["config"] = {{"source", spec_}, {"source_description", ds_.description},
+                         {"source_files", source_files_.size()}, {"source_bytes", source_bytes_},
+                         {"floor_piece_bytes", imgstore::bench::kFloorPiece},
+                         {"split", ds_.split}, {"repeat", repeat_}, {"count", ds_.count},
+                         {"shape", {shape_.height, shape_.width, shape_.channels}},
+                         {"pixel_bytes", pixel_bytes_}, {"batch_records", kBatchRecords},
+                         {"runs", o_.runs}, {"png_level", o_.png_level},
+                         {"threads_requested", o_.threads}, {"threads_tbb", tbb_threads_},
+                         {"threads_python", 1}, {"out", o_.out.string()},
+                         {"skipped_cases", o_.skip}, {"case_budget_seconds", o_.case_budget},
+                         {"page_cache", "warm; sync() before each timed run, nothing dropped"},
+                         {"imgstore_version", imgstore::tool_version()}};
     json jc = json::object();
-    for (auto& c : cases) jc[c.key] = case_json(c, ds.count);
-    report["cases"] = jc;
-    report["ratios"] = ratios;
-    report["floors"] = floors;
-    report["memory"] = memory;
-    if (py) report["tutorial_versions"] = (*py)["versions"];
-    report["failed_cases"] = failures;
-    std::ofstream out(o.json_file);
-    out << report.dump(2) << '\n';
-    if (!out) throw imgstore::IoError("cannot write '" + o.json_file + "'");
-    fmt::print("\nwrote {}\n", o.json_file);
+    for (auto& c : cases_) jc[c.key] = case_json(c, ds_.count);
+    report_["cases"] = jc;
+    report_["ratios"] = ratios_;
+    report_["floors"] = floors_;
+    report_["memory"] = memory_;
+    if (py_) report_["tutorial_versions"] = (*py_)["versions"];
+    report_["failed_cases"] = failures_;
+    std::ofstream out(o_.json_file);
+    out << report_.dump(2) << '\n';
+    if (!out) throw imgstore::IoError("cannot write '" + o_.json_file + "'");
+    fmt::print("\nwrote {}\n", o_.json_file);
   }
-  // Scratch output goes last: its deletion is slow and measures nothing.
-  fmt::print("removing the scratch output in {} ...\n", o.out.string());
-  std::fflush(stdout);
-  for (const char* sub : {"trash", "imgstore", "tutorial", "stream"}) remove_quietly(o.out / sub);
-  fs::remove(o.out, ec);  // only if nothing else was in it
-  return failures.empty() ? 0 : 1;
+
+  const Options& o_;
+  const std::uint32_t repeat_;
+  const std::string spec_;
+  const fs::path cxx_dir_ = o_.out / "imgstore";
+  unsigned tbb_threads_ = 0;
+  json report_, ratios_ = json::array(), floors_ = json::array(), memory_;
+  std::optional<json> stream_, py_;
+  DataSet ds_;
+  imgstore::Shape shape_{};
+  std::uint64_t pixel_bytes_ = 0, source_bytes_ = 0;
+  imgstore::StoreSpec sspec_;
+  std::vector<fs::path> source_files_;
+  std::vector<std::uint64_t> png_sizes_;
+  std::vector<Case> cases_;
+  std::vector<Runner> runners_;
+  std::vector<std::string> failures_;
+};
+
+int bench_main(const Options& o) {
+  std::optional<tbb::global_control> limit;
+  if (o.threads) limit.emplace(tbb::global_control::max_allowed_parallelism, o.threads);
+  StoreBench bench(o);
+  bench.start();
+  bench.load_data();
+  bench.add_cases();
+  bench.run_cases();
+  bench.run_tutorial();
+  bench.print_table();
+  bench.print_ratios();
+  bench.print_floors();
+  bench.print_memory();
+  bench.finish();
+  return bench.failed() ? 1 : 0;
 }
 
 }  // namespace

@@ -222,163 +222,129 @@ std::string cpu_model() {
   return "unknown";
 }
 
-int run(const Args& a) {
-  if (a.torch_threads > 0) torch::set_num_threads(a.torch_threads);
-  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const unsigned threads = a.threads ? a.threads : cores;
-  fs::create_directories(a.out);
-  struct utsname uts {};
-  ::uname(&uts);
-  Json report;
-  report["machine"] = {{"cpu", cpu_model()}, {"cores", cores},
-                       {"memory_gib", sysconf(_SC_PHYS_PAGES) * double(sysconf(_SC_PAGE_SIZE)) / (1 << 30)},
-                       {"kernel", std::string(uts.release)}};
-  if (a.checksums != "on" && a.checksums != "off" && a.checksums != "both") {
-    throw UsageError("--checksums must be on, off or both");
-  }
-  ReaderOptions reader_options;
-  reader_options.verify_checksums = a.checksums != "off";
-  report["settings"] = {{"batch_size", a.batch_size}, {"loader_threads", threads},
-                        {"checksums", a.checksums},
-                        {"runs", a.runs}, {"page_cache", "warm (one untimed pass first)"},
-                        {"train_steps", a.train_steps},
-                        {"train_loader_threads", a.train_loader_threads},
-                        {"torch_threads", torch::get_num_threads()}};
-  fmt::print("machine: {}, {} cores; batch {}, loader threads {}, torch intra-op threads {}; "
-             "page cache warm; medians of {} runs; record checksums {}\n", cpu_model(), cores,
-             a.batch_size, threads, torch::get_num_threads(), a.runs, a.checksums);
+struct Row {
+  std::string format;
+  std::size_t images = 0;
+  Rate prefetch, prefetch_unchecked, stock0, stock2, sample0, sample2, memory, train,
+      train_memory;
+  double limit = 0, wait_share = 0, single_decode = 0, rss_growth = 0, rss_bound = 0;
+};
 
-  struct Row {
-    std::string format;
-    std::size_t images = 0;
-    Rate prefetch, prefetch_unchecked, stock0, stock2, sample0, sample2, memory, train,
-        train_memory;
-    double limit = 0, wait_share = 0, single_decode = 0, rss_growth = 0, rss_bound = 0;
+// (a) The prefetch loader's rate (checked against unchecked records when --checksums both),
+// then its memory: RSS growth over 10 more epochs, against the bound of prefetch_depth batches.
+void measure_prefetch(const Args& a, const fs::path& path, const ReaderOptions& reader_options,
+                      const std::shared_ptr<const StoreReader>& reader, const LoaderOptions& lo, Row& row) {
+  PrefetchLoader loader(reader, lo);
+  if (a.checksums == "both") {
+    ReaderOptions unchecked = reader_options;
+    unchecked.verify_checksums = false;
+    PrefetchLoader loader_unchecked(
+        std::shared_ptr<const StoreReader>(open_store(path, unchecked)), lo);
+    std::tie(row.prefetch, row.prefetch_unchecked) =
+        measure_pair(a.runs, [&] { return prefetch_epoch(loader); },
+                     [&] { return prefetch_epoch(loader_unchecked); });
+    fmt::print("  (a) prefetch loader      {:>10.0f} img/s checksums on (min {:.0f}, max {:.0f})\n"
+               "                           {:>10.0f} img/s checksums off (min {:.0f}, max {:.0f})\n"
+               "                           on/off = {:.3f}\n",
+               row.prefetch.median, row.prefetch.min, row.prefetch.max,
+               row.prefetch_unchecked.median, row.prefetch_unchecked.min,
+               row.prefetch_unchecked.max, row.prefetch.median / row.prefetch_unchecked.median);
+  } else {
+    row.prefetch = measure(a.runs, [&] { return prefetch_epoch(loader); });
+    fmt::print("  (a) prefetch loader      {:>10.0f} img/s (checksums {})\n", row.prefetch.median,
+               a.checksums);
+  }
+  // Memory stays flat across epochs: RSS growth over 10 more epochs, against the bound of
+  // prefetch_depth batch buffers.
+  const double rss_before = rss_bytes();
+  for (int e = 0; e < 10; ++e) prefetch_epoch(loader);
+  row.rss_growth = rss_bytes() - rss_before;
+  row.rss_bound = static_cast<double>(lo.prefetch_depth * a.batch_size * (reader->image_bytes() + 8));
+  fmt::print("      RSS growth over 10 more epochs: {:.2f} MiB (prefetch depth x batch bytes = "
+             "{:.2f} MiB)\n", row.rss_growth / 1048576, row.rss_bound / 1048576);
+  std::fflush(stdout);
+}
+
+// (b) LibTorch's DataLoader over get_batch, and over samples() + Stack<>.
+void measure_stock(const Args& a, const std::shared_ptr<const StoreReader>& reader, Row& row) {
+  if (a.skip_stock) return;
+  StoreDataset ds(reader);
+  row.stock0 = measure(a.runs, [&] { return stock_epoch(ds, a.batch_size, 0); });
+  row.stock2 = measure(a.runs, [&] { return stock_epoch(ds, a.batch_size, 2); });
+  fmt::print("  (b) stock DataLoader     {:>10.0f} img/s (workers 0), {:.0f} img/s (workers 2) "
+             "over our get_batch\n", row.stock0.median, row.stock2.median);
+  row.sample0 = measure(a.runs, [&] { return stock_per_sample_epoch(ds, a.batch_size, 0); });
+  row.sample2 = measure(a.runs, [&] { return stock_per_sample_epoch(ds, a.batch_size, 2); });
+  fmt::print("      stock, per-sample    {:>10.0f} img/s (workers 0), {:.0f} img/s (workers 2) "
+             "with samples() + Stack<>\n", row.sample0.median, row.sample2.median);
+  std::fflush(stdout);
+}
+
+// (c) Gathering batches from memory, and the PNG folder's single-thread decode rate x threads:
+// the limit a loader is compared with. Returns the in-memory copy for (d).
+MemoryStore measure_memory(const Args& a, Format f, const StoreReader& reader, unsigned threads, Row& row) {
+  auto mem = MemoryStore::load(reader);
+  std::uint64_t seed = 1;
+  row.memory = measure(a.runs, [&] { return memory_epoch(mem, a.batch_size, seed++); });
+  row.limit = row.memory.median;
+  if (f == Format::PngFolder) {
+    row.single_decode = single_thread_read_rate(reader, 4000);
+    row.limit = std::min(row.limit, row.single_decode * threads);
+    fmt::print("  (c) memory gather        {:>10.0f} img/s; PNG decode 1 thread {:.0f} img/s x {} "
+               "threads = {:.0f} img/s\n", row.memory.median, row.single_decode, threads,
+               row.single_decode * threads);
+  } else {
+    fmt::print("  (c) memory gather        {:>10.0f} img/s\n", row.memory.median);
+  }
+  std::fflush(stdout);
+  return mem;
+}
+
+// (d) Training fed by the prefetch loader (float, normalised) vs from memory.
+void measure_training(const Args& a, const std::shared_ptr<const StoreReader>& reader,
+                      const MemoryStore& mem, const LoaderOptions& lo, Row& row) {
+  auto [mean, stdev] = channel_stats(*reader, 5000);
+  LoaderOptions tlo = lo;
+  tlo.threads = a.train_loader_threads;
+  tlo.normalize = Normalize::mean_std(mean, stdev);
+  PrefetchLoader tloader(reader, tlo);
+  std::optional<PrefetchLoader::Iterator> it;
+  auto from_loader = [&](torch::Tensor& x, torch::Tensor& y) {
+    if (!it || *it == tloader.end()) it = tloader.begin();
+    else ++*it;
+    if (*it == tloader.end()) it = tloader.begin();
+    x = (*it)->data;
+    y = (*it)->target;
   };
-  std::vector<Row> rows;
-  for (Format f : all_formats()) {
-    const fs::path path = fs::path(a.stores) / store_file_name(a.split, f);
-    if (!fs::exists(path)) {
-      fmt::print("skip {}: {} not found\n", to_string(f), path.string());
-      continue;
-    }
-    auto reader = std::shared_ptr<const StoreReader>(open_store(path, reader_options));
-    Row row;
-    row.format = to_string(f);
-    row.images = reader->size();
-    fmt::print("\n== {} ({} images of {})\n", path.string(), reader->size(), to_string(reader->shape()));
-    std::fflush(stdout);
-
-    LoaderOptions lo;
-    lo.batch_size = a.batch_size;
-    lo.threads = threads;
-    lo.seed = 1;
-    PrefetchLoader loader(reader, lo);
-    if (a.checksums == "both") {
-      ReaderOptions unchecked = reader_options;
-      unchecked.verify_checksums = false;
-      PrefetchLoader loader_unchecked(
-          std::shared_ptr<const StoreReader>(open_store(path, unchecked)), lo);
-      std::tie(row.prefetch, row.prefetch_unchecked) =
-          measure_pair(a.runs, [&] { return prefetch_epoch(loader); },
-                       [&] { return prefetch_epoch(loader_unchecked); });
-      fmt::print("  (a) prefetch loader      {:>10.0f} img/s checksums on (min {:.0f}, max {:.0f})\n"
-                 "                           {:>10.0f} img/s checksums off (min {:.0f}, max {:.0f})\n"
-                 "                           on/off = {:.3f}\n",
-                 row.prefetch.median, row.prefetch.min, row.prefetch.max,
-                 row.prefetch_unchecked.median, row.prefetch_unchecked.min,
-                 row.prefetch_unchecked.max, row.prefetch.median / row.prefetch_unchecked.median);
-    } else {
-      row.prefetch = measure(a.runs, [&] { return prefetch_epoch(loader); });
-      fmt::print("  (a) prefetch loader      {:>10.0f} img/s (checksums {})\n", row.prefetch.median,
-                 a.checksums);
-    }
-    // Memory stays flat across epochs: RSS growth over 10 more epochs, against the bound of
-    // prefetch_depth batch buffers.
-    const double rss_before = rss_bytes();
-    for (int e = 0; e < 10; ++e) prefetch_epoch(loader);
-    row.rss_growth = rss_bytes() - rss_before;
-    row.rss_bound = static_cast<double>(lo.prefetch_depth * a.batch_size * (reader->image_bytes() + 8));
-    fmt::print("      RSS growth over 10 more epochs: {:.2f} MiB (prefetch depth x batch bytes = "
-               "{:.2f} MiB)\n", row.rss_growth / 1048576, row.rss_bound / 1048576);
-    std::fflush(stdout);
-
-    StoreDataset ds(reader);
-    if (!a.skip_stock) {
-      row.stock0 = measure(a.runs, [&] { return stock_epoch(ds, a.batch_size, 0); });
-      row.stock2 = measure(a.runs, [&] { return stock_epoch(ds, a.batch_size, 2); });
-      fmt::print("  (b) stock DataLoader     {:>10.0f} img/s (workers 0), {:.0f} img/s (workers 2) "
-                 "over our get_batch\n", row.stock0.median, row.stock2.median);
-      row.sample0 = measure(a.runs, [&] { return stock_per_sample_epoch(ds, a.batch_size, 0); });
-      row.sample2 = measure(a.runs, [&] { return stock_per_sample_epoch(ds, a.batch_size, 2); });
-      fmt::print("      stock, per-sample    {:>10.0f} img/s (workers 0), {:.0f} img/s (workers 2) "
-                 "with samples() + Stack<>\n", row.sample0.median, row.sample2.median);
-      std::fflush(stdout);
-    }
-
-    auto mem = MemoryStore::load(*reader);
-    std::uint64_t seed = 1;
-    row.memory = measure(a.runs, [&] { return memory_epoch(mem, a.batch_size, seed++); });
-    row.limit = row.memory.median;
-    if (f == Format::PngFolder) {
-      row.single_decode = single_thread_read_rate(*reader, 4000);
-      row.limit = std::min(row.limit, row.single_decode * threads);
-      fmt::print("  (c) memory gather        {:>10.0f} img/s; PNG decode 1 thread {:.0f} img/s x {} "
-                 "threads = {:.0f} img/s\n", row.memory.median, row.single_decode, threads,
-                 row.single_decode * threads);
-    } else {
-      fmt::print("  (c) memory gather        {:>10.0f} img/s\n", row.memory.median);
-    }
-    std::fflush(stdout);
-
-    if (a.skip_train) {
-      rows.push_back(row);
-      continue;
-    }
-    // (d) training fed by the prefetch loader (float, normalised) vs from memory.
-    auto [mean, stdev] = channel_stats(*reader, 5000);
-    LoaderOptions tlo = lo;
-    tlo.threads = a.train_loader_threads;
-    tlo.normalize = Normalize::mean_std(mean, stdev);
-    PrefetchLoader tloader(reader, tlo);
-    std::optional<PrefetchLoader::Iterator> it;
-    auto from_loader = [&](torch::Tensor& x, torch::Tensor& y) {
-      if (!it || *it == tloader.end()) it = tloader.begin();
-      else ++*it;
-      if (*it == tloader.end()) it = tloader.begin();
-      x = (*it)->data;
-      y = (*it)->target;
-    };
-    std::vector<double> fed, wait;
-    for (int r = 0; r < a.runs; ++r) {
-      auto [rate, w] = train_rate(*reader, a.train_steps, from_loader);
-      fed.push_back(rate), wait.push_back(w);
-    }
-    it.reset();
-    tloader.cancel();
-    auto perm = permutation(mem.images.size(0), 3);
-    std::int64_t pos = 0;
-    auto from_memory = [&](torch::Tensor& x, torch::Tensor& y) {
-      if (pos + static_cast<std::int64_t>(a.batch_size) > mem.images.size(0)) pos = 0;
-      auto index = perm.slice(0, pos, pos + static_cast<std::int64_t>(a.batch_size));
-      pos += static_cast<std::int64_t>(a.batch_size);
-      x = normalise(mem.images.index_select(0, index), mean, stdev);
-      y = mem.labels.index_select(0, index);
-    };
-    std::vector<double> fed_memory;
-    for (int r = 0; r < a.runs; ++r) fed_memory.push_back(train_rate(*reader, a.train_steps, from_memory).first);
-    row.train = {median(fed), *std::min_element(fed.begin(), fed.end()), *std::max_element(fed.begin(), fed.end())};
-    row.train_memory = {median(fed_memory), *std::min_element(fed_memory.begin(), fed_memory.end()),
-                        *std::max_element(fed_memory.begin(), fed_memory.end())};
-    row.wait_share = median(wait);
-    fmt::print("  (d) training fed by loader {:>8.0f} img/s (data wait {:.1f}%), fed from memory {:.0f} img/s\n",
-               row.train.median, 100 * row.wait_share, row.train_memory.median);
-    std::fflush(stdout);
-    rows.push_back(row);
+  std::vector<double> fed, wait;
+  for (int r = 0; r < a.runs; ++r) {
+    auto [rate, w] = train_rate(*reader, a.train_steps, from_loader);
+    fed.push_back(rate), wait.push_back(w);
   }
-  const Json peer = run_python_peer(a);
-  report["python_peer"] = peer;
+  it.reset();
+  tloader.cancel();
+  auto perm = permutation(mem.images.size(0), 3);
+  std::int64_t pos = 0;
+  auto from_memory = [&](torch::Tensor& x, torch::Tensor& y) {
+    if (pos + static_cast<std::int64_t>(a.batch_size) > mem.images.size(0)) pos = 0;
+    auto index = perm.slice(0, pos, pos + static_cast<std::int64_t>(a.batch_size));
+    pos += static_cast<std::int64_t>(a.batch_size);
+    x = normalise(mem.images.index_select(0, index), mean, stdev);
+    y = mem.labels.index_select(0, index);
+  };
+  std::vector<double> fed_memory;
+  for (int r = 0; r < a.runs; ++r) fed_memory.push_back(train_rate(*reader, a.train_steps, from_memory).first);
+  row.train = {median(fed), *std::min_element(fed.begin(), fed.end()), *std::max_element(fed.begin(), fed.end())};
+  row.train_memory = {median(fed_memory), *std::min_element(fed_memory.begin(), fed_memory.end()),
+                      *std::max_element(fed_memory.begin(), fed_memory.end())};
+  row.wait_share = median(wait);
+  fmt::print("  (d) training fed by loader {:>8.0f} img/s (data wait {:.1f}%), fed from memory {:.0f} img/s\n",
+             row.train.median, 100 * row.wait_share, row.train_memory.median);
+  std::fflush(stdout);
+}
 
+// The table on stdout, throughput.csv in --out, and the rows of the JSON report.
+Json write_results(const Args& a, const std::vector<Row>& rows, const Json& peer) {
   fmt::print("\n{:<5} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>9}\n",
              "fmt", "prefetch/s", "stock/s", "per-samp/s", "limit/s", "vs limit", "vs stock",
              "vs sample", "python/s", "vs python", "train/s", "train mem/s", "train/mem");
@@ -426,6 +392,61 @@ int run(const Args& a) {
                      {"prefetch_checksums_off", r.prefetch_unchecked.json()},
                      {"prefetch_checksums_on_vs_off", on_vs_off}});
   }
+  return jrows;
+}
+
+int run(const Args& a) {
+  if (a.torch_threads > 0) torch::set_num_threads(a.torch_threads);
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const unsigned threads = a.threads ? a.threads : cores;
+  fs::create_directories(a.out);
+  struct utsname uts {};
+  ::uname(&uts);
+  Json report;
+  report["machine"] = {{"cpu", cpu_model()}, {"cores", cores},
+                       {"memory_gib", sysconf(_SC_PHYS_PAGES) * double(sysconf(_SC_PAGE_SIZE)) / (1 << 30)},
+                       {"kernel", std::string(uts.release)}};
+  if (a.checksums != "on" && a.checksums != "off" && a.checksums != "both") {
+    throw UsageError("--checksums must be on, off or both");
+  }
+  ReaderOptions reader_options;
+  reader_options.verify_checksums = a.checksums != "off";
+  report["settings"] = {{"batch_size", a.batch_size}, {"loader_threads", threads},
+                        {"checksums", a.checksums},
+                        {"runs", a.runs}, {"page_cache", "warm (one untimed pass first)"},
+                        {"train_steps", a.train_steps},
+                        {"train_loader_threads", a.train_loader_threads},
+                        {"torch_threads", torch::get_num_threads()}};
+  fmt::print("machine: {}, {} cores; batch {}, loader threads {}, torch intra-op threads {}; "
+             "page cache warm; medians of {} runs; record checksums {}\n", cpu_model(), cores,
+             a.batch_size, threads, torch::get_num_threads(), a.runs, a.checksums);
+
+  std::vector<Row> rows;
+  for (Format f : all_formats()) {
+    const fs::path path = fs::path(a.stores) / store_file_name(a.split, f);
+    if (!fs::exists(path)) {
+      fmt::print("skip {}: {} not found\n", to_string(f), path.string());
+      continue;
+    }
+    auto reader = std::shared_ptr<const StoreReader>(open_store(path, reader_options));
+    Row row;
+    row.format = to_string(f);
+    row.images = reader->size();
+    fmt::print("\n== {} ({} images of {})\n", path.string(), reader->size(), to_string(reader->shape()));
+    std::fflush(stdout);
+    LoaderOptions lo;
+    lo.batch_size = a.batch_size;
+    lo.threads = threads;
+    lo.seed = 1;
+    measure_prefetch(a, path, reader_options, reader, lo, row);
+    measure_stock(a, reader, row);
+    const MemoryStore mem = measure_memory(a, f, *reader, threads, row);
+    if (!a.skip_train) measure_training(a, reader, mem, lo, row);
+    rows.push_back(row);
+  }
+  const Json peer = run_python_peer(a);
+  report["python_peer"] = peer;
+  const Json jrows = write_results(a, rows, peer);
   if (a.checksums == "both") {
     fmt::print("\nprefetch loader, record checksums checked vs not (medians of {} alternating "
                "runs, {} loader threads, page cache warm):\n", a.runs, threads);

@@ -2,8 +2,11 @@
 // and a few timing helpers.
 #pragma once
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <iostream>
@@ -14,11 +17,13 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "imgstore/error.hpp"
 #include "imgstore/store.hpp"
 #include "imgstore/torch/dataset.hpp"
+#include "imgstore/torch/loader.hpp"
 
 namespace imgstore::examples {
 
@@ -26,6 +31,14 @@ using Clock = std::chrono::steady_clock;
 
 inline double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// CPU time of the whole process (training, loader and communication threads): on a shared
+// machine images per CPU-second compares configurations where wall time cannot.
+inline double process_cpu_seconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 inline double median(std::vector<double> v) {
@@ -129,6 +142,45 @@ inline torch::Tensor normalise(const torch::Tensor& batch, const std::vector<flo
   auto m = torch::tensor(mean).view({1, c, 1, 1});
   auto s = torch::tensor(stdev).view({1, c, 1, 1});
   return (batch.to(torch::kFloat32).div_(255.0f) - m) / s;
+}
+
+// The example convnet for a store's images and classes (10 when the store names none).
+inline ConvNet make_convnet(const StoreReader& train) {
+  const auto shape = train.shape();
+  const auto& classes = train.manifest().class_names;
+  return ConvNet(static_cast<int>(shape.channels), static_cast<int>(shape.height),
+                 static_cast<int>(shape.width), classes.empty() ? 10 : static_cast<int>(classes.size()));
+}
+
+inline torch::optim::SGDOptions sgd_options(double lr, double momentum, double weight_decay) {
+  return torch::optim::SGDOptions(lr).momentum(momentum).weight_decay(weight_decay).nesterov(true);
+}
+
+// Cosine learning-rate schedule over the epochs; returns the epoch's rate.
+inline double set_cosine_lr(torch::optim::SGD& opt, double base_lr, int epoch, int epochs) {
+  const double lr = 0.5 * base_lr * (1 + std::cos(M_PI * epoch / std::max(1, epochs)));
+  for (auto& group : opt.param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+  return lr;
+}
+
+// The convnet wants test images of the training images' shape, at least 8x8.
+inline void check_convnet_stores(const StoreReader& train, const std::string& train_path,
+                                 const StoreReader& test, const std::string& test_path) {
+  const auto shape = train.shape(), tshape = test.shape();
+  if (tshape.height != shape.height || tshape.width != shape.width || tshape.channels != shape.channels) {
+    throw UsageError(fmt::format("test store '{}' holds {} images, training store '{}' holds {}",
+                                 test_path, to_string(tshape), train_path, to_string(shape)));
+  }
+  if (shape.height < 8 || shape.width < 8) {
+    throw UsageError(fmt::format("the convnet needs images of at least 8x8, '{}' holds {}", train_path,
+                                 to_string(shape)));
+  }
+}
+
+// Random crop with padding (4 pixels for 32x32 and larger, else 2) and horizontal flip.
+inline void augment(LoaderOptions& lo, const Shape& shape) {
+  lo.crop_padding = shape.height >= 32 ? 4 : 2;
+  lo.horizontal_flip = true;
 }
 
 // Parses the command line and runs `body`, mapping errors to exit codes: 2 for usage,

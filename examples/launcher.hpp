@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -168,5 +169,76 @@ inline int launch_ranks(int n, int argc, char** argv, const std::string& addr,
   return result;
 }
 
+// Where this process stands in a run: --nproc N starts N ranks here; otherwise --rank and
+// --world-size (or torchrun's RANK and WORLD_SIZE) name one rank; neither: one process alone.
+struct RankOptions {
+  int nproc = 0, rank = -1, world_size = -1;
+  std::string master_addr, master_port;  // default: $MASTER_ADDR/$MASTER_PORT
+};
+
+inline std::string master_addr(const RankOptions& o) {
+  return o.master_addr.empty() ? env_str("MASTER_ADDR", "127.0.0.1") : o.master_addr;
+}
+
+inline std::uint16_t master_port(const RankOptions& o) {
+  const std::string text = o.master_port.empty() ? env_str("MASTER_PORT", "29500") : o.master_port;
+  char* end = nullptr;
+  const long port = std::strtol(text.c_str(), &end, 10);
+  if (*end || port < 1 || port > 65535) throw UsageError(fmt::format("bad master port '{}'", text));
+  return static_cast<std::uint16_t>(port);
+}
+
+namespace launcher_detail {
+// Runs f(), prefixing the message of an imgstore error with `prefix`, keeping its kind.
+template <class F>
+void with_prefix(const std::string& prefix, F&& f) {
+  try {
+    f();
+  } catch (const UsageError& e) {
+    throw UsageError(prefix + e.what());
+  } catch (const DataError& e) {
+    throw DataError(prefix + e.what());
+  } catch (const IoError& e) {
+    throw IoError(prefix + e.what());
+  }
+}
+}  // namespace launcher_detail
+
+// Runs this process's part of a data-parallel run. With --nproc N: check_rank(r, N) for every
+// rank first (one clear message, nothing started), then N ranks of this program. Otherwise
+// run_rank(rank, world) with errors prefixed by the rank.
+template <class CheckRank, class RunRank>
+int run_distributed(RankOptions o, int argc, char** argv, CheckRank&& check_rank, RunRank&& run_rank) {
+  const bool explicit_rank = o.rank >= 0 || o.world_size >= 0;
+  if (o.nproc < 0) throw UsageError("--nproc must be at least 1");
+  if (o.nproc > 0) {
+    if (explicit_rank) throw UsageError("--nproc starts the ranks itself: do not also give --rank or --world-size");
+    const int n = o.nproc;
+    for (int r = 0; r < n; ++r) launcher_detail::with_prefix(fmt::format("rank {} of {}: ", r, n), [&] { check_rank(r, n); });
+    const std::string port = !o.master_port.empty() ? o.master_port
+                                                    : env_str("MASTER_PORT", std::to_string(free_port()));
+    return launch_ranks(n, argc, argv, master_addr(o), port);
+  }
+  if (o.rank < 0) o.rank = static_cast<int>(env_int("RANK", -1));
+  if (o.world_size < 0) o.world_size = static_cast<int>(env_int("WORLD_SIZE", -1));
+  if (o.rank < 0 && o.world_size < 0) {  // plain single process
+    o.rank = 0;
+    o.world_size = 1;
+    if (o.master_port.empty() && !std::getenv("MASTER_PORT")) o.master_port = std::to_string(free_port());
+  }
+  if (o.rank < 0 || o.world_size < 1) {
+    throw UsageError("give both the rank and the world size (--rank/--world-size or RANK/WORLD_SIZE), or --nproc N");
+  }
+  if (o.rank >= o.world_size) {
+    throw UsageError(fmt::format("rank {} is not below the world size {}", o.rank, o.world_size));
+  }
+  try {
+    return run_rank(o);
+  } catch (const UsageError& e) {
+    throw UsageError(fmt::format("rank {}: {}", o.rank, e.what()));
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("rank {}: {}", o.rank, e.what()));
+  }
+}
 
 }  // namespace imgstore::examples

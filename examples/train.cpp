@@ -52,14 +52,8 @@ int run(const Args& a) {
   const Normalize normalize = Normalize::mean_std(mean, stdev);
   auto test = open_dataset(a.test, DatasetOptions{{}, normalize});
   const auto shape = train_reader->shape();
-  const auto& classes = train_reader->manifest().class_names;
-  const int num_classes = classes.empty() ? 10 : static_cast<int>(classes.size());
-  ConvNet model(static_cast<int>(shape.channels), static_cast<int>(shape.height),
-                static_cast<int>(shape.width), num_classes);
-  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(a.lr)
-                                                 .momentum(a.momentum)
-                                                 .weight_decay(a.weight_decay)
-                                                 .nesterov(true));
+  ConvNet model = make_convnet(*train_reader);
+  torch::optim::SGD opt(model->parameters(), sgd_options(a.lr, a.momentum, a.weight_decay));
   fmt::print("train {} ({} x {}), test {} ({}), loader {}, batch {}, loader threads {}, "
              "torch threads {}\n", a.train, train_reader->size(), to_string(shape), a.test,
              test.reader().size(), a.loader, a.batch_size,
@@ -72,10 +66,7 @@ int run(const Args& a) {
   lo.seed = a.seed;
   lo.threads = a.threads;
   lo.normalize = normalize;
-  if (a.augment) {
-    lo.crop_padding = shape.height >= 32 ? 4 : 2;
-    lo.horizontal_flip = true;
-  }
+  if (a.augment) augment(lo, shape);
   std::unique_ptr<PrefetchLoader> prefetch;
   std::optional<MemoryStore> memory;
   if (a.loader == "prefetch") prefetch = std::make_unique<PrefetchLoader>(train_reader, lo);
@@ -83,13 +74,8 @@ int run(const Args& a) {
   else if (a.loader != "stock") throw UsageError("--loader must be prefetch, stock or memory");
 
   nlohmann::json log = nlohmann::json::array();
-  const int total_steps = a.epochs;
   for (int epoch = 0; epoch < a.epochs; ++epoch) {
-    // Cosine learning-rate schedule over the epochs.
-    const double lr = 0.5 * a.lr * (1 + std::cos(M_PI * epoch / std::max(1, total_steps)));
-    for (auto& group : opt.param_groups()) {
-      static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
-    }
+    const double lr = set_cosine_lr(opt, a.lr, epoch, a.epochs);
     EpochStats st;
     const auto start = Clock::now();
     // Trains on every batch of an iterable loader, timing how long each batch was waited for.

@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/fs_util.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore::bench {
@@ -30,26 +31,7 @@ double seconds_since(Clock::time_point t0) {
   throw IoError(fmt::format("cannot {} '{}': {}", action, path.string(), std::strerror(err)));
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  Fd& operator=(Fd&&) = delete;
-  int get() const { return fd_; }
-  int close() {
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
+using detail::Fd;
 
 Fd create_file(int dir_fd, const char* name, const fs::path& shown) {
   Fd fd(::openat(dir_fd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/scratch.hpp"
 #include "imgstore/image.hpp"
 #include "imgstore/manifest.hpp"
 #include "imgstore/store.hpp"
@@ -78,9 +79,6 @@ double evict(const fs::path& store, ColdMethod method);
 // Writes a .npy file (version 1.0, C order).
 void write_npy(const fs::path& path, const std::string& descr, const std::vector<std::uint64_t>& shape,
                const void* data, std::size_t bytes);
-void remove_tree(const fs::path& path);
-// Moves `path` into `trash` (removed at the end) and sync()s, so no run pays another's writeback.
-void set_aside(const fs::path& path, const fs::path& trash);
 // Runs a shell command, returns its stdout; status receives the wait status.
 std::string run_capture(const std::string& command, int& status);
 std::string shell_quote(const std::string& s);

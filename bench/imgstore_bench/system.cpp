@@ -31,6 +31,7 @@
 
 #include "bench.hpp"
 #include "common/floors.hpp"
+#include "detail/fs_util.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore::bench {
@@ -96,22 +97,15 @@ std::string describe_disk(const std::string& dev) {
   return out;
 }
 
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 bool fadvise_file(const fs::path& file) {
-  Fd f{::open(file.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (f.fd < 0) return false;
+  const detail::Fd f(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (f.get() < 0) return false;
   // Dirty pages cannot be dropped: write them back first. sync_file_range, not fsync: the
   // stores are already durable, and a per-file fsync forces a journal commit for each of
   // 100,000 PNG files on a busy ext4.
-  ::sync_file_range(f.fd, 0, 0,
+  ::sync_file_range(f.get(), 0, 0,
                     SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
-  return ::posix_fadvise(f.fd, 0, 0, POSIX_FADV_DONTNEED) == 0;
+  return ::posix_fadvise(f.get(), 0, 0, POSIX_FADV_DONTNEED) == 0;
 }
 
 bool drop_caches() {
@@ -290,22 +284,6 @@ void write_npy(const fs::path& path, const std::string& descr,
   f.write(header.data(), static_cast<std::streamsize>(header.size()));
   f.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
   if (!f.flush()) throw IoError(fmt::format("cannot write '{}': {}", path.string(), std::strerror(errno)));
-}
-
-void remove_tree(const fs::path& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-}
-
-void set_aside(const fs::path& path, const fs::path& trash) {
-  std::error_code ec;
-  if (fs::exists(path, ec)) {
-    static unsigned counter = 0;
-    fs::create_directories(trash, ec);
-    fs::rename(path, trash / fmt::format("{}-{}", path.filename().string(), counter++), ec);
-    if (ec) remove_tree(path);
-  }
-  ::sync();
 }
 
 std::string shell_quote(const std::string& s) {

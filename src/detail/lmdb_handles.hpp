@@ -44,87 +44,80 @@ inline MDB_val make_val(const void* data, std::size_t size) {
   return v;
 }
 
-class Env {
+// The move-only ownership the handles below share: one LMDB pointer, freed by `Free` (close
+// or abort) at destruction or replacement, never twice.
+template <class T, void (*Free)(T*)>
+class Owned {
  public:
-  Env() = default;
+  Owned() = default;
+  explicit Owned(T* p) noexcept : p_(p) {}
+  ~Owned() { free(); }
+  Owned(Owned&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  Owned& operator=(Owned&& o) noexcept {
+    if (this != &o) {
+      free();
+      p_ = std::exchange(o.p_, nullptr);
+    }
+    return *this;
+  }
+  Owned(const Owned&) = delete;
+  Owned& operator=(const Owned&) = delete;
+
+  T* get() const noexcept { return p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+
+ protected:
+  void free() noexcept {
+    if (p_) Free(std::exchange(p_, nullptr));
+  }
+  // Gives up ownership without freeing (LMDB frees a committed transaction itself).
+  T* take() noexcept { return std::exchange(p_, nullptr); }
+
+ private:
+  T* p_ = nullptr;
+};
+
+class Env : public Owned<MDB_env, ::mdb_env_close> {
+ public:
+  using Owned::Owned;
   // Creates an unopened environment handle.
   static Env create(const std::string& what) {
     MDB_env* env = nullptr;
     check(::mdb_env_create(&env), what);
     return Env(env);
   }
-  explicit Env(MDB_env* env) noexcept : env_(env) {}
-  ~Env() { close(); }
-  Env(Env&& o) noexcept : env_(std::exchange(o.env_, nullptr)) {}
-  Env& operator=(Env&& o) noexcept {
-    if (this != &o) {
-      close();
-      env_ = std::exchange(o.env_, nullptr);
-    }
-    return *this;
-  }
-  Env(const Env&) = delete;
-  Env& operator=(const Env&) = delete;
-
-  MDB_env* get() const noexcept { return env_; }
-  explicit operator bool() const noexcept { return env_ != nullptr; }
 
   void set_mapsize(std::size_t size, const std::string& what) {
-    check(::mdb_env_set_mapsize(env_, size), what);
+    check(::mdb_env_set_mapsize(get(), size), what);
   }
   void set_maxdbs(unsigned n, const std::string& what) {
-    check(::mdb_env_set_maxdbs(env_, n), what);
+    check(::mdb_env_set_maxdbs(get(), n), what);
   }
   void open(const std::string& path, unsigned flags, mdb_mode_t mode, const std::string& what) {
-    check(::mdb_env_open(env_, path.c_str(), flags, mode), what);
+    check(::mdb_env_open(get(), path.c_str(), flags, mode), what);
   }
-  void sync(bool force, const std::string& what) { check(::mdb_env_sync(env_, force ? 1 : 0), what); }
+  void sync(bool force, const std::string& what) { check(::mdb_env_sync(get(), force ? 1 : 0), what); }
   // Closes now. Every transaction on the environment must have ended.
-  void close() noexcept {
-    if (env_) ::mdb_env_close(std::exchange(env_, nullptr));
-  }
-
- private:
-  MDB_env* env_ = nullptr;
+  void close() noexcept { free(); }
 };
 
-class Txn {
+class Txn : public Owned<MDB_txn, ::mdb_txn_abort> {
  public:
-  Txn() = default;
+  using Owned::Owned;
   static Txn begin(MDB_env* env, unsigned flags, const std::string& what) {
     MDB_txn* txn = nullptr;
     check(::mdb_txn_begin(env, nullptr, flags, &txn), what);
     return Txn(txn);
   }
-  explicit Txn(MDB_txn* txn) noexcept : txn_(txn) {}
-  ~Txn() { abort(); }
-  Txn(Txn&& o) noexcept : txn_(std::exchange(o.txn_, nullptr)) {}
-  Txn& operator=(Txn&& o) noexcept {
-    if (this != &o) {
-      abort();
-      txn_ = std::exchange(o.txn_, nullptr);
-    }
-    return *this;
-  }
-  Txn(const Txn&) = delete;
-  Txn& operator=(const Txn&) = delete;
-
-  MDB_txn* get() const noexcept { return txn_; }
-  explicit operator bool() const noexcept { return txn_ != nullptr; }
 
   // Commits and returns LMDB's code. The handle is nulled first: LMDB frees the transaction
   // whether or not the commit succeeds, so it must never be aborted afterwards.
-  int try_commit() noexcept { return ::mdb_txn_commit(std::exchange(txn_, nullptr)); }
+  int try_commit() noexcept { return ::mdb_txn_commit(take()); }
   void commit(const std::string& what) { check(try_commit(), what); }
-  void abort() noexcept {
-    if (txn_) ::mdb_txn_abort(std::exchange(txn_, nullptr));
-  }
+  void abort() noexcept { free(); }
   // Read-only transactions only: release the snapshot but keep the handle for renew().
-  void reset() noexcept { ::mdb_txn_reset(txn_); }
-  void renew(const std::string& what) { check(::mdb_txn_renew(txn_), what); }
-
- private:
-  MDB_txn* txn_ = nullptr;
+  void reset() noexcept { ::mdb_txn_reset(get()); }
+  void renew(const std::string& what) { check(::mdb_txn_renew(get()), what); }
 };
 
 // A database handle. LMDB closes dbi handles with the environment; closing one earlier is
@@ -183,41 +176,24 @@ class Dbi {
 };
 
 // A cursor. Destroy it before its transaction ends (a write transaction frees its cursors).
-class Cursor {
+class Cursor : public Owned<MDB_cursor, ::mdb_cursor_close> {
  public:
-  Cursor() = default;
+  using Owned::Owned;
+  using Owned::get;
   static Cursor open(MDB_txn* txn, const Dbi& dbi, const std::string& what) {
     MDB_cursor* c = nullptr;
     check(::mdb_cursor_open(txn, dbi.get(), &c), what);
     return Cursor(c);
   }
-  explicit Cursor(MDB_cursor* c) noexcept : cursor_(c) {}
-  ~Cursor() { close(); }
-  Cursor(Cursor&& o) noexcept : cursor_(std::exchange(o.cursor_, nullptr)) {}
-  Cursor& operator=(Cursor&& o) noexcept {
-    if (this != &o) {
-      close();
-      cursor_ = std::exchange(o.cursor_, nullptr);
-    }
-    return *this;
-  }
-  Cursor(const Cursor&) = delete;
-  Cursor& operator=(const Cursor&) = delete;
 
-  MDB_cursor* get() const noexcept { return cursor_; }
   // False at the end (MDB_NOTFOUND); throws on other errors.
   bool get(MDB_val& key, MDB_val& value, MDB_cursor_op op, const std::string& what) {
-    int rc = ::mdb_cursor_get(cursor_, &key, &value, op);
+    int rc = ::mdb_cursor_get(get(), &key, &value, op);
     if (rc == MDB_NOTFOUND) return false;
     check(rc, what);
     return true;
   }
-  void close() noexcept {
-    if (cursor_) ::mdb_cursor_close(std::exchange(cursor_, nullptr));
-  }
-
- private:
-  MDB_cursor* cursor_ = nullptr;
+  void close() noexcept { free(); }
 };
 
 }  // namespace imgstore::detail::lmdb

@@ -65,6 +65,48 @@ std::string get_string(const nlohmann::json& j, const char* key, const std::stri
   return v.get<std::string>();
 }
 
+// Parses `text` as the JSON document `kind` names ("manifest", "shard index") and hands it to
+// `read`; a syntax error, a missing or mistyped field and a bad value all become a DataError
+// naming `what`.
+template <class Read>
+void read_json_document(const std::string& text, const std::string& what, const char* kind, Read&& read) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw DataError(fmt::format("{}: {} is not valid JSON: {}", what, kind, e.what()));
+  }
+  try {
+    read(j);
+  } catch (const UsageError& e) {
+    throw DataError(fmt::format("{}: {}", what, e.what()));
+  } catch (const nlohmann::json::exception& e) {
+    throw DataError(fmt::format("{}: {} field missing or of the wrong type: {}", what, kind, e.what()));
+  }
+}
+
+// DataError unless `shape` can be an image's; `label` names the field in the message.
+void check_image_shape(const Shape& shape, const std::string& what, const char* label) {
+  if (shape.height == 0 || shape.width == 0 || shape.channels == 0 || shape.channels > 4) {
+    throw DataError(fmt::format("{}: {} {} is not a valid image shape", what, label,
+                                imgstore::to_string(shape)));
+  }
+}
+
+// The fields a manifest and a shard index share, written in the order both documents list them
+// (after the document's format key).
+template <class Fields>
+void write_store_fields(nlohmann::ordered_json& j, const Fields& f) {
+  j["format_version"] = f.format_version;
+  j["tool_version"] = f.tool_version;
+  j["split"] = f.split;
+  j["source"] = f.source;
+  j["count"] = f.count;
+  j["height"] = f.shape.height;
+  j["width"] = f.shape.width;
+  j["channels"] = f.shape.channels;
+}
+
 // The fields a manifest and a shard index share, read the same way into either. `kind`
 // ("manifest", "shard index") names the document in the version error.
 template <class Fields>
@@ -96,14 +138,7 @@ std::string to_string(const Shape& shape) {
 std::string Manifest::to_json() const {
   nlohmann::ordered_json j;
   j["imgstore_format"] = imgstore::to_string(format);
-  j["format_version"] = format_version;
-  j["tool_version"] = tool_version;
-  j["split"] = split;
-  j["source"] = source;
-  j["count"] = count;
-  j["height"] = shape.height;
-  j["width"] = shape.width;
-  j["channels"] = shape.channels;
+  write_store_fields(j, *this);
   j["dtype"] = "uint8";
   j["layout"] = "HWC";
   j["encoding"] = imgstore::to_string(encoding);
@@ -123,14 +158,8 @@ std::string Manifest::to_json() const {
 }
 
 Manifest Manifest::from_json(const std::string& text, const std::string& what) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw DataError(fmt::format("{}: manifest is not valid JSON: {}", what, e.what()));
-  }
   Manifest m;
-  try {
+  read_json_document(text, what, "manifest", [&](const nlohmann::json& j) {
     m.format = parse_format(j.at("imgstore_format").get<std::string>());
     read_store_fields(j, what, "manifest", m);
     m.content_digest = parse_hex64(j.at("content_digest").get<std::string>(),
@@ -152,21 +181,13 @@ Manifest Manifest::from_json(const std::string& text, const std::string& what) {
       p.first_record = get_integer<std::uint64_t>(s, "first_record", what);
       m.shard = std::move(p);
     }
-  } catch (const UsageError& e) {
-    throw DataError(fmt::format("{}: {}", what, e.what()));
-  } catch (const nlohmann::json::exception& e) {
-    throw DataError(fmt::format("{}: manifest field missing or of the wrong type: {}", what,
-                                e.what()));
-  }
+  });
   m.validate(what);
   return m;
 }
 
 void Manifest::validate(const std::string& what) const {
-  if (shape.height == 0 || shape.width == 0 || shape.channels == 0 || shape.channels > 4) {
-    throw DataError(fmt::format("{}: manifest shape {} is not a valid image shape", what,
-                                imgstore::to_string(shape)));
-  }
+  check_image_shape(shape, what, "manifest shape");
   if (checksums.size() != count) {
     throw DataError(fmt::format("{}: manifest lists {} checksums for {} records", what,
                                 checksums.size(), count));
@@ -206,14 +227,7 @@ std::pair<std::uint64_t, std::uint64_t> shard_range(std::uint64_t records, std::
 std::string ShardIndex::to_json() const {
   nlohmann::ordered_json j;
   j["imgstore_sharded"] = imgstore::to_string(format);
-  j["format_version"] = format_version;
-  j["tool_version"] = tool_version;
-  j["split"] = split;
-  j["source"] = source;
-  j["count"] = count;
-  j["height"] = shape.height;
-  j["width"] = shape.width;
-  j["channels"] = shape.channels;
+  write_store_fields(j, *this);
   j["encoding"] = imgstore::to_string(encoding);
   j["class_names"] = class_names;
   j["conversion_id"] = conversion_id;
@@ -229,14 +243,8 @@ std::string ShardIndex::to_json() const {
 }
 
 ShardIndex ShardIndex::from_json(const std::string& text, const std::string& what) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw DataError(fmt::format("{}: shard index is not valid JSON: {}", what, e.what()));
-  }
   ShardIndex x;
-  try {
+  read_json_document(text, what, "shard index", [&](const nlohmann::json& j) {
     if (!j.is_object()) throw DataError(what + ": shard index is not a JSON object");
     x.format = parse_format(get_string(j, "imgstore_sharded", what));
     read_store_fields(j, what, "shard index", x);
@@ -262,21 +270,13 @@ ShardIndex ShardIndex::from_json(const std::string& text, const std::string& wha
                                      ewhat + " content_digest");
       x.shards.push_back(std::move(s));
     }
-  } catch (const UsageError& e) {
-    throw DataError(fmt::format("{}: {}", what, e.what()));
-  } catch (const nlohmann::json::exception& e) {
-    throw DataError(fmt::format("{}: shard index field missing or of the wrong type: {}", what,
-                                e.what()));
-  }
+  });
   x.validate(what);
   return x;
 }
 
 void ShardIndex::validate(const std::string& what) const {
-  if (shape.height == 0 || shape.width == 0 || shape.channels == 0 || shape.channels > 4) {
-    throw DataError(fmt::format("{}: shape {} is not a valid image shape", what,
-                                imgstore::to_string(shape)));
-  }
+  check_image_shape(shape, what, "shape");
   check_conversion_id(conversion_id, what);
   if (shards.empty() || shards.size() > kMaxShards) {
     throw DataError(fmt::format("{}: lists {} shards, expected 1..{}", what, shards.size(),

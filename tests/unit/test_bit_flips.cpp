@@ -18,6 +18,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/fs_util.hpp"
 #include "detail/hdf5_handles.hpp"
 #include "detail/lmdb_handles.hpp"
 #include "detail/png_codec.hpp"
@@ -80,17 +81,12 @@ fs::path write_store(const fs::path& dir, Layout layout, const ImageBatch& image
 
 // Flips bit `bit` of byte `offset` of `file`, in place.
 void flip_bit(const fs::path& file, std::uint64_t offset, int bit) {
-  struct Fd {
-    int fd;
-    ~Fd() {
-      if (fd >= 0) ::close(fd);
-    }
-  } f{::open(file.c_str(), O_RDWR | O_CLOEXEC)};
-  REQUIRE(f.fd >= 0);
+  const imgstore::detail::Fd f(::open(file.c_str(), O_RDWR | O_CLOEXEC));
+  REQUIRE(f.get() >= 0);
   std::uint8_t byte = 0;
-  REQUIRE(::pread(f.fd, &byte, 1, static_cast<off_t>(offset)) == 1);
+  REQUIRE(::pread(f.get(), &byte, 1, static_cast<off_t>(offset)) == 1);
   byte = static_cast<std::uint8_t>(byte ^ (1u << bit));
-  REQUIRE(::pwrite(f.fd, &byte, 1, static_cast<off_t>(offset)) == 1);
+  REQUIRE(::pwrite(f.get(), &byte, 1, static_cast<off_t>(offset)) == 1);
 }
 
 // Where record `index`'s value starts in data.mdb, and its size. LMDB maps the file page by
