@@ -847,6 +847,174 @@ Manifest parse_manifest(const fs::path& path, const std::string& json,
   return m;
 }
 
+// /images' element count and shape: (N,H,W,C), C in 1..4, and no more pixels than the file
+// could hold (HDF5 would otherwise allocate whatever a corrupt header declares).
+struct ImagesExtent {
+  std::uint64_t count = 0;
+  Shape shape;
+  std::string text;  // "(N,H,W,C)" for messages
+};
+
+ImagesExtent read_images_extent(hid_t images, const std::string& images_name,
+                                std::uint64_t file_size) {
+  {
+    H5Type type(check_h5(H5Dget_type(images), "cannot get the type of " + images_name));
+    if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1 ||
+        H5Tget_sign(type.get()) != H5T_SGN_NONE) {
+      throw DataError(fmt::format("{}: wrong dtype {}, expected uint8", images_name,
+                                  describe_h5_type(type.get())));
+    }
+  }
+  hsize_t dims[H5S_MAX_RANK] = {};
+  {
+    H5Space space(check_h5(H5Dget_space(images), "cannot get the dataspace of " + images_name));
+    const int rank = H5Sget_simple_extent_ndims(space.get());
+    if (rank != 4) {
+      throw DataError(
+          fmt::format("{}: wrong shape: rank {}, expected 4 (N,H,W,C)", images_name, rank));
+    }
+    H5Sget_simple_extent_dims(space.get(), dims, nullptr);
+  }
+  ImagesExtent ext;
+  ext.count = dims[0];
+  ext.text = fmt::format("({},{},{},{})", dims[0], dims[1], dims[2], dims[3]);
+  if (dims[1] == 0 || dims[2] == 0 || dims[3] < 1 || dims[3] > 4 || dims[1] > UINT32_MAX ||
+      dims[2] > UINT32_MAX || dims[1] * dims[2] * dims[3] > kMaxImageBytes) {
+    throw DataError(fmt::format("{}: wrong shape {}: expected (N,H,W,C) with C in 1..4",
+                                images_name, ext.text));
+  }
+  ext.shape = Shape{static_cast<std::uint32_t>(dims[1]), static_cast<std::uint32_t>(dims[2]),
+                    static_cast<std::uint32_t>(dims[3])};
+  if (ext.count > kMaxExpansion * std::max<std::uint64_t>(file_size, 1) / ext.shape.bytes()) {
+    throw DataError(
+        fmt::format("{}: shape {} declares far more pixels than the file's {} bytes "
+                    "can hold",
+                    images_name, ext.text, file_size));
+  }
+  return ext;
+}
+
+// Every chunk of a chunked /images whose chunks are whole records and either unfiltered or
+// deflated: in.access becomes Direct. Any other chunking is left to HDF5.
+void locate_chunks(Inspection& in, const fs::path& path, const std::string& images_name,
+                   const ImagesExtent& ext, hid_t dcpl) {
+  const hid_t images = in.images.get();
+  const std::uint64_t n = ext.count;
+  const std::uint64_t bytes = ext.shape.bytes();
+  hsize_t chunk[H5S_MAX_RANK] = {};
+  const int chunk_rank = H5Pget_chunk(dcpl, H5S_MAX_RANK, chunk);
+  const int nfilters = H5Pget_nfilters(dcpl);
+  bool only_deflate = nfilters == 0;
+  if (nfilters == 1) {
+    unsigned flags = 0;
+    std::size_t nelmts = 0;
+    unsigned filter_config = 0;
+    only_deflate = H5Pget_filter2(dcpl, 0, &flags, &nelmts, nullptr, 0, nullptr,
+                                  &filter_config) == H5Z_FILTER_DEFLATE;
+  }
+  if (chunk_rank != 4 || chunk[1] != ext.shape.height || chunk[2] != ext.shape.width ||
+      chunk[3] != ext.shape.channels || chunk[0] < 1 || !only_deflate) {
+    return;
+  }
+  const std::uint64_t k = chunk[0];
+  const std::uint64_t chunk_bytes = k * bytes;
+  if (chunk_bytes > kMaxChunkBytes) {
+    throw DataError(fmt::format("{}: chunks of {} bytes exceed the limit of {}", images_name,
+                                chunk_bytes, kMaxChunkBytes));
+  }
+  // Where every chunk is, so that reads need neither HDF5 nor its lock.
+  const std::uint64_t max_packed = compressBound(static_cast<uLong>(chunk_bytes)) + 1024;
+  in.chunks.resize(static_cast<std::size_t>((n + k - 1) / k));
+  for (std::uint64_t c = 0; c < in.chunks.size(); ++c) {
+    const hsize_t offset[4] = {c * k, 0, 0, 0};
+    unsigned mask = 0;
+    haddr_t addr = HADDR_UNDEF;
+    hsize_t stored = 0;
+    const auto name = [&] {
+      return fmt::format("{} chunk {} ({})", images_name, c,
+                         record_range(c * k, std::min(k, n - c * k)));
+    };
+    check_h5(H5Dget_chunk_info_by_coord(images, offset, &mask, &addr, &stored),
+             "cannot locate " + name());
+    if (addr == HADDR_UNDEF || stored == 0) break;  // fill values: leave it to HDF5
+    ChunkLoc& loc = in.chunks[c];
+    loc.addr = addr;
+    loc.size = stored;
+    loc.compressed = nfilters == 1 && (mask & 1u) == 0;
+    if (loc.compressed ? stored > max_packed : stored != chunk_bytes) {
+      throw DataError(fmt::format("{} is stored as {} bytes, expected {}{}", name(), stored,
+                                  loc.compressed ? "at most " : "",
+                                  loc.compressed ? max_packed : chunk_bytes));
+    }
+    if (addr > in.file_size || stored > in.file_size - addr) {
+      throw DataError(fmt::format("truncated file {}: {} ends at byte {}, the file has {}",
+                                  quote(path), name(), addr + stored, in.file_size));
+    }
+  }
+  if (in.chunks.back().size != 0) {
+    in.access = Access::Direct;
+    in.chunk_records = k;
+  } else {
+    in.chunks.clear();
+  }
+}
+
+// How to read /images: straight from the file where its bytes lie plainly in it.
+void locate_images(Inspection& in, const fs::path& path, const std::string& images_name,
+                   const ImagesExtent& ext) {
+  const hid_t images = in.images.get();
+  const std::uint64_t n = ext.count;
+  const std::uint64_t bytes = ext.shape.bytes();
+  H5Plist dcpl(check_h5(H5Dget_create_plist(images), "cannot get the layout of " + images_name));
+  const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+  if (layout == H5D_CONTIGUOUS && n > 0 && H5Pget_external_count(dcpl.get()) == 0) {
+    const haddr_t addr = H5Dget_offset(images);
+    if (addr != HADDR_UNDEF) {
+      if (addr > in.file_size || n * bytes > in.file_size - addr) {
+        throw DataError(fmt::format("truncated file {}: /images ends at byte {}, the file has {}",
+                                    quote(path), addr + n * bytes, in.file_size));
+      }
+      in.access = Access::Direct;
+      in.chunk_records = n;
+      in.chunks.push_back({addr, n * bytes, false});
+    }
+  } else if (layout == H5D_CHUNKED && n > 0) {
+    locate_chunks(in, path, images_name, ext, dcpl.get());
+  }
+}
+
+// Labels, and the manifest with its checksums (or one made up for the tutorial's layout).
+void read_labels_and_manifest(Inspection& in, const fs::path& path, const ImagesExtent& ext) {
+  const hid_t file = in.file.get();
+  const std::uint64_t n = ext.count;
+  const std::uint64_t max_entries = kMaxExpansion * std::max<std::uint64_t>(in.file_size, 1);
+  if (in.tutorial) {
+    in.labels = read_column<std::int64_t>(path, file, "meta", n, H5T_NATIVE_INT64, max_entries);
+    Manifest& m = in.manifest;
+    m.format = Format::Hdf5;
+    m.split = path.stem().string();
+    m.source = "tutorial layout";
+    m.count = n;
+    m.shape = ext.shape;
+    m.encoding = Encoding::Raw;
+    // checksums: derived once the reader exists (derive_checksums).
+    return;
+  }
+  const int version = read_int_attr(path, file, kVersionAttr);
+  if (version != Manifest::kFormatVersion) {
+    throw DataError(fmt::format("{}: imgstore format version {} is not supported (expected {})",
+                                quote(path), version, Manifest::kFormatVersion));
+  }
+  in.labels = read_column<std::int64_t>(path, file, "labels", n, H5T_NATIVE_INT64, max_entries);
+  auto sums =
+      read_column<std::uint64_t>(path, file, "checksums", n, H5T_NATIVE_UINT64, max_entries);
+  in.manifest = parse_manifest(path, read_string_attr(path, file, kManifestAttr), std::move(sums));
+  if (in.manifest.count != n || in.manifest.shape != ext.shape) {
+    throw DataError(fmt::format("{}: manifest says {} images of {}, /images holds {}", quote(path),
+                                in.manifest.count, to_string(in.manifest.shape), ext.text));
+  }
+}
+
 Inspection inspect(const fs::path& path) {
   Inspection in;
   in.fd = Fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -858,8 +1026,7 @@ Inspection inspect(const fs::path& path) {
     throw IoError(fmt::format("cannot stat {}: {}", quote(path), std::strerror(errno)));
   }
   if (!S_ISREG(st.st_mode)) throw DataError(fmt::format("{} is not a regular file", quote(path)));
-  const std::uint64_t file_size = static_cast<std::uint64_t>(st.st_size);
-  in.file_size = file_size;
+  in.file_size = static_cast<std::uint64_t>(st.st_size);
 
   Hdf5Lock lock;
   H5Plist fapl(check_h5<IoError>(H5Pcreate(H5P_FILE_ACCESS), "cannot create a plist"));
@@ -879,146 +1046,12 @@ Inspection inspect(const fs::path& path) {
         quote(path), kManifestAttr));
   }
 
-  // /images: (N,H,W,C), 8-bit unsigned, C in 1..4.
   const std::string images_name = fmt::format("{} dataset /images", quote(path));
   in.images =
       H5Dataset(check_h5(H5Dopen2(file, "images", H5P_DEFAULT), "cannot open " + images_name));
-  const hid_t images = in.images.get();
-  {
-    H5Type type(check_h5(H5Dget_type(images), "cannot get the type of " + images_name));
-    if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1 ||
-        H5Tget_sign(type.get()) != H5T_SGN_NONE) {
-      throw DataError(fmt::format("{}: wrong dtype {}, expected uint8", images_name,
-                                  describe_h5_type(type.get())));
-    }
-  }
-  hsize_t dims[H5S_MAX_RANK] = {};
-  {
-    H5Space space(check_h5(H5Dget_space(images), "cannot get the dataspace of " + images_name));
-    const int rank = H5Sget_simple_extent_ndims(space.get());
-    if (rank != 4) {
-      throw DataError(
-          fmt::format("{}: wrong shape: rank {}, expected 4 (N,H,W,C)", images_name, rank));
-    }
-    H5Sget_simple_extent_dims(space.get(), dims, nullptr);
-  }
-  const std::uint64_t n = dims[0];
-  const auto shape_text = fmt::format("({},{},{},{})", dims[0], dims[1], dims[2], dims[3]);
-  if (dims[1] == 0 || dims[2] == 0 || dims[3] < 1 || dims[3] > 4 || dims[1] > UINT32_MAX ||
-      dims[2] > UINT32_MAX || dims[1] * dims[2] * dims[3] > kMaxImageBytes) {
-    throw DataError(fmt::format("{}: wrong shape {}: expected (N,H,W,C) with C in 1..4",
-                                images_name, shape_text));
-  }
-  const Shape shape{static_cast<std::uint32_t>(dims[1]), static_cast<std::uint32_t>(dims[2]),
-                    static_cast<std::uint32_t>(dims[3])};
-  const std::uint64_t bytes = shape.bytes();
-  if (n > kMaxExpansion * std::max<std::uint64_t>(file_size, 1) / bytes) {
-    throw DataError(
-        fmt::format("{}: shape {} declares far more pixels than the file's {} bytes "
-                    "can hold",
-                    images_name, shape_text, file_size));
-  }
-
-  // How to read /images.
-  H5Plist dcpl(check_h5(H5Dget_create_plist(images), "cannot get the layout of " + images_name));
-  const H5D_layout_t layout = H5Pget_layout(dcpl.get());
-  if (layout == H5D_CONTIGUOUS && n > 0 && H5Pget_external_count(dcpl.get()) == 0) {
-    const haddr_t addr = H5Dget_offset(images);
-    if (addr != HADDR_UNDEF) {
-      if (addr > file_size || n * bytes > file_size - addr) {
-        throw DataError(fmt::format("truncated file {}: /images ends at byte {}, the file has {}",
-                                    quote(path), addr + n * bytes, file_size));
-      }
-      in.access = Access::Direct;
-      in.chunk_records = n;
-      in.chunks.push_back({addr, n * bytes, false});
-    }
-  } else if (layout == H5D_CHUNKED && n > 0) {
-    hsize_t chunk[H5S_MAX_RANK] = {};
-    const int chunk_rank = H5Pget_chunk(dcpl.get(), H5S_MAX_RANK, chunk);
-    const int nfilters = H5Pget_nfilters(dcpl.get());
-    bool only_deflate = nfilters == 0;
-    if (nfilters == 1) {
-      unsigned flags = 0;
-      std::size_t nelmts = 0;
-      unsigned filter_config = 0;
-      only_deflate = H5Pget_filter2(dcpl.get(), 0, &flags, &nelmts, nullptr, 0, nullptr,
-                                    &filter_config) == H5Z_FILTER_DEFLATE;
-    }
-    if (chunk_rank == 4 && chunk[1] == dims[1] && chunk[2] == dims[2] && chunk[3] == dims[3] &&
-        chunk[0] >= 1 && only_deflate) {
-      const std::uint64_t k = chunk[0];
-      const std::uint64_t chunk_bytes = k * bytes;
-      if (chunk_bytes > kMaxChunkBytes) {
-        throw DataError(fmt::format("{}: chunks of {} bytes exceed the limit of {}", images_name,
-                                    chunk_bytes, kMaxChunkBytes));
-      }
-      // Where every chunk is, so that reads need neither HDF5 nor its lock.
-      const std::uint64_t max_packed = compressBound(static_cast<uLong>(chunk_bytes)) + 1024;
-      in.chunks.resize(static_cast<std::size_t>((n + k - 1) / k));
-      for (std::uint64_t c = 0; c < in.chunks.size(); ++c) {
-        const hsize_t offset[4] = {c * k, 0, 0, 0};
-        unsigned mask = 0;
-        haddr_t addr = HADDR_UNDEF;
-        hsize_t stored = 0;
-        const auto name = [&] {
-          return fmt::format("{} chunk {} ({})", images_name, c,
-                             record_range(c * k, std::min(k, n - c * k)));
-        };
-        check_h5(H5Dget_chunk_info_by_coord(images, offset, &mask, &addr, &stored),
-                 "cannot locate " + name());
-        if (addr == HADDR_UNDEF || stored == 0) break;  // fill values: leave it to HDF5
-        ChunkLoc& loc = in.chunks[c];
-        loc.addr = addr;
-        loc.size = stored;
-        loc.compressed = nfilters == 1 && (mask & 1u) == 0;
-        if (loc.compressed ? stored > max_packed : stored != chunk_bytes) {
-          throw DataError(fmt::format("{} is stored as {} bytes, expected {}{}", name(), stored,
-                                      loc.compressed ? "at most " : "",
-                                      loc.compressed ? max_packed : chunk_bytes));
-        }
-        if (addr > file_size || stored > file_size - addr) {
-          throw DataError(fmt::format("truncated file {}: {} ends at byte {}, the file has {}",
-                                      quote(path), name(), addr + stored, file_size));
-        }
-      }
-      if (in.chunks.back().size != 0) {
-        in.access = Access::Direct;
-        in.chunk_records = k;
-      } else {
-        in.chunks.clear();
-      }
-    }
-  }
-
-  const std::uint64_t max_entries = kMaxExpansion * std::max<std::uint64_t>(file_size, 1);
-  if (in.tutorial) {
-    in.labels = read_column<std::int64_t>(path, file, "meta", n, H5T_NATIVE_INT64, max_entries);
-    Manifest& m = in.manifest;
-    m.format = Format::Hdf5;
-    m.split = path.stem().string();
-    m.source = "tutorial layout";
-    m.count = n;
-    m.shape = shape;
-    m.encoding = Encoding::Raw;
-    // checksums: derived once the reader exists (derive_checksums).
-  } else {
-    const int version = read_int_attr(path, file, kVersionAttr);
-    if (version != Manifest::kFormatVersion) {
-      throw DataError(fmt::format("{}: imgstore format version {} is not supported (expected {})",
-                                  quote(path), version, Manifest::kFormatVersion));
-    }
-    in.labels = read_column<std::int64_t>(path, file, "labels", n, H5T_NATIVE_INT64, max_entries);
-    auto sums =
-        read_column<std::uint64_t>(path, file, "checksums", n, H5T_NATIVE_UINT64, max_entries);
-    in.manifest =
-        parse_manifest(path, read_string_attr(path, file, kManifestAttr), std::move(sums));
-    if (in.manifest.count != n || in.manifest.shape != shape) {
-      throw DataError(fmt::format("{}: manifest says {} images of {}, /images holds {}",
-                                  quote(path), in.manifest.count, to_string(in.manifest.shape),
-                                  shape_text));
-    }
-  }
+  const ImagesExtent ext = read_images_extent(in.images.get(), images_name, in.file_size);
+  locate_images(in, path, images_name, ext);
+  read_labels_and_manifest(in, path, ext);
   return in;
 }
 

@@ -348,84 +348,95 @@ bool is_cifar_file(const std::string& name) {
                           "test.bin"});
 }
 
+// What one pass over the archive learns: every safe regular CIFAR member by file name, the
+// small name files' bytes, and the record counts of python batches (only known by parsing).
+struct ArchiveIndex {
+  std::map<std::string, Member> members;
+  std::map<std::string, std::vector<std::uint8_t>> small;  // names files' bytes
+  std::map<std::string, std::uint64_t> py_counts;
+  std::map<std::string, std::string> too_big;  // names files over the limit -> message
+};
+
+ArchiveIndex index_cifar_archive(const fs::path& file, const LabelChoice& labels10,
+                                 const LabelChoice& labels100) {
+  ArchiveIndex index;
+  ArchiveReader reader(file);
+  for (;;) {
+    if (!reader.next()) {
+      reader.verify_end();  // the whole file's CRC is checked once, here
+      return index;
+    }
+    archive_entry* e = reader.entry();
+    // Symlinks, hardlinks, directories and devices are never followed or read.
+    if (archive_entry_filetype(e) != AE_IFREG || archive_entry_hardlink(e) != nullptr ||
+        archive_entry_symlink(e) != nullptr || !archive_entry_size_is_set(e)) {
+      continue;
+    }
+    auto parts = safe_components(archive_entry_pathname(e));
+    if (!parts || parts->size() > 2) continue;
+    const std::string& name = parts->back();
+    if (!is_cifar_file(name)) continue;
+    Member m{reader.ordinal(), archive_entry_pathname(e),
+             static_cast<std::uint64_t>(std::max<la_int64_t>(0, archive_entry_size(e)))};
+    if (auto it = index.members.find(name); it != index.members.end()) {
+      throw DataError(fmt::format("archive {} holds two members named '{}': '{}' and '{}'",
+                                  quote(file), name, it->second.path, m.path));
+    }
+    const std::string what = member_what(file, m.path);
+    if (is_names_file(name)) {
+      if (m.size > kMaxNamesBytes) {
+        index.too_big[name] = fmt::format("{} is {} bytes, more than the limit of {} bytes for a "
+                                          "class-name file",
+                                          what, m.size, kMaxNamesBytes);
+      } else {
+        index.small[name] = read_member(reader, m, kMaxNamesBytes);
+      }
+    } else if (is_cifar10_py_batch(name) || is_cifar100_py_batch(name)) {
+      const bool c10 = is_cifar10_py_batch(name);
+      auto bytes = read_member(reader, m, kMaxPickleBytes);
+      const Layout py = python_layout(c10 ? Dataset::Cifar10 : Dataset::Cifar100,
+                                      c10 ? labels10 : labels100);
+      const std::uint64_t count =
+          parse_cifar_pickle_batch(bytes.data(), bytes.size(), py.label_key, what).count;
+      if (count == 0) throw DataError(fmt::format("{} holds no records", what));
+      index.py_counts[name] = count;
+    }
+    index.members.emplace(name, std::move(m));
+  }
+}
+
+// Which of the four shipped layouts the members belong to.
+Kind archive_kind(const std::map<std::string, Member>& members, const fs::path& file) {
+  auto has = [&](std::initializer_list<const char*> names) {
+    return std::any_of(names.begin(), names.end(),
+                       [&](const char* n) { return members.count(n) != 0; });
+  };
+  if (has({"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
+           "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"})) {
+    return Kind::Binary10;
+  }
+  if (has({"train.bin", "test.bin", "fine_label_names.txt", "coarse_label_names.txt"})) {
+    return Kind::Binary100;
+  }
+  if (has({"data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+           "test_batch", "batches.meta"})) {
+    return Kind::Python10;
+  }
+  if (has({"train", "test", "meta"})) return Kind::Python100;
+  throw DataError(fmt::format(
+      "archive {} holds no CIFAR members: expected cifar-10-batches-bin/, cifar-10-batches-py/, "
+      "cifar-100-binary/ or cifar-100-python/ files",
+      quote(file)));
+}
+
 }  // namespace
 
 std::unique_ptr<Source> open_cifar_archive(const fs::path& file, const SourceOptions& options) {
   const LabelChoice labels10 = label_choice(Dataset::Cifar10, options);
   const LabelChoice labels100 = label_choice(Dataset::Cifar100, options);
-
-  // One pass: note every safe regular member by file name; read the small name files and count
-  // the records of python batches as they pass (their count is only known by parsing).
-  std::map<std::string, Member> members;
-  std::map<std::string, std::vector<std::uint8_t>> small;  // names files' bytes
-  std::map<std::string, std::uint64_t> py_counts;
-  std::map<std::string, std::string> too_big;  // names files over the limit -> message
-  {
-    ArchiveReader reader(file);
-    for (;;) {
-      if (!reader.next()) {
-        reader.verify_end();  // the whole file's CRC is checked once, here
-        break;
-      }
-      archive_entry* e = reader.entry();
-      // Symlinks, hardlinks, directories and devices are never followed or read.
-      if (archive_entry_filetype(e) != AE_IFREG || archive_entry_hardlink(e) != nullptr ||
-          archive_entry_symlink(e) != nullptr || !archive_entry_size_is_set(e)) {
-        continue;
-      }
-      auto parts = safe_components(archive_entry_pathname(e));
-      if (!parts || parts->size() > 2) continue;
-      const std::string& name = parts->back();
-      if (!is_cifar_file(name)) continue;
-      Member m{reader.ordinal(), archive_entry_pathname(e),
-               static_cast<std::uint64_t>(std::max<la_int64_t>(0, archive_entry_size(e)))};
-      if (auto it = members.find(name); it != members.end()) {
-        throw DataError(fmt::format("archive {} holds two members named '{}': '{}' and '{}'",
-                                    quote(file), name, it->second.path, m.path));
-      }
-      const std::string what = member_what(file, m.path);
-      if (is_names_file(name)) {
-        if (m.size > kMaxNamesBytes) {
-          too_big[name] = fmt::format("{} is {} bytes, more than the limit of {} bytes for a "
-                                      "class-name file",
-                                      what, m.size, kMaxNamesBytes);
-        } else {
-          small[name] = read_member(reader, m, kMaxNamesBytes);
-        }
-      } else if (is_cifar10_py_batch(name) || is_cifar100_py_batch(name)) {
-        const bool c10 = is_cifar10_py_batch(name);
-        auto bytes = read_member(reader, m, kMaxPickleBytes);
-        const Layout py = python_layout(c10 ? Dataset::Cifar10 : Dataset::Cifar100,
-                                        c10 ? labels10 : labels100);
-        py_counts[name] =
-            parse_cifar_pickle_batch(bytes.data(), bytes.size(), py.label_key, what).count;
-        if (py_counts[name] == 0) throw DataError(fmt::format("{} holds no records", what));
-      }
-      members.emplace(name, std::move(m));
-    }
-  }
-
-  auto has = [&](std::initializer_list<const char*> names) {
-    return std::any_of(names.begin(), names.end(),
-                       [&](const char* n) { return members.count(n) != 0; });
-  };
-  Kind kind;
-  if (has({"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
-           "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"})) {
-    kind = Kind::Binary10;
-  } else if (has({"train.bin", "test.bin", "fine_label_names.txt", "coarse_label_names.txt"})) {
-    kind = Kind::Binary100;
-  } else if (has({"data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                  "test_batch", "batches.meta"})) {
-    kind = Kind::Python10;
-  } else if (has({"train", "test", "meta"})) {
-    kind = Kind::Python100;
-  } else {
-    throw DataError(fmt::format(
-        "archive {} holds no CIFAR members: expected cifar-10-batches-bin/, cifar-10-batches-py/, "
-        "cifar-100-binary/ or cifar-100-python/ files",
-        quote(file)));
-  }
+  const ArchiveIndex index = index_cifar_archive(file, labels10, labels100);
+  const auto& members = index.members;
+  const Kind kind = archive_kind(members, file);
   const bool python = kind == Kind::Python10 || kind == Kind::Python100;
   const Dataset dataset =
       kind == Kind::Binary10 || kind == Kind::Python10 ? Dataset::Cifar10 : Dataset::Cifar100;
@@ -448,8 +459,10 @@ std::unique_ptr<Source> open_cifar_archive(const fs::path& file, const SourceOpt
 
   // Class names.
   const Member& names_member = require(layout.names_file);
-  if (auto it = too_big.find(layout.names_file); it != too_big.end()) throw DataError(it->second);
-  const auto& names_bytes = small.at(layout.names_file);
+  if (auto it = index.too_big.find(layout.names_file); it != index.too_big.end()) {
+    throw DataError(it->second);
+  }
+  const auto& names_bytes = index.small.at(layout.names_file);
   const std::string names_what = member_what(file, names_member.path);
   std::vector<std::string> class_names =
       python ? parse_cifar_pickle_names(names_bytes.data(), names_bytes.size(), layout.names_key,
@@ -468,7 +481,7 @@ std::unique_ptr<Source> open_cifar_archive(const fs::path& file, const SourceOpt
     const Member& m = require(name);
     const std::string what = member_what(file, m.path);
     split_members[split].push_back(m);
-    return Part{what, python ? py_counts.at(name) : records_in(m.size, format, what)};
+    return Part{what, python ? index.py_counts.at(name) : records_in(m.size, format, what)};
   });
 
   CifarSource::Opener opener;

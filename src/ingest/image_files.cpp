@@ -521,6 +521,86 @@ ImageFileScan scan_image_folder(const fs::path& root_path, const ScanOptions& op
   return scan;
 }
 
+namespace {
+
+// A list file's label field: a decimal integer below kMaxListLabel. Sets `problem` otherwise.
+std::optional<std::uint32_t> parse_list_label(const std::string& text, const std::string& path,
+                                              std::string& problem) {
+  std::uint64_t label = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), label);
+  if (text.empty() || ec == std::errc::invalid_argument || end != text.data() + text.size()) {
+    problem = fmt::format("label '{}' of '{}' is not a non-negative integer", text, path);
+    return std::nullopt;
+  }
+  if (ec == std::errc::result_out_of_range || label >= kMaxListLabel) {
+    problem = fmt::format("label {} of '{}' is too large (labels must be below {})", text, path,
+                          kMaxListLabel);
+    return std::nullopt;
+  }
+  return static_cast<std::uint32_t>(label);
+}
+
+// Checks that a listed path names a regular file. Sets `problem` otherwise.
+bool is_listed_file(const std::string& full, std::string& problem) {
+  struct stat st {};
+  if (::stat(full.c_str(), &st) != 0) {
+    const int err = errno;
+    problem = err == ENOENT
+                  ? fmt::format("file {} does not exist", quote(full))
+                  : fmt::format("cannot open {}: {}", quote(full), std::strerror(err));
+    return false;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    problem = fmt::format("{} is {}, not a file", quote(full),
+                          S_ISDIR(st.st_mode) ? "a folder" : "special");
+    return false;
+  }
+  return true;
+}
+
+// The optional class-name column: each label keeps the first name given to it, and each name
+// belongs to one label. Remembers the line that named each label for the error messages.
+class ListClassNames {
+ public:
+  // Empty when consistent with the rows so far, else the problem.
+  std::string add(const std::string& name, std::uint32_t label, std::size_t line) {
+    if (name.empty()) return fmt::format("empty class name for label {}", label);
+    if (names_.size() <= label) {
+      names_.resize(label + 1);
+      named_on_.resize(label + 1);
+    }
+    if (names_[label].empty()) {
+      auto [it, inserted] = label_of_name_.emplace(name, label);
+      if (!inserted) {
+        return fmt::format("class '{}' is label {} here but label {} on line {}", name, label,
+                           it->second, named_on_[it->second]);
+      }
+      names_[label] = name;
+      named_on_[label] = line;
+    } else if (names_[label] != name) {
+      return fmt::format("label {} is class '{}' here but '{}' on line {}", label, name,
+                         names_[label], named_on_[label]);
+    }
+    return {};
+  }
+
+  // Names for labels 0..classes-1: the given name, or the label's number.
+  std::vector<std::string> names(std::uint32_t classes) const {
+    std::vector<std::string> out(classes);
+    for (std::uint32_t i = 0; i < classes; ++i) {
+      out[i] = i < names_.size() && !names_[i].empty() ? names_[i] : std::to_string(i);
+    }
+    return out;
+  }
+
+ private:
+  std::vector<std::string> names_;     // by label; empty: not named yet
+  std::vector<std::size_t> named_on_;  // line that named each label
+  std::unordered_map<std::string, std::uint32_t> label_of_name_;
+};
+
+}  // namespace
+
 ImageFileScan read_image_list(const fs::path& csv_path, const ScanOptions& options) {
   ImageFileScan scan;
   BadInputs bad(options.skip_bad, scan.bad);
@@ -542,9 +622,7 @@ ImageFileScan read_image_list(const fs::path& csv_path, const ScanOptions& optio
   const Columns columns = parse_header(fields, csv.where(line));
 
   std::map<std::string, std::size_t> split_index;
-  std::vector<std::string> given_names;               // by label; empty: none given yet
-  std::vector<std::size_t> named_on;                  // line that named each label
-  std::unordered_map<std::string, std::uint32_t> label_of_name;
+  ListClassNames class_names;
   std::uint32_t classes = 0;
   std::size_t rows = 0;
   while (csv.next(fields, line, blank)) {
@@ -564,57 +642,20 @@ ImageFileScan read_image_list(const fs::path& csv_path, const ScanOptions& optio
       continue;
     }
     const std::string full = join(base_str, *path);
-    struct stat st {};
-    if (::stat(full.c_str(), &st) != 0) {
-      const int err = errno;
-      row_error(full, err == ENOENT ? fmt::format("file {} does not exist", quote(full))
-                                    : fmt::format("cannot open {}: {}", quote(full),
-                                                  std::strerror(err)));
+    if (!is_listed_file(full, problem)) {
+      row_error(full, problem);
       continue;
     }
-    if (!S_ISREG(st.st_mode)) {
-      row_error(full, fmt::format("{} is {}, not a file", quote(full),
-                                  S_ISDIR(st.st_mode) ? "a folder" : "special"));
+    const std::optional<std::uint32_t> label =
+        parse_list_label(fields[columns.label], *path, problem);
+    if (!label) {
+      row_error(full, problem);
       continue;
     }
-    const std::string& label_text = fields[columns.label];
-    std::uint64_t label = 0;
-    const auto [end, ec] =
-        std::from_chars(label_text.data(), label_text.data() + label_text.size(), label);
-    if (label_text.empty() || ec == std::errc::invalid_argument ||
-        end != label_text.data() + label_text.size()) {
-      row_error(full, fmt::format("label '{}' of '{}' is not a non-negative integer", label_text,
-                                  *path));
-      continue;
-    }
-    if (ec == std::errc::result_out_of_range || label >= kMaxListLabel) {
-      row_error(full, fmt::format("label {} of '{}' is too large (labels must be below {})",
-                                  label_text, *path, kMaxListLabel));
-      continue;
-    }
-    const auto label32 = static_cast<std::uint32_t>(label);
     if (columns.cls) {
-      const std::string& name = fields[*columns.cls];
-      if (name.empty()) {
-        row_error(full, fmt::format("empty class name for label {}", label));
-        continue;
-      }
-      if (given_names.size() <= label32) {
-        given_names.resize(label32 + 1);
-        named_on.resize(label32 + 1);
-      }
-      if (given_names[label32].empty()) {
-        auto [it, inserted] = label_of_name.emplace(name, label32);
-        if (!inserted) {
-          row_error(full, fmt::format("class '{}' is label {} here but label {} on line {}",
-                                      name, label, it->second, named_on[it->second]));
-          continue;
-        }
-        given_names[label32] = name;
-        named_on[label32] = line;
-      } else if (given_names[label32] != name) {
-        row_error(full, fmt::format("label {} is class '{}' here but '{}' on line {}", label,
-                                    name, given_names[label32], named_on[label32]));
+      problem = class_names.add(fields[*columns.cls], *label, line);
+      if (!problem.empty()) {
+        row_error(full, problem);
         continue;
       }
     }
@@ -630,17 +671,13 @@ ImageFileScan read_image_list(const fs::path& csv_path, const ScanOptions& optio
     }
     auto [it, inserted] = split_index.emplace(split_name, scan.splits.size());
     if (inserted) scan.splits.push_back({split_name, base, {}});
-    scan.splits[it->second].files.add(*path, label32);
-    classes = std::max(classes, label32 + 1);
+    scan.splits[it->second].files.add(*path, *label);
+    classes = std::max(classes, *label + 1);
   }
   if (rows == 0) {
     throw DataError(fmt::format("{} lists no files (only a header)", quote(csv_path)));
   }
-  scan.class_names.resize(classes);
-  for (std::uint32_t i = 0; i < classes; ++i) {
-    scan.class_names[i] = i < given_names.size() && !given_names[i].empty() ? given_names[i]
-                                                                            : std::to_string(i);
-  }
+  scan.class_names = class_names.names(classes);
   for (auto& s : scan.splits) s.files.shrink_to_fit();
   return scan;
 }

@@ -153,141 +153,158 @@ class Parser {
       op_pos_ = pos_;
       if (pos_ >= size_) fail("truncated: input ends before the STOP opcode");
       const std::uint8_t op = data_[pos_++];
-      switch (op) {
-        case kProto: {
-          const auto version = read_uint(1, "PROTO");
-          if (version > 5) fail(fmt::format("unsupported pickle protocol {}", version));
-          break;
-        }
-        case kFrame: {
-          // Protocol 4 framing only groups opcodes for buffered I/O; we have all the bytes.
-          const auto length = read_uint(8, "FRAME");
-          if (length > remaining()) {
-            fail(fmt::format("truncated: FRAME declares {} bytes but only {} remain", length,
-                             remaining()));
-          }
-          break;
-        }
-        case kStop: {
-          if (stack_.empty()) fail("STOP with an empty stack");
-          return stack_.back();
-        }
-        case kMark:
-          if (marks_.size() >= limits_.max_mark_depth) {
-            fail(fmt::format("more than {} nested MARKs", limits_.max_mark_depth));
-          }
-          marks_.push_back(stack_.size());
-          break;
-        case kNone: push(make(Kind::None)); break;
-        case kNewTrue:
-        case kNewFalse: {
-          Value* v = make(Kind::Bool);
-          v->integer = op == kNewTrue ? 1 : 0;
-          push(v);
-          break;
-        }
-        case kBinInt1: push_int(static_cast<std::int64_t>(read_uint(1, "BININT1"))); break;
-        case kBinInt2: push_int(static_cast<std::int64_t>(read_uint(2, "BININT2"))); break;
-        case kBinInt:
-          push_int(static_cast<std::int32_t>(static_cast<std::uint32_t>(read_uint(4, "BININT"))));
-          break;
-        case kLong1: load_long1(); break;
-        case kShortBinString: push_text(Kind::Bytes, read_uint(1, "SHORT_BINSTRING"), "SHORT_BINSTRING"); break;
-        case kBinString: {
-          // A signed 32-bit length in the format; negative is corrupt.
-          const auto length = static_cast<std::int32_t>(static_cast<std::uint32_t>(read_uint(4, "BINSTRING")));
-          if (length < 0) fail(fmt::format("BINSTRING declares a negative length {}", length));
-          push_text(Kind::Bytes, static_cast<std::uint64_t>(length), "BINSTRING");
-          break;
-        }
-        case kShortBinBytes: push_text(Kind::Bytes, read_uint(1, "SHORT_BINBYTES"), "SHORT_BINBYTES"); break;
-        case kBinBytes: push_text(Kind::Bytes, read_uint(4, "BINBYTES"), "BINBYTES"); break;
-        case kBinBytes8: push_text(Kind::Bytes, read_uint(8, "BINBYTES8"), "BINBYTES8"); break;
-        case kShortBinUnicode: push_text(Kind::Str, read_uint(1, "SHORT_BINUNICODE"), "SHORT_BINUNICODE"); break;
-        case kBinUnicode: push_text(Kind::Str, read_uint(4, "BINUNICODE"), "BINUNICODE"); break;
-        case kBinUnicode8: push_text(Kind::Str, read_uint(8, "BINUNICODE8"), "BINUNICODE8"); break;
-        case kEmptyList: push(make(Kind::List)); break;
-        case kEmptyDict: push(make(Kind::Dict)); break;
-        case kEmptyTuple: push(make(Kind::Tuple)); break;
-        case kTuple1:
-        case kTuple2:
-        case kTuple3: {
-          const std::size_t n = op - kTuple1 + 1u;
-          if (stack_.size() < fence() + n) fail(fmt::format("TUPLE{} needs {} stack items", n, n));
-          Value* t = make(Kind::Tuple);
-          t->items.assign(stack_.end() - static_cast<std::ptrdiff_t>(n), stack_.end());
-          stack_.resize(stack_.size() - n);
-          push(t);
-          break;
-        }
-        case kTuple: {
-          Value* t = make(Kind::Tuple);
-          t->items = pop_mark("TUPLE");
-          push(t);
-          break;
-        }
-        case kAppend: {
-          const Value* item = pop("APPEND");
-          target(Kind::List, "APPEND")->items.push_back(item);
-          break;
-        }
-        case kAppends: {
-          auto items = pop_mark("APPENDS");
-          auto& list = target(Kind::List, "APPENDS")->items;
-          list.insert(list.end(), items.begin(), items.end());
-          break;
-        }
-        case kSetItem: {
-          const Value* value = pop("SETITEM");
-          const Value* key = pop("SETITEM");
-          auto& dict = target(Kind::Dict, "SETITEM")->items;
-          dict.push_back(key);
-          dict.push_back(value);
-          break;
-        }
-        case kSetItems: {
-          auto items = pop_mark("SETITEMS");
-          if (items.size() % 2 != 0) fail("SETITEMS with an odd number of items");
-          auto& dict = target(Kind::Dict, "SETITEMS")->items;
-          dict.insert(dict.end(), items.begin(), items.end());
-          break;
-        }
-        case kBinPut: memo_put(read_uint(1, "BINPUT")); break;
-        case kLongBinPut: memo_put(read_uint(4, "LONG_BINPUT")); break;
-        case kMemoize: memo_put(memo_.size()); break;
-        case kBinGet: memo_get(read_uint(1, "BINGET")); break;
-        case kLongBinGet: memo_get(read_uint(4, "LONG_BINGET")); break;
-        case kGlobal: {
-          const std::string_view module = read_line("GLOBAL");
-          const std::string_view name = read_line("GLOBAL");
-          push_global(module, name, "GLOBAL");
-          break;
-        }
-        case kStackGlobal: {
-          const Value* name = pop("STACK_GLOBAL");
-          const Value* module = pop("STACK_GLOBAL");
-          if (module->kind != Kind::Str || name->kind != Kind::Str) {
-            fail(fmt::format("STACK_GLOBAL needs two str, got {} and {}", kind_name(module->kind),
-                             kind_name(name->kind)));
-          }
-          push_global(module->text, name->text, "STACK_GLOBAL");
-          break;
-        }
-        case kReduce: load_reduce(); break;
-        case kBuild: {
-          const Value* state = pop("BUILD");
-          Value* obj = target(Kind::Object, "BUILD");
-          if (obj->state != nullptr) fail("BUILD applied twice to one object");
-          obj->state = state;
-          break;
-        }
-        default:
-          fail(fmt::format("unknown opcode 0x{:02x}", op));
+      if (op == kStop) {
+        if (stack_.empty()) fail("STOP with an empty stack");
+        return stack_.back();
+      }
+      if (!load_scalar(op) && !load_structure(op)) {
+        fail(fmt::format("unknown opcode 0x{:02x}", op));
       }
     }
   }
 
  private:
+  // Framing, MARK and the opcodes that push one scalar: None, bools, ints, strings, bytes.
+  bool load_scalar(std::uint8_t op) {
+    switch (op) {
+      case kProto: {
+        const auto version = read_uint(1, "PROTO");
+        if (version > 5) fail(fmt::format("unsupported pickle protocol {}", version));
+        break;
+      }
+      case kFrame: {
+        // Protocol 4 framing only groups opcodes for buffered I/O; we have all the bytes.
+        const auto length = read_uint(8, "FRAME");
+        if (length > remaining()) {
+          fail(fmt::format("truncated: FRAME declares {} bytes but only {} remain", length,
+                           remaining()));
+        }
+        break;
+      }
+      case kMark:
+        if (marks_.size() >= limits_.max_mark_depth) {
+          fail(fmt::format("more than {} nested MARKs", limits_.max_mark_depth));
+        }
+        marks_.push_back(stack_.size());
+        break;
+      case kNone: push(make(Kind::None)); break;
+      case kNewTrue:
+      case kNewFalse: {
+        Value* v = make(Kind::Bool);
+        v->integer = op == kNewTrue ? 1 : 0;
+        push(v);
+        break;
+      }
+      case kBinInt1: push_int(static_cast<std::int64_t>(read_uint(1, "BININT1"))); break;
+      case kBinInt2: push_int(static_cast<std::int64_t>(read_uint(2, "BININT2"))); break;
+      case kBinInt:
+        push_int(static_cast<std::int32_t>(static_cast<std::uint32_t>(read_uint(4, "BININT"))));
+        break;
+      case kLong1: load_long1(); break;
+      case kShortBinString: push_text(Kind::Bytes, read_uint(1, "SHORT_BINSTRING"), "SHORT_BINSTRING"); break;
+      case kBinString: {
+        // A signed 32-bit length in the format; negative is corrupt.
+        const auto length = static_cast<std::int32_t>(static_cast<std::uint32_t>(read_uint(4, "BINSTRING")));
+        if (length < 0) fail(fmt::format("BINSTRING declares a negative length {}", length));
+        push_text(Kind::Bytes, static_cast<std::uint64_t>(length), "BINSTRING");
+        break;
+      }
+      case kShortBinBytes: push_text(Kind::Bytes, read_uint(1, "SHORT_BINBYTES"), "SHORT_BINBYTES"); break;
+      case kBinBytes: push_text(Kind::Bytes, read_uint(4, "BINBYTES"), "BINBYTES"); break;
+      case kBinBytes8: push_text(Kind::Bytes, read_uint(8, "BINBYTES8"), "BINBYTES8"); break;
+      case kShortBinUnicode: push_text(Kind::Str, read_uint(1, "SHORT_BINUNICODE"), "SHORT_BINUNICODE"); break;
+      case kBinUnicode: push_text(Kind::Str, read_uint(4, "BINUNICODE"), "BINUNICODE"); break;
+      case kBinUnicode8: push_text(Kind::Str, read_uint(8, "BINUNICODE8"), "BINUNICODE8"); break;
+      default:
+        return false;
+    }
+    return true;
+  }
+
+  // Containers, the memo, globals and object construction.
+  bool load_structure(std::uint8_t op) {
+    switch (op) {
+      case kEmptyList: push(make(Kind::List)); break;
+      case kEmptyDict: push(make(Kind::Dict)); break;
+      case kEmptyTuple: push(make(Kind::Tuple)); break;
+      case kTuple1:
+      case kTuple2:
+      case kTuple3: {
+        const std::size_t n = op - kTuple1 + 1u;
+        if (stack_.size() < fence() + n) fail(fmt::format("TUPLE{} needs {} stack items", n, n));
+        Value* t = make(Kind::Tuple);
+        t->items.assign(stack_.end() - static_cast<std::ptrdiff_t>(n), stack_.end());
+        stack_.resize(stack_.size() - n);
+        push(t);
+        break;
+      }
+      case kTuple: {
+        Value* t = make(Kind::Tuple);
+        t->items = pop_mark("TUPLE");
+        push(t);
+        break;
+      }
+      case kAppend: {
+        const Value* item = pop("APPEND");
+        target(Kind::List, "APPEND")->items.push_back(item);
+        break;
+      }
+      case kAppends: {
+        auto items = pop_mark("APPENDS");
+        auto& list = target(Kind::List, "APPENDS")->items;
+        list.insert(list.end(), items.begin(), items.end());
+        break;
+      }
+      case kSetItem: {
+        const Value* value = pop("SETITEM");
+        const Value* key = pop("SETITEM");
+        auto& dict = target(Kind::Dict, "SETITEM")->items;
+        dict.push_back(key);
+        dict.push_back(value);
+        break;
+      }
+      case kSetItems: {
+        auto items = pop_mark("SETITEMS");
+        if (items.size() % 2 != 0) fail("SETITEMS with an odd number of items");
+        auto& dict = target(Kind::Dict, "SETITEMS")->items;
+        dict.insert(dict.end(), items.begin(), items.end());
+        break;
+      }
+      case kBinPut: memo_put(read_uint(1, "BINPUT")); break;
+      case kLongBinPut: memo_put(read_uint(4, "LONG_BINPUT")); break;
+      case kMemoize: memo_put(memo_.size()); break;
+      case kBinGet: memo_get(read_uint(1, "BINGET")); break;
+      case kLongBinGet: memo_get(read_uint(4, "LONG_BINGET")); break;
+      case kGlobal: {
+        const std::string_view module = read_line("GLOBAL");
+        const std::string_view name = read_line("GLOBAL");
+        push_global(module, name, "GLOBAL");
+        break;
+      }
+      case kStackGlobal: {
+        const Value* name = pop("STACK_GLOBAL");
+        const Value* module = pop("STACK_GLOBAL");
+        if (module->kind != Kind::Str || name->kind != Kind::Str) {
+          fail(fmt::format("STACK_GLOBAL needs two str, got {} and {}", kind_name(module->kind),
+                           kind_name(name->kind)));
+        }
+        push_global(module->text, name->text, "STACK_GLOBAL");
+        break;
+      }
+      case kReduce: load_reduce(); break;
+      case kBuild: {
+        const Value* state = pop("BUILD");
+        Value* obj = target(Kind::Object, "BUILD");
+        if (obj->state != nullptr) fail("BUILD applied twice to one object");
+        obj->state = state;
+        break;
+      }
+      default:
+        return false;
+    }
+    return true;
+  }
+
   [[noreturn]] void fail(const std::string& message) const {
     throw DataError(fmt::format("corrupt pickle in {} at byte {}: {}", doc_.what_, op_pos_, message));
   }
