@@ -13,7 +13,8 @@ namespace imgstore {
 enum class Format { PngFolder, Lmdb, Hdf5 };
 
 // How one record's pixels are stored inside a container, independent of the container.
-enum class Encoding { Raw, Png };
+// Jpeg is lossy: its records' checksums cover the stored bytes, not decoded pixels.
+enum class Encoding { Raw, Png, Jpeg };
 
 struct FormatInfo {
   Format format;
@@ -40,7 +41,7 @@ Format parse_format(const std::string& name);  // a name or alias; UsageError if
 // Every encoding, in table order; and one encoding's row.
 std::vector<Encoding> all_encodings();
 const EncodingInfo& encoding_info(Encoding encoding);
-std::string to_string(Encoding encoding);          // "raw", "png"
+std::string to_string(Encoding encoding);          // "raw", "png", "jpeg"
 Encoding parse_encoding(const std::string& name);  // UsageError if unknown
 
 // "png, lmdb or hdf5" / "raw or png": the names for help text and error messages.

@@ -37,7 +37,10 @@ struct Manifest {
   std::string split;               // "train", "test", ...
   std::string source;              // human description of where the data came from
   std::uint64_t count = 0;         // number of records
-  Shape shape;                     // every record has this shape
+  Shape shape;                     // every record has this shape (variable_size: only channels)
+  // Format version 2: records differ in height and width, within these bounds (inclusive).
+  bool variable_size = false;
+  std::uint32_t min_height = 0, max_height = 0, min_width = 0, max_width = 0;
   std::vector<std::string> class_names;  // label i is class_names[i]; may be empty
   // Payload encoding, one the format accepts (format_info(format).encodings); on disk its name.
   Encoding encoding = Encoding::Raw;
@@ -78,6 +81,7 @@ struct ShardIndex {
   std::string source;
   std::uint64_t count = 0;          // records in the whole store
   Shape shape;
+  bool variable_size = false;  // as Manifest (bounds are in each shard's manifest)
   std::vector<std::string> class_names;
   Encoding encoding = Encoding::Raw;
   std::string conversion_id;        // 32 hex digits, random per conversion

@@ -21,6 +21,14 @@
 
 namespace imgstore {
 
+// One record as a store holds it: see StoreReader::read_record.
+struct EncodedRecord {
+  Shape shape;
+  std::int64_t label = 0;
+  Encoding encoding = Encoding::Raw;
+  std::vector<std::uint8_t> bytes;  // the payload; for Raw, the HWC pixels
+};
+
 struct ReaderOptions {
   // Recompute each record's checksum on read and throw DataError on mismatch.
   bool verify_checksums = true;
@@ -50,6 +58,17 @@ class StoreReader {
   // labels (may be null). Formats override this to batch their I/O.
   virtual void read_many(const std::uint64_t* indices, std::size_t n, std::uint8_t* out,
                          std::int64_t* labels) const;
+
+  // Records differ in H and W (format version 2): read_one/read_many refuse such stores
+  // (there is no fixed image_bytes()); use record_shape() and read_record().
+  bool variable_size() const { return manifest_.variable_size; }
+  // Record `index`'s shape (shape() for fixed-size stores).
+  virtual Shape record_shape(std::uint64_t index) const;
+  // Record `index` as stored, for decoders that work on the payload (the loader's fused JPEG
+  // decode and crop): its shape, label, encoding and bytes (`out.bytes` reuses its capacity).
+  // Raw and JPEG payloads are checked against the record's checksum when verify_checksums is
+  // on. The default (fixed-size stores) decodes through read_one and returns raw pixels.
+  virtual void read_record(std::uint64_t index, EncodedRecord& out) const;
 
   // Convenience: one image as a vector.
   std::vector<std::uint8_t> read_one(std::uint64_t index, std::int64_t* label = nullptr) const;
@@ -99,6 +118,7 @@ struct WriterOptions {
   // format that cannot hold it refuses it (PNG folders hold png, HDF5 raw, LMDB either).
   std::optional<Encoding> encoding;
   int png_level = 6;                   // zlib level for PNG files and PNG-encoded payloads, 0..9
+  int jpeg_quality = 90;               // 1..100, for records encoded to JPEG (not passed through)
   Hdf5WriterOptions hdf5;
   bool overwrite = false;              // replace an existing store at the path
   bool durable = true;                 // fsync data and directory before the final rename
@@ -113,8 +133,10 @@ struct StoreSpec {
   std::string split;
   std::string source;
   std::uint64_t count = 0;
-  Shape shape;
+  Shape shape;  // variable_size: only channels is set
   std::vector<std::string> class_names;
+  // Records differ in height and width (format version 2); batches carry shapes/offsets.
+  bool variable_size = false;
   // Set by the sharded writer on each shard it writes: recorded in that shard's manifest.
   std::optional<ShardPosition> shard;
 };

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "codecs/image_codec.hpp"
 #include "detail/png_codec.hpp"
 #include "imgstore/error.hpp"
 
@@ -33,6 +34,24 @@ void encode_png_payload(const std::uint8_t* pixels, const Shape& shape,
   encode_png(pixels, shape, options.png_level, out);
 }
 
+void encode_jpeg_payload(const std::uint8_t* pixels, const Shape& shape,
+                         const WriterOptions& options, std::vector<std::uint8_t>& out) {
+  encode_jpeg(pixels, shape.width, shape.height, shape.channels, options.jpeg_quality, out);
+}
+
+// A JPEG payload decodes as Pillow's convert() would, to the store's channel count, and must
+// have exactly the record's height and width.
+void decode_jpeg_payload(const std::uint8_t* data, std::size_t size, const Shape& shape,
+                         std::uint8_t* out, const std::string& what) {
+  thread_local DecodedImage image;
+  decode_image(data, size, shape.channels, what, image);
+  if (image.shape != shape) {
+    throw DataError(fmt::format("{}: payload decodes to {}, expected {}", what,
+                                to_string(image.shape), to_string(shape)));
+  }
+  std::memcpy(out, image.pixels.data(), shape.bytes());
+}
+
 }  // namespace
 
 // One row per encoding, in enum order.
@@ -41,6 +60,7 @@ const std::vector<EncodingEntry>& encoding_table() {
   static const std::vector<EncodingEntry> table = {
       {{Encoding::Raw, "raw", true}, 0, encode_raw, decode_raw},
       {{Encoding::Png, "png", true}, 1, encode_png_payload, decode_png},
+      {{Encoding::Jpeg, "jpeg", false}, 2, encode_jpeg_payload, decode_jpeg_payload},
   };
   return table;
 }

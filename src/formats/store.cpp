@@ -39,6 +39,18 @@ std::vector<std::uint8_t> StoreReader::read_one(std::uint64_t index, std::int64_
   return pixels;
 }
 
+Shape StoreReader::record_shape(std::uint64_t index) const {
+  check_index(index);
+  return shape();
+}
+
+void StoreReader::read_record(std::uint64_t index, EncodedRecord& out) const {
+  out.shape = record_shape(index);
+  out.encoding = Encoding::Raw;
+  out.bytes.resize(out.shape.bytes());
+  out.label = read_one(index, out.bytes.data());
+}
+
 std::uint64_t StoreReader::bytes_on_disk() const { return detail::bytes_on_disk(path_); }
 
 void StoreReader::check_index(std::uint64_t index) const {
