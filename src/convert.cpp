@@ -96,6 +96,7 @@ ConvertResult ConversionRun::add_split(const Source& source, const std::string& 
   spec.count = total;
   spec.shape = info.shape;
   spec.class_names = info.class_names;
+  spec.variable_size = info.variable_size;
 
   ConvertResult result;
   result.split = split;
@@ -137,7 +138,7 @@ ConvertResult ConversionRun::add_split(const Source& source, const std::string& 
                                     source.description(), split, pass_done, per_pass));
       }
       if (batch.size() > want) {  // a source may hand over more; keep what the limit allows
-        batch.resize(batch.shape, static_cast<std::size_t>(want));
+        batch.truncate(static_cast<std::size_t>(want));
       }
       result.read_seconds += seconds_since(t0);
       for (std::size_t i = 0; i < writers.size(); ++i) {
@@ -180,81 +181,6 @@ void ConversionRun::commit() {
   }
   staged_.clear();  // removes the (now empty) staging directories
   if (durable_) detail::fsync_path(out_dir_);
-}
-
-VerifyResult verify_store(const StoreReader& reader,
-                          const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
-  const auto& m = reader.manifest();
-  const std::size_t n = reader.size();
-  const std::size_t kChunk = 1024;
-  std::vector<std::uint64_t> indices;
-  std::vector<std::uint8_t> pixels;
-  std::vector<std::int64_t> labels;
-  ContentDigest digest;
-  for (std::size_t first = 0; first < n; first += kChunk) {
-    const std::size_t count = std::min(kChunk, n - first);
-    indices.resize(count);
-    std::iota(indices.begin(), indices.end(), first);
-    pixels.resize(count * reader.image_bytes());
-    labels.resize(count);
-    reader.read_many(indices.data(), count, pixels.data(), labels.data());
-    for (std::size_t i = 0; i < count; ++i) {
-      auto sum = record_checksum(pixels.data() + i * reader.image_bytes(), reader.image_bytes(),
-                                 labels[i]);
-      if (sum != m.checksums[first + i]) {
-        throw DataError(fmt::format("corrupt record in {} record {}: checksum {} does not match "
-                                    "the manifest's {}", detail::quote(reader.path()), first + i,
-                                    to_hex64(sum), to_hex64(m.checksums[first + i])));
-      }
-      digest.add(sum);
-    }
-    if (progress) progress(first + count, n);
-  }
-  if (digest.value() != m.content_digest) {
-    throw DataError(fmt::format("{}: content digest {} does not match the manifest's {}",
-                                detail::quote(reader.path()), to_hex64(digest.value()),
-                                to_hex64(m.content_digest)));
-  }
-  return VerifyResult{n, digest.value()};
-}
-
-void compare_stores(const StoreReader& a, const StoreReader& b,
-                    const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
-  const auto qa = detail::quote(a.path()), qb = detail::quote(b.path());
-  if (a.size() != b.size()) {
-    throw DataError(fmt::format("{} has {} records, {} has {}", qa, a.size(), qb, b.size()));
-  }
-  if (a.shape() != b.shape()) {
-    throw DataError(fmt::format("{} holds {} images, {} holds {}", qa, to_string(a.shape()), qb,
-                                to_string(b.shape())));
-  }
-  const std::size_t n = a.size(), bytes = a.image_bytes(), kChunk = 1024;
-  std::vector<std::uint64_t> indices;
-  std::vector<std::uint8_t> pa, pb;
-  std::vector<std::int64_t> la, lb;
-  for (std::size_t first = 0; first < n; first += kChunk) {
-    const std::size_t count = std::min(kChunk, n - first);
-    indices.resize(count);
-    std::iota(indices.begin(), indices.end(), first);
-    pa.resize(count * bytes), pb.resize(count * bytes), la.resize(count), lb.resize(count);
-    a.read_many(indices.data(), count, pa.data(), la.data());
-    b.read_many(indices.data(), count, pb.data(), lb.data());
-    for (std::size_t i = 0; i < count; ++i) {
-      if (la[i] != lb[i]) {
-        throw DataError(fmt::format("record {} differs: label {} in {}, {} in {}", first + i,
-                                    la[i], qa, lb[i], qb));
-      }
-      const auto* x = pa.data() + i * bytes;
-      const auto* y = pb.data() + i * bytes;
-      auto mismatch = std::mismatch(x, x + bytes, y);
-      if (mismatch.first != x + bytes) {
-        throw DataError(fmt::format("record {} differs: pixel byte {} is {} in {}, {} in {}",
-                                    first + i, mismatch.first - x, *mismatch.first, qa,
-                                    *mismatch.second, qb));
-      }
-    }
-    if (progress) progress(first + count, n);
-  }
 }
 
 }  // namespace imgstore

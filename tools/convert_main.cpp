@@ -1,6 +1,7 @@
 // imgstore-convert: ingest data sets into PNG folders, LMDB and HDF5 stores; verify and
 // describe stores. Exit status: 0 ok, 1 bad data or I/O failure, 2 usage.
 #include <csignal>
+#include <cmath>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -82,6 +83,12 @@ Json describe(const StoreReader& reader) {
   j["count"] = m.count;
   j["shape"] = {m.shape.height, m.shape.width, m.shape.channels};
   j["encoding"] = to_string(m.encoding);
+  j["format_version"] = m.format_version;
+  j["variable_size"] = m.variable_size;
+  if (m.variable_size) {
+    j["min_height"] = m.min_height, j["max_height"] = m.max_height;
+    j["min_width"] = m.min_width, j["max_width"] = m.max_width;
+  }
   j["classes"] = m.class_names;
   j["bytes_on_disk"] = reader.bytes_on_disk();
   j["source"] = m.source;
@@ -222,13 +229,21 @@ int run_verify(const std::string& store, const std::string& against, bool quiet,
   if (!against.empty()) {
     auto other = open_store(against);
     cli::ProgressBar bar2("compare", quiet);
-    compare_stores(*reader, *other, [&](std::uint64_t done, std::uint64_t total) {
+    const CompareResult cmp = compare_stores(*reader, *other, [&](std::uint64_t done, std::uint64_t total) {
       check_interrupt();
       bar2.update(done, total);
     });
     bar2.finish();
     j["against"] = other->path().string();
-    j["identical"] = true;
+    j["identical"] = cmp.max_abs_diff == 0;
+    if (!cmp.exact) {  // a lossy side: measured, not required equal
+      j["max_abs_diff"] = cmp.max_abs_diff;
+      j["psnr_db"] = std::isfinite(cmp.psnr_db) ? Json(cmp.psnr_db) : Json("inf");
+      if (!json && !quiet) {
+        fmt::print("compared with a lossy store: max abs difference {}, PSNR {:.2f} dB\n",
+                   cmp.max_abs_diff, cmp.psnr_db);
+      }
+    }
   }
   if (json) {
     std::cout << j.dump(2) << "\n";
@@ -238,7 +253,7 @@ int run_verify(const std::string& store, const std::string& against, bool quiet,
                reader->path().string(), to_string(reader->format()),
                shards > 1 ? fmt::format(", {} shards", shards) : "", result.records,
                to_hex64(result.content_digest));
-    if (!against.empty()) {
+    if (!against.empty() && j["identical"].get<bool>()) {
       fmt::print("ok: identical to {} record by record (pixels and labels)\n", against);
     }
   }
@@ -254,7 +269,12 @@ int run_info(const std::string& store, bool json) {
   }
   const auto& m = reader->manifest();
   fmt::print("path:      {}\n", reader->path().string());
-  fmt::print("format:    {} (encoding {})\n", to_string(m.format), to_string(m.encoding));
+  fmt::print("format:    {} (encoding {}, format version {})\n", to_string(m.format),
+             to_string(m.encoding), m.format_version);
+  if (m.variable_size) {
+    fmt::print("sizes:     variable, height {}..{}, width {}..{}\n", m.min_height, m.max_height,
+               m.min_width, m.max_width);
+  }
   fmt::print("split:     {}\n", m.split);
   fmt::print("records:   {}\n", m.count);
   fmt::print("shape:     {} (H x W x C, uint8)\n", to_string(m.shape));

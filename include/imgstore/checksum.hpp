@@ -2,6 +2,10 @@
 //   checksum = XXH3_64bits_withSeed(pixels HWC, H*W*C, seed = label)
 // Seeding with the label makes a flipped label as detectable as a flipped pixel.
 // Python: xxhash.xxh3_64_intdigest(pixels.tobytes(), seed=label)
+// Lossy encodings (JPEG) are the exception: decoders may differ in the last bit, so their
+// checksum covers the stored payload bytes instead (the JPEG file's bytes), same seed:
+//   xxhash.xxh3_64_intdigest(jpeg_bytes, seed=label)
+// and such stores compare with other stores by PSNR, not by checksum (verify --against).
 #pragma once
 
 #include <cstddef>

@@ -1,6 +1,7 @@
 // One pass over a source split, writing every requested format at once.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -87,13 +88,24 @@ struct VerifyResult {
 };
 
 // Re-reads every record, checks each checksum and the count and content digest against the
-// manifest. Throws DataError naming the first bad record.
+// manifest; JPEG records are also decoded in full. Throws DataError naming the first bad record.
 VerifyResult verify_store(const StoreReader& reader,
                           const std::function<void(std::uint64_t, std::uint64_t)>& progress = {});
 
-// Compares two stores record by record (pixels and labels, any formats). Throws DataError
-// naming the first record that differs.
-void compare_stores(const StoreReader& a, const StoreReader& b,
-                    const std::function<void(std::uint64_t, std::uint64_t)>& progress = {});
+struct CompareResult {
+  bool exact = true;      // both sides lossless: every pixel was required to be equal
+  int max_abs_diff = 0;   // largest pixel difference (0 when exact)
+  double psnr_db = INFINITY;  // over all pixels; infinite when identical
+};
+
+// Compares two stores record by record (labels, shapes, decoded pixels; any formats and
+// encodings). Throws DataError naming the first record that differs, except in pixels when a
+// side is lossy (JPEG): then the difference is measured and returned.
+CompareResult compare_stores(const StoreReader& a, const StoreReader& b,
+                             const std::function<void(std::uint64_t, std::uint64_t)>& progress = {});
+
+// Decodes a record read_record() gave into record.shape.bytes() of HWC pixels. Throws
+// DataError "<what>: <problem>" on a corrupt payload.
+void decode_record(const EncodedRecord& record, std::uint8_t* out, const std::string& what);
 
 }  // namespace imgstore

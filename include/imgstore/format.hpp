@@ -24,6 +24,7 @@ struct FormatInfo {
   std::string description;           // for messages: "PNG folder", "LMDB", "HDF5"
   bool directory;                    // a store is a directory (else one file)
   std::vector<Encoding> encodings;   // payload encodings it holds; the first is its default
+  bool variable_size;                // holds records of differing H and W (format version 2)
 };
 
 struct EncodingInfo {

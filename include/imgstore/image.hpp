@@ -56,6 +56,48 @@ struct ImageBatch {
   std::size_t image_offset(std::size_t i) const {
     return shapes.empty() ? i * shape.bytes() : offsets[i];
   }
+  // Becomes a copy of records [first, first + n) of `src` (any kind), reusing capacity.
+  void assign_range(const ImageBatch& src, std::size_t first, std::size_t n) {
+    shape = src.shape;
+    labels.assign(src.labels.begin() + first, src.labels.begin() + first + n);
+    const std::size_t begin = src.has_pixels() && src.size() > 0 ? src.image_offset(first) : 0;
+    const std::size_t end = src.pixels.empty() ? 0
+                            : first + n < src.size() ? src.image_offset(first + n)
+                                                     : src.pixels.size();
+    pixels.assign(src.pixels.begin() + begin, src.pixels.begin() + end);
+    shapes.clear();
+    offsets.clear();
+    if (src.variable_size()) {
+      shapes.assign(src.shapes.begin() + first, src.shapes.begin() + first + n);
+      for (std::size_t i = first; i <= first + n; ++i) offsets.push_back(src.offsets[i] - begin);
+    }
+    payload_encoding = src.payload_encoding;
+    payload.clear();
+    payload_offsets.clear();
+    if (src.payload_encoding) {
+      const std::size_t pb = src.payload_offsets[first], pe = src.payload_offsets[first + n];
+      payload.assign(src.payload.begin() + pb, src.payload.begin() + pe);
+      for (std::size_t i = first; i <= first + n; ++i) {
+        payload_offsets.push_back(src.payload_offsets[i] - pb);
+      }
+    }
+  }
+  // Keeps the first n records (n <= size()), of any kind.
+  void truncate(std::size_t n) {
+    if (n >= size()) return;
+    labels.resize(n);
+    if (variable_size()) {
+      shapes.resize(n);
+      offsets.resize(n + 1);
+      pixels.resize(pixels.empty() ? 0 : offsets.back());
+    } else {
+      pixels.resize(pixels.empty() ? 0 : n * shape.bytes());
+    }
+    if (payload_encoding) {
+      payload_offsets.resize(n + 1);
+      payload.resize(payload_offsets.back());
+    }
+  }
   // Sizes pixels and labels for n fixed-size images of `s`, reusing capacity.
   void resize(const Shape& s, std::size_t n) {
     shape = s;

@@ -28,11 +28,16 @@ struct ShardPosition {
   bool operator!=(const ShardPosition& o) const { return !(*this == o); }
 };
 
+// Format version 1: fixed-size records, raw or png payloads. Version 2 adds variable-size
+// records and JPEG payloads; a store that uses neither is still written as version 1, so
+// older readers keep opening it. Readers accept 1..kFormatVersion.
+int format_version_for(bool variable_size, Encoding encoding);
+
 struct Manifest {
-  static constexpr int kFormatVersion = 1;
+  static constexpr int kFormatVersion = 2;  // the newest this build reads and writes
 
   Format format = Format::PngFolder;
-  int format_version = kFormatVersion;
+  int format_version = 1;          // format_version_for(variable_size, encoding) when written
   std::string tool_version;        // imgstore version that wrote it
   std::string split;               // "train", "test", ...
   std::string source;              // human description of where the data came from
@@ -70,12 +75,12 @@ struct ShardEntry {
 // The index of a sharded store, `<store>/shards.json` (docs/sharding.md): what the combined
 // store holds, and its shards in record order.
 struct ShardIndex {
-  static constexpr int kFormatVersion = 1;
+  static constexpr int kFormatVersion = 2;  // as Manifest's
   static constexpr std::uint32_t kMaxShards = 99999;  // shard names carry 5 digits
   static constexpr const char* kFileName = "shards.json";
 
   Format format = Format::PngFolder;  // format of every shard
-  int format_version = kFormatVersion;
+  int format_version = 1;
   std::string tool_version;
   std::string split;
   std::string source;

@@ -91,6 +91,11 @@ class StoreReader {
   void check_index(std::uint64_t index) const;
   // Throws DataError naming the store and record when verify_checksums is on and it mismatches.
   void check_record(std::uint64_t index, const std::uint8_t* pixels, std::int64_t label) const;
+  // The same over `size` bytes: a variable-size record's pixels, or a lossy record's payload.
+  void check_payload_checksum(std::uint64_t index, const std::uint8_t* data, std::size_t size,
+                              std::int64_t label) const;
+  // Throws UsageError for variable-size stores, which have no fixed image_bytes() to fill.
+  void check_fixed_size() const;
   // "key '00000042'" / "record 42" / "file '00000042.png'" — how this format names a record.
   virtual std::string record_name(std::uint64_t index) const;
 
@@ -163,6 +168,8 @@ class StoreWriter {
  protected:
   StoreWriter(Format format, std::filesystem::path path, StoreSpec spec, WriterOptions options);
 
+  // Gets batches write() has checked. For a store of a lossy encoding (JPEG) the batch carries
+  // every record's payload in that encoding (write() encodes pixels when the source did not).
   virtual void write_records(const ImageBatch& batch, const std::uint64_t* checksums,
                              std::uint64_t first_index) = 0;
   // Writes the manifest, flushes, renames into place.
@@ -176,6 +183,12 @@ class StoreWriter {
   std::uint64_t written_ = 0;
   std::vector<std::uint64_t> checksums_;
   bool committed_ = false;
+
+ private:
+  void check_batch(const ImageBatch& batch) const;
+  const ImageBatch& with_payloads(const ImageBatch& batch);
+  ImageBatch encoded_;  // with_payloads' output, reused between batches
+  Shape min_shape_{~0u, ~0u, 0}, max_shape_{0, 0, 0};  // bounds of variable-size records
 };
 
 // Starts a store of the given format at `path`. Throws IoError if it cannot be written, or

@@ -105,6 +105,7 @@ void write_store_fields(nlohmann::ordered_json& j, const Fields& f) {
   j["height"] = f.shape.height;
   j["width"] = f.shape.width;
   j["channels"] = f.shape.channels;
+  if (f.variable_size) j["variable_size"] = true;
 }
 
 // The fields a manifest and a shard index share, read the same way into either. `kind`
@@ -113,9 +114,9 @@ template <class Fields>
 void read_store_fields(const nlohmann::json& j, const std::string& what, const char* kind,
                        Fields& x) {
   x.format_version = get_integer<int>(j, "format_version", what);
-  if (x.format_version != Fields::kFormatVersion) {
-    throw DataError(fmt::format("{}: {} format_version {} is not supported (expected {})", what,
-                                kind, x.format_version, Fields::kFormatVersion));
+  if (x.format_version < 1 || x.format_version > Fields::kFormatVersion) {
+    throw DataError(fmt::format("{}: {} format_version {} is not supported (expected 1..{})",
+                                what, kind, x.format_version, Fields::kFormatVersion));
   }
   x.tool_version = j.value("tool_version", "");
   x.split = j.value("split", "");
@@ -126,10 +127,34 @@ void read_store_fields(const nlohmann::json& j, const std::string& what, const c
   x.shape.channels = get_integer<std::uint32_t>(j, "channels", what);
   x.encoding = parse_encoding(j.value("encoding", "raw"));  // UsageError: reported as DataError
   x.class_names = j.value("class_names", std::vector<std::string>{});
+  const auto flag = j.find("variable_size");
+  if (flag != j.end()) {
+    if (!flag->is_boolean()) throw DataError(what + ": 'variable_size' is not true or false");
+    x.variable_size = flag->template get<bool>();
+  }
+  if (x.format_version < format_version_for(x.variable_size, x.encoding)) {
+    throw DataError(fmt::format("{}: {} format_version {} cannot hold {} records", what, kind,
+                                x.format_version,
+                                x.variable_size ? "variable-size" : imgstore::to_string(x.encoding)));
+  }
+}
+
+// Variable-size stores: channels 1..4 and no fixed H, W; fixed-size: a whole image shape.
+void check_store_shape(const Shape& shape, bool variable_size, const std::string& what,
+                       const char* label) {
+  if (!variable_size) return check_image_shape(shape, what, label);
+  if (shape.height != 0 || shape.width != 0 || shape.channels == 0 || shape.channels > 4) {
+    throw DataError(fmt::format("{}: {} {} is not a variable-size shape (0x0xC, C 1..4)", what,
+                                label, imgstore::to_string(shape)));
+  }
 }
 
 
 }  // namespace
+
+int format_version_for(bool variable_size, Encoding encoding) {
+  return variable_size || encoding == Encoding::Jpeg ? 2 : 1;
+}
 
 std::string to_string(const Shape& shape) {
   return fmt::format("{}x{}x{}", shape.height, shape.width, shape.channels);
@@ -143,7 +168,14 @@ std::string Manifest::to_json() const {
   j["layout"] = "HWC";
   j["encoding"] = imgstore::to_string(encoding);
   j["class_names"] = class_names;
-  j["checksum_algorithm"] = "xxh3_64(pixels, seed=label)";
+  j["checksum_algorithm"] = encoding_info(encoding).lossless ? "xxh3_64(pixels, seed=label)"
+                                                              : "xxh3_64(payload, seed=label)";
+  if (variable_size) {
+    j["min_height"] = min_height;
+    j["max_height"] = max_height;
+    j["min_width"] = min_width;
+    j["max_width"] = max_width;
+  }
   j["content_digest"] = to_hex64(content_digest);
   auto& sums = j["checksums"] = nlohmann::ordered_json::array();
   for (auto c : checksums) sums.push_back(to_hex64(c));
@@ -164,6 +196,12 @@ Manifest Manifest::from_json(const std::string& text, const std::string& what) {
     read_store_fields(j, what, "manifest", m);
     m.content_digest = parse_hex64(j.at("content_digest").get<std::string>(),
                                    what + " content_digest");
+    if (m.variable_size) {
+      m.min_height = get_integer<std::uint32_t>(j, "min_height", what);
+      m.max_height = get_integer<std::uint32_t>(j, "max_height", what);
+      m.min_width = get_integer<std::uint32_t>(j, "min_width", what);
+      m.max_width = get_integer<std::uint32_t>(j, "max_width", what);
+    }
     const auto& sums = j.at("checksums");
     if (!sums.is_array()) throw DataError(what + ": manifest 'checksums' is not an array");
     m.checksums.reserve(sums.size());
@@ -187,7 +225,12 @@ Manifest Manifest::from_json(const std::string& text, const std::string& what) {
 }
 
 void Manifest::validate(const std::string& what) const {
-  check_image_shape(shape, what, "manifest shape");
+  check_store_shape(shape, variable_size, what, "manifest shape");
+  if (variable_size && count > 0 &&
+      (min_height == 0 || min_width == 0 || min_height > max_height || min_width > max_width)) {
+    throw DataError(fmt::format("{}: manifest size bounds {}..{} x {}..{} are not valid", what,
+                                min_height, max_height, min_width, max_width));
+  }
   if (checksums.size() != count) {
     throw DataError(fmt::format("{}: manifest lists {} checksums for {} records", what,
                                 checksums.size(), count));
@@ -276,7 +319,7 @@ ShardIndex ShardIndex::from_json(const std::string& text, const std::string& wha
 }
 
 void ShardIndex::validate(const std::string& what) const {
-  check_image_shape(shape, what, "shape");
+  check_store_shape(shape, variable_size, what, "shape");
   check_conversion_id(conversion_id, what);
   if (shards.empty() || shards.size() > kMaxShards) {
     throw DataError(fmt::format("{}: lists {} shards, expected 1..{}", what, shards.size(),

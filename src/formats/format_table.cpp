@@ -29,11 +29,12 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 const std::vector<FormatEntry>& format_table() {
   // A function-local static: safe to use from other files' static initialisers.
   static const std::vector<FormatEntry> table = {
-      {{Format::PngFolder, "png", {}, ".png", "PNG folder", true, {Encoding::Png}},
+      {{Format::PngFolder, "png", {}, ".png", "PNG folder", true, {Encoding::Png}, false},
        "manifest.json", detect_png_folder, open_png_folder, create_png_folder},
-      {{Format::Lmdb, "lmdb", {}, ".lmdb", "LMDB", true, {Encoding::Raw, Encoding::Png}},
+      {{Format::Lmdb, "lmdb", {}, ".lmdb", "LMDB", true, {Encoding::Raw, Encoding::Png, Encoding::Jpeg},
+        true},
        "data.mdb", detect_lmdb_store, open_lmdb_store, create_lmdb_store},
-      {{Format::Hdf5, "hdf5", {"h5"}, ".h5", "HDF5", false, {Encoding::Raw}},
+      {{Format::Hdf5, "hdf5", {"h5"}, ".h5", "HDF5", false, {Encoding::Raw}, false},
        "HDF5 signature", detect_hdf5_store, open_hdf5_store, create_hdf5_store},
   };
   return table;

@@ -10,7 +10,7 @@
 //     value = 32-byte little-endian header, then the payload:
 //       offset  0  char[4]  magic "IMGS"
 //               4  uint16   value version = 1
-//               6  uint8    encoding: EncodingEntry::code (0 = raw, 1 = png), see
+//               6  uint8    encoding: EncodingEntry::code (0 = raw, 1 = png, 2 = jpeg), see
 //                           formats/encoding_table.cpp
 //               7  uint8    channels C
 //               8  uint32   height H
@@ -20,7 +20,10 @@
 //              24  uint64   xxh3_64(payload), unseeded
 //              32  payload  raw: H*W*C pixel bytes in HWC order (the value's last H*W*C bytes);
 //                           png: one 8-bit PNG of H x W with C channels
-//                           (others: that encoding's codec's bytes)
+//                           jpeg: one JPEG file's bytes (a source JPEG stored untouched,
+//                           or pixels encoded at --jpeg-quality); decodes to H x W x C
+//       Variable-size stores (manifest "variable_size": true, format version 2) are the same:
+//       H and W are each record's own.
 //   Named sub-database "__imgstore__" (it also appears in the main database as the key
 //   "__imgstore__", which sorts after every digit key), holding:
 //     key "manifest" = Manifest::to_json() (count, shape, class names, per-record checksums).
@@ -144,7 +147,8 @@ std::size_t page_size() {
 std::size_t estimate_map_size(const StoreSpec& spec, bool encoded) {
   if (auto forced = testing::lmdb_initial_map_size()) return forced;
   const std::size_t psize = page_size();
-  const std::size_t bytes = spec.shape.bytes();
+  // Variable size: a guess of a mid-sized photo; growth corrects it.
+  const std::size_t bytes = spec.variable_size ? std::size_t{96} << 10 : spec.shape.bytes();
   const std::size_t value = kHeaderBytes + (encoded ? bytes + bytes / 8 + 1024 : bytes);
   const long double per_record = value + 64 > psize / 2
                                      ? static_cast<long double>(round_up(value + 64, psize))
@@ -191,14 +195,16 @@ class LmdbWriter final : public StoreWriter {
                                     name_, first_index + i, batch.labels[i]));
       }
     }
-    const std::size_t bytes = spec_.shape.bytes();
-    if (bytes > std::numeric_limits<std::uint32_t>::max() - kHeaderBytes) {
-      throw UsageError(fmt::format("{}: images of {} bytes are too large for an LMDB record",
-                                   name_, bytes));
+    for (std::size_t i = 0; i < n; ++i) {
+      if (batch.image_bytes(i) > std::numeric_limits<std::uint32_t>::max() - kHeaderBytes) {
+        throw UsageError(fmt::format("{}: record {} of {} bytes is too large for an LMDB record",
+                                     name_, first_index + i, batch.image_bytes(i)));
+      }
     }
-    if (encoded_payloads_) encode_all(batch);
+    if (codec_.info.encoding == Encoding::Png) encode_all(batch);
 
-    const std::size_t value_guess = kHeaderBytes + bytes;
+    const std::size_t value_guess =
+        kHeaderBytes + (n == 0 ? 0 : payload_of(batch, n - 1).second);
     const std::size_t per_txn = std::max<std::size_t>(1, kTxnValueBytes / value_guess);
     for (std::size_t start = 0; start < n; start += per_txn) {
       const std::size_t end = std::min(n, start + per_txn);
@@ -269,7 +275,7 @@ class LmdbWriter final : public StoreWriter {
     if (encoded_.size() < n) encoded_.resize(n);
     auto encode_range = [&](const tbb::blocked_range<std::size_t>& r) {
       for (std::size_t i = r.begin(); i != r.end(); ++i) {
-        codec_.encode(batch.image(i), spec_.shape, options_, encoded_[i]);
+        codec_.encode(batch.image(i), batch.image_shape(i), options_, encoded_[i]);
       }
     };
     const int threads = options_.threads == 0 ? tbb::task_arena::automatic
@@ -284,23 +290,35 @@ class LmdbWriter final : public StoreWriter {
     }
   }
 
+  // Record i's payload: the pixels (raw), its PNG from encode_all, or the batch's JPEG bytes
+  // (StoreWriter::write fills them for lossy stores).
+  std::pair<const std::uint8_t*, std::size_t> payload_of(const ImageBatch& batch,
+                                                         std::size_t i) const {
+    switch (codec_.info.encoding) {
+      case Encoding::Raw: return {batch.image(i), batch.image_bytes(i)};
+      case Encoding::Png: return {encoded_[i].data(), encoded_[i].size()};
+      default: {
+        const std::size_t begin = batch.payload_offsets[i];
+        return {batch.payload.data() + begin, batch.payload_offsets[i + 1] - begin};
+      }
+    }
+  }
+
   // Puts records [start, end) of the batch. Returns LMDB's code (MDB_MAP_FULL is retried).
   int put_range(MDB_txn* txn, const ImageBatch& batch, std::uint64_t first_index,
                 std::size_t start, std::size_t end) {
-    const std::size_t bytes = spec_.shape.bytes();
     char key[32];
     for (std::size_t i = start; i < end; ++i) {
       const std::uint64_t index = first_index + i;
       const std::size_t key_len = format_key(index, key);
-      const std::uint8_t* payload = encoded_payloads_ ? encoded_[i].data() : batch.image(i);
-      const std::size_t payload_len = encoded_payloads_ ? encoded_[i].size() : bytes;
+      const auto [payload, payload_len] = payload_of(batch, i);
       // MDB_RESERVE: LMDB hands out the value's space and we fill it, saving a copy.
       MDB_val value{kHeaderBytes + payload_len, nullptr};
       unsigned flags = MDB_RESERVE | (index < kAppendLimit ? MDB_APPEND : 0u);
       int rc = main_.try_put(txn, lmdb::make_val(key, key_len), value, flags);
       if (rc != MDB_SUCCESS) return rc;
       auto* out = static_cast<std::uint8_t*>(value.mv_data);
-      write_header(out, codec_.code, spec_.shape,
+      write_header(out, codec_.code, batch.image_shape(i),
                    static_cast<std::int32_t>(batch.labels[i]),
                    static_cast<std::uint32_t>(payload_len), xxh3_64(payload, payload_len));
       std::memcpy(out + kHeaderBytes, payload, payload_len);
@@ -568,16 +586,20 @@ class LmdbReader final : public StoreReader {
         codec_(encoding_entry(manifest_.encoding)) {}
 
   std::int64_t read_one(std::uint64_t index, std::uint8_t* out) const override {
+    check_fixed_size();
     check_index(index);
     const std::uint8_t* data = nullptr;
     std::size_t size = 0;
-    if (shared_->recall(index, data, size)) return decode_value(index, data, size, out);
+    if (shared_->recall(index, data, size)) {
+      return decode_value(index, parse_value(index, data, size), out);
+    }
     TxnLease txn(*shared_, read_what());
-    return read_record(txn.get(), index, out);
+    return fetch_into(txn.get(), index, out);
   }
 
   void read_many(const std::uint64_t* indices, std::size_t n, std::uint8_t* out,
                  std::int64_t* labels) const override {
+    check_fixed_size();
     for (std::size_t i = 0; i < n; ++i) check_index(indices[i]);
     if (n == 0) return;
     const std::size_t bytes = image_bytes();
@@ -594,13 +616,35 @@ class LmdbReader final : public StoreReader {
       std::size_t size = 0;
       std::int64_t label = 0;
       if (shared_->recall(indices[i], data, size)) {
-        label = decode_value(indices[i], data, size, out + i * bytes);
+        label = decode_value(indices[i], parse_value(indices[i], data, size), out + i * bytes);
       } else {
         if (!txn) txn.emplace(*shared_, read_what());
-        label = read_record(txn->get(), indices[i], out + i * bytes);
+        label = fetch_into(txn->get(), indices[i], out + i * bytes);
       }
       if (labels) labels[i] = label;
     }
+  }
+
+  Shape record_shape(std::uint64_t index) const override { return locate(index).shape; }
+
+  // The payload as stored (PNG is decoded: nothing downstream takes PNG bytes).
+  void read_record(std::uint64_t index, EncodedRecord& out) const override {
+    const Value v = locate(index);
+    out.shape = v.shape;
+    out.label = v.label;
+    if (codec_.info.encoding == Encoding::Png) {
+      out.encoding = Encoding::Raw;
+      out.bytes.resize(v.shape.bytes());
+      if (options_.verify_checksums) check_payload_hash(index, v);
+      codec_.decode(v.payload, v.payload_size, v.shape, out.bytes.data(),
+                    fmt::format("corrupt record in {} {}", name_, record_name(index)));
+      check_payload_checksum(index, out.bytes.data(), out.bytes.size(), v.label);
+      return;
+    }
+    out.encoding = codec_.info.encoding;
+    out.bytes.assign(v.payload, v.payload + v.payload_size);
+    // Raw: the checksum covers the pixels; JPEG: the payload. Both are out.bytes.
+    check_payload_checksum(index, out.bytes.data(), out.bytes.size(), v.label);
   }
 
  protected:
@@ -609,9 +653,20 @@ class LmdbReader final : public StoreReader {
   }
 
  private:
+  // One value's header fields, validated against the value's real length and the manifest
+  // (never trusting a size from the header).
+  struct Value {
+    Shape shape;
+    std::int32_t label = 0;
+    const std::uint8_t* payload = nullptr;
+    std::size_t payload_size = 0;
+    std::uint64_t payload_hash = 0;  // from the header
+  };
+
   std::string read_what() const { return name_ + ": cannot begin a read transaction"; }
 
-  std::int64_t read_record(MDB_txn* txn, std::uint64_t index, std::uint8_t* out) const {
+  // Looks record `index` up (a cache miss), validates its header and caches its place.
+  Value lookup(MDB_txn* txn, std::uint64_t index) const {
     char key[32];
     MDB_val k = lmdb::make_val(key, format_key(index, key));
     MDB_val value{};
@@ -624,20 +679,21 @@ class LmdbReader final : public StoreReader {
     if (!shared_->plausible(value)) {
       throw corrupt(index, fmt::format("value is {} bytes, larger than data.mdb", value.mv_size));
     }
-    const std::int64_t label =
-        decode_value(index, static_cast<const std::uint8_t*>(value.mv_data), value.mv_size, out);
-    shared_->remember(index, value);  // only once it has validated
-    return label;
+    const Value v =
+        parse_value(index, static_cast<const std::uint8_t*>(value.mv_data), value.mv_size);
+    shared_->remember(index, value);  // only once its header has validated
+    return v;
+  }
+
+  std::int64_t fetch_into(MDB_txn* txn, std::uint64_t index, std::uint8_t* out) const {
+    return decode_value(index, lookup(txn, index), out);
   }
 
   DataError corrupt(std::uint64_t index, const std::string& problem) const {
     return DataError(fmt::format("corrupt record in {} {}: {}", name_, record_name(index), problem));
   }
 
-  // Validates one value and copies its pixels from the map into `out`. Never trusts a size
-  // from the header: everything is checked against the value's real length and the manifest.
-  std::int64_t decode_value(std::uint64_t index, const std::uint8_t* p, std::size_t size,
-                            std::uint8_t* out) const {
+  Value parse_value(std::uint64_t index, const std::uint8_t* p, std::size_t size) const {
     if (size < kHeaderBytes) {
       throw corrupt(index, fmt::format("value is {} bytes, shorter than the {}-byte header", size,
                                        kHeaderBytes));
@@ -656,51 +712,86 @@ class LmdbReader final : public StoreReader {
       throw corrupt(index, fmt::format("encoding is {}, the manifest says {}", codec->info.name,
                                        codec_.info.name));
     }
-    const bool raw = codec_.info.encoding == Encoding::Raw;
-    const Shape shape{get_u32(p + 8), get_u32(p + 12), p[7]};
-    if (shape != manifest_.shape) {
-      throw corrupt(index, fmt::format("shape is {}, the store holds {}", to_string(shape),
-                                       to_string(manifest_.shape)));
+    Value v;
+    v.shape = Shape{get_u32(p + 8), get_u32(p + 12), p[7]};
+    check_shape(index, v.shape);
+    v.label = static_cast<std::int32_t>(get_u32(p + 16));
+    if (v.label < 0) throw corrupt(index, fmt::format("negative label {}", v.label));
+    v.payload = p + kHeaderBytes;
+    v.payload_size = size - kHeaderBytes;
+    if (codec_.info.encoding == Encoding::Raw && v.payload_size != v.shape.bytes()) {
+      throw corrupt(index, fmt::format("payload is {} bytes, expected {}", v.payload_size,
+                                       v.shape.bytes()));
     }
-    const auto label = static_cast<std::int32_t>(get_u32(p + 16));
-    if (label < 0) throw corrupt(index, fmt::format("negative label {}", label));
-    const std::size_t payload = size - kHeaderBytes;
-    const std::size_t bytes = image_bytes();
-    if (raw && payload != bytes) {
-      throw corrupt(index, fmt::format("payload is {} bytes, expected {}", payload, bytes));
-    }
-    if (auto declared = get_u32(p + 20); declared != payload) {
+    if (auto declared = get_u32(p + 20); declared != v.payload_size) {
       throw corrupt(index, fmt::format("header says the payload is {} bytes, but it is {}",
-                                       declared, payload));
+                                       declared, v.payload_size));
     }
-    const std::uint8_t* data = p + kHeaderBytes;
-    auto check_payload_hash = [&] {
-      const std::uint64_t expected = get_u64(p + 24);
-      const std::uint64_t actual = xxh3_64(data, payload);
-      if (actual != expected) {
-        throw corrupt(index, fmt::format("payload checksum {} does not match the header's {}",
-                                         to_hex64(actual), to_hex64(expected)));
-      }
-    };
-    if (raw) {  // the hot path: a copy, no codec
-      std::memcpy(out, data, bytes);
+    v.payload_hash = get_u64(p + 24);
+    return v;
+  }
+
+  // Fixed-size stores: exactly the manifest's shape. Variable-size: the manifest's channels,
+  // H and W within its bounds.
+  void check_shape(std::uint64_t index, const Shape& shape) const {
+    const Manifest& m = manifest_;
+    const bool ok = m.variable_size
+                        ? shape.channels == m.shape.channels && shape.height >= m.min_height &&
+                              shape.height <= m.max_height && shape.width >= m.min_width &&
+                              shape.width <= m.max_width
+                        : shape == m.shape;
+    if (!ok) {
+      throw corrupt(index, fmt::format("shape is {}, the store holds {}", to_string(shape),
+                                       m.variable_size ? "other sizes" : to_string(m.shape)));
+    }
+  }
+
+  void check_payload_hash(std::uint64_t index, const Value& v) const {
+    const std::uint64_t actual = xxh3_64(v.payload, v.payload_size);
+    if (actual != v.payload_hash) {
+      throw corrupt(index, fmt::format("payload checksum {} does not match the header's {}",
+                                       to_hex64(actual), to_hex64(v.payload_hash)));
+    }
+  }
+
+  // Checks one value of a fixed-size store and copies (or decodes) its pixels into `out`.
+  std::int64_t decode_value(std::uint64_t index, const Value& v, std::uint8_t* out) const {
+    const std::size_t bytes = v.shape.bytes();
+    if (codec_.info.encoding == Encoding::Raw) {  // the hot path: a copy, no codec
+      std::memcpy(out, v.payload, bytes);
       // For raw payloads the manifest checksum covers the same bytes (plus the label), so a
       // match proves the payload too; the header hash is consulted only to explain a mismatch.
       // This halves the hashing per verified read.
       if (options_.verify_checksums &&
-          record_checksum(out, bytes, label) != manifest_.checksums[index]) {
-        check_payload_hash();
-        check_record(index, out, label);
+          record_checksum(out, bytes, v.label) != manifest_.checksums[index]) {
+        check_payload_hash(index, v);
+        check_record(index, out, v.label);
       }
-      return label;
+      return v.label;
     }
     // Encoded: check the bytes before handing them to the decoder, and the pixels after.
-    if (options_.verify_checksums) check_payload_hash();
-    codec_.decode(data, payload, manifest_.shape, out,
+    if (options_.verify_checksums) check_payload_hash(index, v);
+    codec_.decode(v.payload, v.payload_size, v.shape, out,
                   fmt::format("corrupt record in {} {}", name_, record_name(index)));
-    check_record(index, out, label);
-    return label;
+    if (codec_.info.lossless) {
+      check_record(index, out, v.label);
+    } else {
+      check_payload_checksum(index, v.payload, v.payload_size, v.label);
+    }
+    return v.label;
   }
+
+  // Finds record `index`'s value in the map (cached after its first lookup) and parses it. The
+  // pointers stay valid while the store is open (the map is read-only and never remapped).
+  Value locate(std::uint64_t index) const {
+    check_index(index);
+    const std::uint8_t* data = nullptr;
+    std::size_t size = 0;
+    if (shared_->recall(index, data, size)) return parse_value(index, data, size);
+    TxnLease txn(*shared_, read_what());
+    return lookup(txn.get(), index);
+  }
+
 
   std::shared_ptr<SharedEnv> shared_;
   std::string name_;

@@ -52,7 +52,6 @@ class ShardedStoreWriter final : public StoreWriter {
   // time and is committed (inside the staged directory) as soon as it is full.
   void write_records(const ImageBatch& batch, const std::uint64_t* /*checksums*/,
                      std::uint64_t /*first_index*/) override {
-    const std::size_t bytes = spec_.shape.bytes();
     std::size_t pos = 0;
     while (pos < batch.size()) {
       if (!shard_) open_next_shard();
@@ -61,9 +60,7 @@ class ShardedStoreWriter final : public StoreWriter {
       if (pos == 0 && n == batch.size()) {
         shard_->write(batch);
       } else {
-        part_.resize(batch.shape, n);
-        std::copy(batch.image(pos), batch.image(pos) + n * bytes, part_.pixels.begin());
-        std::copy(batch.labels.begin() + pos, batch.labels.begin() + pos + n, part_.labels.begin());
+        part_.assign_range(batch, pos, n);
         shard_->write(part_);
       }
       pos += n;
@@ -104,6 +101,8 @@ class ShardedStoreWriter final : public StoreWriter {
     index.shape = manifest.shape;
     index.class_names = manifest.class_names;
     index.encoding = manifest.encoding;
+    index.variable_size = manifest.variable_size;
+    index.format_version = manifest.format_version;
     index.conversion_id = conversion_id_;
     index.content_digest = manifest.content_digest;
     for (std::uint32_t i = 0; i < shards_; ++i) {
@@ -139,7 +138,28 @@ class ShardedStoreReader final : public StoreReader {
         shards_(std::move(shards)),
         firsts_(std::move(firsts)) {}
 
+  Shape record_shape(std::uint64_t index) const override {
+    check_index(index);
+    const std::size_t s = shard_of(index);
+    try {
+      return shards_[s]->record_shape(index - firsts_[s]);
+    } catch (const DataError& e) {
+      throw in_context(e, index);
+    }
+  }
+
+  void read_record(std::uint64_t index, EncodedRecord& out) const override {
+    check_index(index);
+    const std::size_t s = shard_of(index);
+    try {
+      shards_[s]->read_record(index - firsts_[s], out);
+    } catch (const DataError& e) {
+      throw in_context(e, index);
+    }
+  }
+
   std::int64_t read_one(std::uint64_t index, std::uint8_t* out) const override {
+    check_fixed_size();
     check_index(index);
     const std::size_t s = shard_of(index);
     try {
@@ -154,6 +174,7 @@ class ShardedStoreReader final : public StoreReader {
   // is read in place; others go through a recycled buffer and are scattered.
   void read_many(const std::uint64_t* indices, std::size_t n, std::uint8_t* out,
                  std::int64_t* labels) const override {
+    check_fixed_size();
     for (std::size_t i = 0; i < n; ++i) check_index(indices[i]);
     if (n == 0) return;
     const std::size_t bytes = image_bytes();
@@ -328,6 +349,8 @@ std::unique_ptr<StoreReader> detail::open_sharded_store(const fs::path& path,
   combined.shape = index.shape;
   combined.class_names = index.class_names;
   combined.encoding = index.encoding;
+  combined.variable_size = index.variable_size;
+  combined.format_version = index.format_version;
   combined.content_digest = index.content_digest;
   // No reserve from index.count: it comes from the file. The shards' checksum lists were
   // checked against their own data when they opened.
@@ -370,6 +393,17 @@ std::unique_ptr<StoreReader> detail::open_sharded_store(const fs::path& path,
     if (m.shape != index.shape) {
       throw DataError(fmt::format("{} holds {} images, {} says {}", name, to_string(m.shape),
                                   ShardIndex::kFileName, to_string(index.shape)));
+    }
+    if (m.variable_size != index.variable_size) {
+      throw DataError(fmt::format("{} is {}-size, {} says otherwise", name,
+                                  m.variable_size ? "variable" : "fixed", ShardIndex::kFileName));
+    }
+    if (m.variable_size) {  // the combined bounds are the union of the shards'
+      const bool first = shards.empty();
+      combined.min_height = first ? m.min_height : std::min(combined.min_height, m.min_height);
+      combined.min_width = first ? m.min_width : std::min(combined.min_width, m.min_width);
+      combined.max_height = std::max(combined.max_height, m.max_height);
+      combined.max_width = std::max(combined.max_width, m.max_width);
     }
     if (m.class_names != index.class_names || m.encoding != index.encoding) {
       throw DataError(fmt::format("{} has other class names or encoding than {}", name,

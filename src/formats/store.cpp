@@ -2,7 +2,11 @@
 #include "imgstore/store.hpp"
 
 
+#include <algorithm>
+
 #include <fmt/format.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 
 #include "detail/fs_util.hpp"
 #include "formats/encoding_table.hpp"
@@ -25,6 +29,7 @@ std::string store_file_name(const std::string& split, Format format) {
 
 void StoreReader::read_many(const std::uint64_t* indices, std::size_t n, std::uint8_t* out,
                             std::int64_t* labels) const {
+  check_fixed_size();
   const std::size_t bytes = image_bytes();
   for (std::size_t i = 0; i < n; ++i) {
     std::int64_t label = read_one(indices[i], out + i * bytes);
@@ -64,10 +69,23 @@ std::string StoreReader::record_name(std::uint64_t index) const {
   return fmt::format("record {}", index);
 }
 
+void StoreReader::check_fixed_size() const {
+  if (manifest_.variable_size) {
+    throw UsageError(fmt::format("{} holds images of different sizes: read them with "
+                                 "read_record(), or give the loader a transform that outputs "
+                                 "one size", quote(path_)));
+  }
+}
+
 void StoreReader::check_record(std::uint64_t index, const std::uint8_t* pixels,
                                std::int64_t label) const {
+  check_payload_checksum(index, pixels, image_bytes(), label);
+}
+
+void StoreReader::check_payload_checksum(std::uint64_t index, const std::uint8_t* data,
+                                         std::size_t size, std::int64_t label) const {
   if (!options_.verify_checksums) return;
-  std::uint64_t actual = record_checksum(pixels, image_bytes(), label);
+  std::uint64_t actual = record_checksum(data, size, label);
   std::uint64_t expected = manifest_.checksums[index];
   if (actual != expected) {
     throw DataError(fmt::format("corrupt record in {} {}: checksum {} does not match the manifest's {}",
@@ -85,30 +103,113 @@ StoreWriter::StoreWriter(Format format, fs::path path, StoreSpec spec, WriterOpt
       spec_(std::move(spec)),
       options_(options) {
   detail::check_writer_encoding(format_, encoding_, quote(path_));
-  if (spec_.shape.bytes() == 0 || spec_.shape.channels > 4) {
+  const bool variable_ok = spec_.variable_size && spec_.shape.height == 0 &&
+                           spec_.shape.width == 0 && spec_.shape.channels >= 1;
+  if (spec_.variable_size ? !variable_ok || spec_.shape.channels > 4
+                          : spec_.shape.bytes() == 0 || spec_.shape.channels > 4) {
     throw UsageError(fmt::format("{}: cannot store images of shape {}", quote(path_),
                                  to_string(spec_.shape)));
   }
   if (options_.png_level < 0 || options_.png_level > 9) {
     throw UsageError(fmt::format("PNG level {} is not in 0..9", options_.png_level));
   }
+  if (spec_.variable_size && !format_info(format_).variable_size) {
+    throw UsageError(fmt::format("{}: a {} store cannot hold images of different sizes yet; "
+                                 "use lmdb, or resize them to one size (--resize HxW)",
+                                 quote(path_), format_info(format_).description));
+  }
+  if (options_.jpeg_quality < 1 || options_.jpeg_quality > 100) {
+    throw UsageError(fmt::format("JPEG quality {} is not in 1..100", options_.jpeg_quality));
+  }
   checksums_.reserve(static_cast<std::size_t>(spec_.count));
 }
 
-void StoreWriter::write(const ImageBatch& batch) {
-  if (committed_) throw UsageError(fmt::format("{}: write after commit", quote(path_)));
-  if (batch.shape != spec_.shape) {
+// Largest side a record may have: what PNG, JPEG and the LMDB header can all describe.
+constexpr std::uint32_t kMaxSide = 65'535;
+
+void StoreWriter::check_batch(const ImageBatch& batch) const {
+  const std::string where = fmt::format("{}: batch at record {}", quote(path_), written_);
+  if (spec_.variable_size) {
+    if (batch.shape.channels != spec_.shape.channels) {
+      throw DataError(fmt::format("{} has {} channels, the store holds {}", where,
+                                  batch.shape.channels, spec_.shape.channels));
+    }
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const Shape& s = batch.image_shape(i);
+      if (s.height == 0 || s.width == 0 || s.height > kMaxSide || s.width > kMaxSide ||
+          s.channels != spec_.shape.channels) {
+        throw DataError(fmt::format("{}: record {} has shape {}, not a {}-channel image of "
+                                    "1..{} pixels a side", quote(path_), written_ + i,
+                                    to_string(s), spec_.shape.channels, kMaxSide));
+      }
+    }
+  } else if (batch.variable_size() || batch.shape != spec_.shape) {
+    const Shape& s = batch.variable_size() && batch.size() > 0 ? batch.shapes[0] : batch.shape;
     throw DataError(fmt::format("{}: record {} has shape {}, the store holds {}", quote(path_),
-                                written_, to_string(batch.shape), to_string(spec_.shape)));
+                                written_, to_string(s), to_string(spec_.shape)));
   }
-  if (batch.pixels.size() != batch.size() * spec_.shape.bytes()) {
-    throw DataError(fmt::format("{}: batch at record {} has {} pixel bytes for {} images",
-                                quote(path_), written_, batch.pixels.size(), batch.size()));
+  const bool payload_only = batch.payload_encoding == encoding_ && !encoding_info(encoding_).lossless;
+  if (!payload_only && batch.size() > 0) {
+    // Variable size: offsets must step by each record's bytes from 0 to the end of pixels.
+    bool consistent = !batch.variable_size() || (batch.offsets.size() == batch.size() + 1 &&
+                                                 batch.offsets[0] == 0);
+    std::size_t sum = 0;
+    for (std::size_t i = 0; i < batch.size() && consistent; ++i) {
+      if (batch.variable_size()) {
+        consistent = batch.offsets[i + 1] - batch.offsets[i] == batch.image_bytes(i);
+      }
+      sum += batch.image_bytes(i);
+    }
+    if (!consistent || batch.pixels.size() != sum) {
+      throw DataError(fmt::format("{} has {} pixel bytes for {} images of {} bytes", where,
+                                  batch.pixels.size(), batch.size(), sum));
+    }
+  }
+  if (batch.payload_encoding && batch.payload_offsets.size() != batch.size() + 1) {
+    throw DataError(fmt::format("{} has {} payload offsets for {} images", where,
+                                batch.payload_offsets.size(), batch.size()));
   }
   if (written_ + batch.size() > spec_.count) {
     throw DataError(fmt::format("{}: more than the {} records announced arrived", quote(path_),
                                 spec_.count));
   }
+}
+
+// A lossy store keeps the bytes it was given (a source JPEG, no generation loss) or encodes
+// the pixels once here, in parallel; the checksums then cover exactly the stored bytes.
+const ImageBatch& StoreWriter::with_payloads(const ImageBatch& batch) {
+  if (encoding_info(encoding_).lossless || batch.payload_encoding == encoding_) return batch;
+  const auto& codec = detail::encoding_entry(encoding_);
+  const std::size_t n = batch.size();
+  std::vector<std::vector<std::uint8_t>> parts(n);
+  const int threads = options_.threads == 0 ? tbb::task_arena::automatic
+                                            : static_cast<int>(options_.threads);
+  tbb::task_arena arena(threads);
+  arena.execute([&] {
+    tbb::parallel_for(std::size_t{0}, n, [&](std::size_t i) {
+      codec.encode(batch.image(i), batch.image_shape(i), options_, parts[i]);
+    });
+  });
+  encoded_.shape = batch.shape;
+  encoded_.labels = batch.labels;
+  encoded_.shapes = batch.shapes;
+  encoded_.offsets.clear();
+  encoded_.pixels.clear();
+  encoded_.payload_encoding = encoding_;
+  encoded_.payload.clear();
+  encoded_.payload_offsets.assign(1, 0);
+  for (const auto& part : parts) {
+    encoded_.payload.insert(encoded_.payload.end(), part.begin(), part.end());
+    encoded_.payload_offsets.push_back(encoded_.payload.size());
+  }
+  return encoded_;
+}
+
+void StoreWriter::write(const ImageBatch& input) {
+  if (committed_) throw UsageError(fmt::format("{}: write after commit", quote(path_)));
+  check_batch(input);
+  const ImageBatch& batch = with_payloads(input);
+  const bool lossy = !encoding_info(encoding_).lossless;
   const auto classes = spec_.class_names.size();
   std::vector<std::uint64_t> sums(batch.size());
   for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -117,7 +218,17 @@ void StoreWriter::write(const ImageBatch& batch) {
       throw DataError(fmt::format("{}: record {} has label {}, outside the {} classes",
                                   quote(path_), written_ + i, label, classes));
     }
-    sums[i] = record_checksum(batch.image(i), spec_.shape.bytes(), label);
+    if (lossy) {
+      const std::size_t begin = batch.payload_offsets[i], end = batch.payload_offsets[i + 1];
+      sums[i] = record_checksum(batch.payload.data() + begin, end - begin, label);
+    } else {
+      sums[i] = record_checksum(batch.image(i), batch.image_bytes(i), label);
+    }
+    const Shape& s = batch.image_shape(i);
+    min_shape_.height = std::min(min_shape_.height, s.height);
+    min_shape_.width = std::min(min_shape_.width, s.width);
+    max_shape_.height = std::max(max_shape_.height, s.height);
+    max_shape_.width = std::max(max_shape_.width, s.width);
   }
   write_records(batch, sums.data(), written_);
   checksums_.insert(checksums_.end(), sums.begin(), sums.end());
@@ -139,6 +250,14 @@ void StoreWriter::commit() {
   m.shape = spec_.shape;
   m.class_names = spec_.class_names;
   m.encoding = encoding_;
+  m.variable_size = spec_.variable_size;
+  m.format_version = format_version_for(m.variable_size, m.encoding);
+  if (m.variable_size && m.count > 0) {
+    m.min_height = min_shape_.height;
+    m.min_width = min_shape_.width;
+    m.max_height = max_shape_.height;
+    m.max_width = max_shape_.width;
+  }
   m.checksums = checksums_;
   ContentDigest digest;
   for (auto c : checksums_) digest.add(c);

@@ -4,7 +4,9 @@
 
 #include <fmt/format.h>
 
+#include "imgstore/convert.hpp"
 #include "imgstore/error.hpp"
+#include "imgstore/format.hpp"
 #include "imgstore/store.hpp"
 #include "ingest/sources.hpp"
 
@@ -18,6 +20,10 @@ class StoreStream : public BatchStream {
   bool next(ImageBatch& out, std::size_t max_records) override {
     const std::uint64_t n = std::min<std::uint64_t>(max_records, reader_.size() - next_);
     if (n == 0) return false;
+    if (reader_.variable_size() || !encoding_info(reader_.manifest().encoding).lossless) {
+      next_records(out, static_cast<std::size_t>(n));
+      return true;
+    }
     indices_.resize(n);
     std::iota(indices_.begin(), indices_.end(), next_);
     out.resize(reader_.shape(), n);
@@ -27,9 +33,43 @@ class StoreStream : public BatchStream {
   }
 
  private:
+  // Stores read record by record (variable-size, JPEG): the pixels, decoded, and for JPEG the
+  // stored bytes too, so a JPEG store converts into another without generation loss.
+  void next_records(ImageBatch& out, std::size_t n) {
+    const bool jpeg = reader_.manifest().encoding == Encoding::Jpeg;
+    out.resize(Shape{0, 0, reader_.shape().channels}, n);
+    out.shape = reader_.shape();
+    out.shapes.resize(n);
+    out.offsets.assign(1, 0);
+    if (jpeg) {
+      out.payload_encoding = Encoding::Jpeg;
+      out.payload_offsets.assign(1, 0);
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      reader_.read_record(next_ + i, record_);
+      out.labels[i] = record_.label;
+      out.shapes[i] = record_.shape;
+      const std::size_t at = out.pixels.size();
+      out.pixels.resize(at + record_.shape.bytes());
+      decode_record(record_, out.pixels.data() + at,
+                    fmt::format("{} record {}", reader_.path().string(), next_ + i));
+      out.offsets.push_back(out.pixels.size());
+      if (jpeg) {
+        out.payload.insert(out.payload.end(), record_.bytes.begin(), record_.bytes.end());
+        out.payload_offsets.push_back(out.payload.size());
+      }
+    }
+    if (!reader_.variable_size()) {  // a fixed-size JPEG store: a fixed-size batch
+      out.shapes.clear();
+      out.offsets.clear();
+    }
+    next_ += n;
+  }
+
   const StoreReader& reader_;
   std::uint64_t next_ = 0;
   std::vector<std::uint64_t> indices_;
+  EncodedRecord record_;
 };
 
 // The split name becomes a file name under --out (convert writes OUT/<split>.png etc.), and a
@@ -65,6 +105,7 @@ class StoreSource : public Source {
     info_.count = m.count;
     info_.shape = m.shape;
     info_.class_names = m.class_names;
+    info_.variable_size = m.variable_size;
   }
   std::string description() const override {
     return to_string(reader_->format()) + " store '" + reader_->path().string() + "'";

@@ -50,11 +50,7 @@ inline void write_in_batches(StoreWriter& writer, const ImageBatch& images, std:
   for (std::size_t first = 0; first < images.size(); first += batch) {
     const std::size_t n = std::min(batch, images.size() - first);
     ImageBatch part;
-    part.resize(images.shape, n);
-    std::copy(images.image(first), images.image(first) + n * images.shape.bytes(),
-              part.pixels.begin());
-    std::copy(images.labels.begin() + first, images.labels.begin() + first + n,
-              part.labels.begin());
+    part.assign_range(images, first, n);
     writer.write(part);
   }
   writer.commit();
