@@ -34,7 +34,7 @@ const std::vector<FormatEntry>& format_table() {
       {{Format::Lmdb, "lmdb", {}, ".lmdb", "LMDB", true, {Encoding::Raw, Encoding::Png, Encoding::Jpeg},
         true},
        "data.mdb", detect_lmdb_store, open_lmdb_store, create_lmdb_store},
-      {{Format::Hdf5, "hdf5", {"h5"}, ".h5", "HDF5", false, {Encoding::Raw}, false},
+      {{Format::Hdf5, "hdf5", {"h5"}, ".h5", "HDF5", false, {Encoding::Raw, Encoding::Jpeg}, true},
        "HDF5 signature", detect_hdf5_store, open_hdf5_store, create_hdf5_store},
   };
   return table;

@@ -6,8 +6,16 @@
 //               deflate-compressed (hdf5.deflate 1..9: the standard filter, h5py's "gzip").
 //   /labels     (N,) H5T_STD_I64LE
 //   /checksums  (N,) H5T_STD_U64LE, record checksums: xxh3_64(pixels, seed=label)
+//   Ragged layout (format version 2: variable-size records, or JPEG payloads of any size):
+//   /images     (total_bytes,) H5T_STD_U8LE, contiguous: every record's payload back to back
+//               (raw: its H*W*C pixels HWC; jpeg: the JPEG file's bytes)
+//   /offsets    (N+1,) H5T_STD_U64LE, record i is images[offsets[i]:offsets[i+1]]
+//   /shapes     (N,3) H5T_STD_U32LE, (H, W, C) of record i
+//   h5py:  o, s = f["offsets"], f["shapes"]
+//          img = f["images"][o[i]:o[i+1]].reshape(s[i])            # raw
+//          img = PIL.Image.open(io.BytesIO(f["images"][o[i]:o[i+1]].tobytes()))  # jpeg
 //   attributes of the root group:
-//     imgstore_format_version  int32, currently 1
+//     imgstore_format_version  int32: 1, or 2 for the ragged layout
 //     class_names              1-D array of variable-length UTF-8 strings (may be empty)
 //     imgstore_manifest        fixed-length UTF-8 string (h5py gives bytes; json.loads takes
 //                              them): the manifest JSON with its "checksums" array emptied,
@@ -52,6 +60,7 @@
 #include "detail/hdf5_handles.hpp"
 #include "detail/prefetch.hpp"
 #include "detail/testing.hpp"
+#include "formats/encoding_table.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
@@ -142,9 +151,11 @@ class Hdf5Writer final : public StoreWriter {
  public:
   Hdf5Writer(const fs::path& path, const StoreSpec& spec, const WriterOptions& options)
       : StoreWriter(Format::Hdf5, path, spec, options),
-        staged_(path, StagedOutput::Kind::File, options.overwrite) {
+        staged_(path, StagedOutput::Kind::File, options.overwrite),
+        ragged_(spec_.variable_size || encoding_ == Encoding::Jpeg) {
     image_bytes_ = spec_.shape.bytes();
     const std::uint64_t n = spec_.count;
+    if (ragged_) open_scratch();
     if (options_.hdf5.chunk_records > 0) {
       chunk_records_ =
           std::min<std::uint64_t>(options_.hdf5.chunk_records, std::max<std::uint64_t>(n, 1));
@@ -175,7 +186,9 @@ class Hdf5Writer final : public StoreWriter {
                           fmt::format("cannot create HDF5 file {}", quote(staged_.temp()))));
 
     const hsize_t dims[4] = {n, spec_.shape.height, spec_.shape.width, spec_.shape.channels};
-    if (chunk_records_ == 0) {
+    if (ragged_) {
+      // /images, /offsets and /shapes are created by finish(), once their sizes are known.
+    } else if (chunk_records_ == 0) {
       images_ = create_dataset("images", H5T_STD_U8LE, 4, dims, contiguous_plist());
     } else {
       H5Plist dcpl(check_h5<IoError>(H5Pcreate(H5P_DATASET_CREATE), "cannot create a plist"));
@@ -202,6 +215,8 @@ class Hdf5Writer final : public StoreWriter {
       // Nothing better to do: the handles below still close, most likely fine.
     }
     images_.reset();
+    offsets_ds_.reset();
+    shapes_ds_.reset();
     labels_.reset();
     checksums_ds_.reset();
     file_.reset();
@@ -211,6 +226,10 @@ class Hdf5Writer final : public StoreWriter {
     if (o.hdf5.deflate < 0 || o.hdf5.deflate > 9) {
       throw UsageError(
           fmt::format("{}: HDF5 deflate level {} is not in 0..9", quote(path), o.hdf5.deflate));
+    }
+    if ((spec.variable_size || o.encoding == Encoding::Jpeg) && o.hdf5.chunk_records > 0) {
+      throw UsageError(fmt::format("{}: the ragged HDF5 layout (variable-size or JPEG records) "
+                                   "is contiguous; --hdf5-chunk does not apply", quote(path)));
     }
     if (o.hdf5.deflate > 0 && o.hdf5.chunk_records == 0) {
       throw UsageError(
@@ -236,6 +255,10 @@ class Hdf5Writer final : public StoreWriter {
       Hdf5Lock lock;
       write_rows(labels_, H5T_NATIVE_INT64, first_index, n, batch.labels.data());
       write_rows(checksums_ds_, H5T_NATIVE_UINT64, first_index, n, checksums);
+      if (ragged_) {
+        append_payloads(batch);
+        return;
+      }
       if (chunk_records_ == 0) {
         write_rows(images_, H5T_NATIVE_UINT8, first_index, n, batch.pixels.data());
         return;
@@ -279,7 +302,8 @@ class Hdf5Writer final : public StoreWriter {
     const std::string json = small.to_json();
     {
       Hdf5Lock lock;
-      const int version = Manifest::kFormatVersion;
+      if (ragged_) write_ragged_datasets();
+      const int version = manifest.format_version;
       write_attr(kVersionAttr, H5T_STD_I32LE, H5T_NATIVE_INT, H5Screate(H5S_SCALAR), &version);
 
       H5Type str = vlen_utf8_type();
@@ -302,6 +326,10 @@ class Hdf5Writer final : public StoreWriter {
       check_h5<IoError>(H5Fflush(file_.get(), H5F_SCOPE_LOCAL),
                         fmt::format("cannot flush {}", quote(staged_.temp())));
       images_.close(what("cannot close /images in"));
+      if (ragged_) {
+        offsets_ds_.close(what("cannot close /offsets in"));
+        shapes_ds_.close(what("cannot close /shapes in"));
+      }
       labels_.close(what("cannot close /labels in"));
       checksums_ds_.close(what("cannot close /checksums in"));
       file_.close(fmt::format("cannot flush and close {}", quote(staged_.temp())));
@@ -430,11 +458,81 @@ class Hdf5Writer final : public StoreWriter {
     }
   }
 
+  // Ragged layout: /images' size is known only at the end, so payloads go to an unlinked
+  // scratch file beside the store as they arrive, and finish() copies them into a contiguous
+  // /images in one sequential pass (readers then map it, as the fixed layout).
+  void open_scratch() {
+    const std::string name = staged_.temp().string() + ".payloads";
+    scratch_ = Fd(::open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (scratch_.get() < 0) {
+      throw IoError(fmt::format("cannot create {}: {}", quote(name), std::strerror(errno)));
+    }
+    ::unlink(name.c_str());  // gone with the descriptor, whatever happens
+    offsets_.reserve(static_cast<std::size_t>(spec_.count) + 1);
+    offsets_.push_back(0);
+    shapes_.reserve(static_cast<std::size_t>(spec_.count) * 3);
+  }
+
+  void append_payloads(const ImageBatch& batch) {
+    const bool jpeg = encoding_ == Encoding::Jpeg;
+    const std::uint8_t* data = jpeg ? batch.payload.data() : batch.pixels.data();
+    const std::size_t size = jpeg ? batch.payload_offsets.back() : batch.pixels.size();
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      offsets_.push_back(offsets_.back() + (jpeg ? batch.payload_offsets[i + 1] -
+                                                       batch.payload_offsets[i]
+                                                 : batch.image_bytes(i)));
+      const Shape& s = batch.image_shape(i);
+      shapes_.insert(shapes_.end(), {s.height, s.width, s.channels});
+    }
+    for (std::size_t done = 0; done < size;) {
+      const ssize_t n = ::pwrite(scratch_.get(), data + done, size - done,
+                                 static_cast<off_t>(scratch_size_ + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        throw IoError(fmt::format("cannot write {} (scratch space beside it): {}", quote(path_),
+                                  std::strerror(n < 0 ? errno : ENOSPC)));
+      }
+      done += static_cast<std::size_t>(n);
+    }
+    scratch_size_ += size;
+  }
+
+  // Creates /images (contiguous, copied from the scratch file), /offsets and /shapes. Lock held.
+  void write_ragged_datasets() {
+    const hsize_t total = scratch_size_;
+    images_ = create_dataset("images", H5T_STD_U8LE, 1, &total, contiguous_plist());
+    std::vector<std::uint8_t> block(std::min<std::uint64_t>(total, std::uint64_t{16} << 20));
+    for (std::uint64_t at = 0; at < total;) {
+      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(block.size(), total - at));
+      const ssize_t n = ::pread(scratch_.get(), block.data(), want, static_cast<off_t>(at));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        throw IoError(fmt::format("cannot read back the scratch space of {}: {}", quote(path_),
+                                  n < 0 ? std::strerror(errno) : "short file"));
+      }
+      write_rows(images_, H5T_NATIVE_UINT8, at, static_cast<std::uint64_t>(n), block.data());
+      at += static_cast<std::uint64_t>(n);
+    }
+    const hsize_t offsets_dims[1] = {offsets_.size()};
+    offsets_ds_ = create_dataset("offsets", H5T_STD_U64LE, 1, offsets_dims, contiguous_plist());
+    write_rows(offsets_ds_, H5T_NATIVE_UINT64, 0, offsets_.size(), offsets_.data());
+    const hsize_t shapes_dims[2] = {spec_.count, 3};
+    shapes_ds_ = create_dataset("shapes", H5T_STD_U32LE, 2, shapes_dims, contiguous_plist());
+    if (spec_.count > 0) {
+      write_rows(shapes_ds_, H5T_NATIVE_UINT32, 0, spec_.count, shapes_.data());
+    }
+  }
+
   // Declared first so that it is destroyed last: the HDF5 handles close before the temporary
   // file is removed.
   StagedOutput staged_;
+  const bool ragged_;
+  Fd scratch_;
+  std::uint64_t scratch_size_ = 0;
+  std::vector<std::uint64_t> offsets_;  // N + 1 when done
+  std::vector<std::uint32_t> shapes_;   // (H, W, C) per record
   H5File file_;
-  H5Dataset images_, labels_, checksums_ds_;
+  H5Dataset images_, labels_, checksums_ds_, offsets_ds_, shapes_ds_;
   std::uint64_t image_bytes_ = 0;
   std::uint64_t chunk_records_ = 0;  // 0: contiguous
   std::uint64_t chunk_bytes_ = 0;
@@ -474,7 +572,11 @@ struct Inspection {
   H5Dataset images;
   Access access = Access::Hdf5Read;
   std::uint64_t chunk_records = 0;  // Direct: records per chunk
-  std::vector<ChunkLoc> chunks;     // Direct
+  std::vector<ChunkLoc> chunks;     // Direct; ragged: chunks[0] is the whole of /images
+  // Ragged layout (format version 2).
+  bool ragged = false;
+  std::vector<std::uint64_t> offsets;  // N + 1
+  std::vector<Shape> shapes;           // N
 };
 
 std::atomic<std::uint64_t> g_next_reader_serial{1};
@@ -716,6 +818,80 @@ class Hdf5Reader final : public StoreReader {
   const std::vector<ChunkLoc> chunks_;
   std::size_t chunk_bytes_ = 0;
   bool compressed_ = false;
+};
+
+// Reads the ragged layout: record i is /images[offsets[i], offsets[i+1]), shape shapes[i]. As
+// the fixed layout, /images is mapped (or pread) without HDF5 once the file has been inspected.
+class Hdf5RaggedReader final : public StoreReader {
+ public:
+  Hdf5RaggedReader(fs::path path, ReaderOptions options, Inspection&& in)
+      : StoreReader(std::move(path), std::move(in.manifest), options),
+        labels_(std::move(in.labels)),
+        offsets_(std::move(in.offsets)),
+        shapes_(std::move(in.shapes)),
+        fd_(std::move(in.fd)),
+        images_addr_(in.chunks.empty() ? 0 : in.chunks[0].addr) {
+    in.images.reset();
+    in.file.reset();
+    map_ = MappedFile::map(fd_.get(), in.file_size, options.no_readahead);
+  }
+
+  Shape record_shape(std::uint64_t index) const override {
+    check_index(index);
+    return shapes_[index];
+  }
+
+  void read_record(std::uint64_t index, EncodedRecord& out) const override {
+    check_index(index);
+    const std::uint64_t begin = offsets_[index], size = offsets_[index + 1] - begin;
+    out.shape = shapes_[index];
+    out.label = labels_[index];
+    out.encoding = manifest_.encoding;
+    out.bytes.resize(static_cast<std::size_t>(size));
+    if (map_) {
+      std::memcpy(out.bytes.data(), map_.data() + images_addr_ + begin, out.bytes.size());
+    } else {
+      pread_record(index, images_addr_ + begin, out.bytes);
+    }
+    // Raw: the checksum covers the pixels; JPEG: the payload. Both are out.bytes.
+    check_payload_checksum(index, out.bytes.data(), out.bytes.size(), out.label);
+  }
+
+  // Fixed-size stores of JPEG payloads only (variable-size ones have no image_bytes()).
+  std::int64_t read_one(std::uint64_t index, std::uint8_t* out) const override {
+    check_fixed_size();
+    thread_local EncodedRecord record;
+    read_record(index, record);
+    if (record.encoding == Encoding::Raw) {
+      std::memcpy(out, record.bytes.data(), record.bytes.size());
+    } else {
+      encoding_entry(record.encoding)
+          .decode(record.bytes.data(), record.bytes.size(), record.shape, out,
+                  fmt::format("corrupt record in {} {}", quote(path_), record_name(index)));
+    }
+    return record.label;
+  }
+
+ private:
+  void pread_record(std::uint64_t index, std::uint64_t pos, std::vector<std::uint8_t>& out) const {
+    for (std::size_t done = 0; done < out.size();) {
+      const ssize_t got = ::pread(fd_.get(), out.data() + done, out.size() - done,
+                                  static_cast<off_t>(pos + done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        throw IoError(fmt::format("cannot read {} from {}: {}", record_name(index), quote(path_),
+                                  got < 0 ? std::strerror(errno) : "the file is shorter"));
+      }
+      done += static_cast<std::size_t>(got);
+    }
+  }
+
+  const std::vector<std::int64_t> labels_;
+  const std::vector<std::uint64_t> offsets_;
+  const std::vector<Shape> shapes_;
+  Fd fd_;
+  MappedFile map_;
+  const std::uint64_t images_addr_;
 };
 
 // ---- open-time inspection (all with the lock held) ----
@@ -1001,9 +1177,9 @@ void read_labels_and_manifest(Inspection& in, const fs::path& path, const Images
     return;
   }
   const int version = read_int_attr(path, file, kVersionAttr);
-  if (version != Manifest::kFormatVersion) {
-    throw DataError(fmt::format("{}: imgstore format version {} is not supported (expected {})",
-                                quote(path), version, Manifest::kFormatVersion));
+  if (version != 1) {  // version 2 stores have the ragged layout (/offsets)
+    throw DataError(fmt::format("{}: imgstore format version {} is not supported here (expected "
+                                "1, or 2 with /offsets and /shapes)", quote(path), version));
   }
   in.labels = read_column<std::int64_t>(path, file, "labels", n, H5T_NATIVE_INT64, max_entries);
   auto sums =
@@ -1013,6 +1189,102 @@ void read_labels_and_manifest(Inspection& in, const fs::path& path, const Images
     throw DataError(fmt::format("{}: manifest says {} images of {}, /images holds {}", quote(path),
                                 in.manifest.count, to_string(in.manifest.shape), ext.text));
   }
+}
+
+// /shapes (N,3) of a ragged store: N from the file, bounded by what the file could hold.
+std::vector<Shape> read_shapes(const fs::path& path, hid_t file, std::uint64_t max_entries) {
+  const std::string name = fmt::format("{} dataset /shapes", quote(path));
+  if (!has_link(file, "shapes")) throw DataError(fmt::format("{}: no dataset /shapes", quote(path)));
+  H5Dataset ds(check_h5(H5Dopen2(file, "shapes", H5P_DEFAULT), "cannot open " + name));
+  H5Space space(check_h5(H5Dget_space(ds.get()), "cannot get the dataspace of " + name));
+  hsize_t dims[H5S_MAX_RANK] = {};
+  if (H5Sget_simple_extent_ndims(space.get()) != 2) {
+    throw DataError(name + ": wrong shape: expected (N,3)");
+  }
+  H5Sget_simple_extent_dims(space.get(), dims, nullptr);
+  if (dims[1] != 3 || dims[0] > max_entries) {
+    throw DataError(fmt::format("{}: wrong shape ({},{}): expected (N,3), N at most {}", name,
+                                dims[0], dims[1], max_entries));
+  }
+  std::vector<std::uint32_t> flat(static_cast<std::size_t>(dims[0] * 3));
+  if (!flat.empty()) {
+    check_h5(H5Dread(ds.get(), H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, flat.data()),
+             "cannot read " + name);
+  }
+  std::vector<Shape> shapes(static_cast<std::size_t>(dims[0]));
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    shapes[i] = Shape{flat[3 * i], flat[3 * i + 1], flat[3 * i + 2]};
+  }
+  return shapes;
+}
+
+// Every record's range and shape agree with each other and with the manifest.
+void check_ragged_index(const Inspection& in, const fs::path& path, std::uint64_t total) {
+  const Manifest& m = in.manifest;
+  const bool raw = m.encoding == Encoding::Raw;
+  if (in.offsets.front() != 0 || in.offsets.back() != total) {
+    throw DataError(fmt::format("{}: /offsets run from {} to {}, /images holds {} bytes",
+                                quote(path), in.offsets.front(), in.offsets.back(), total));
+  }
+  for (std::size_t i = 0; i < in.shapes.size(); ++i) {
+    const Shape& s = in.shapes[i];
+    const bool shape_ok = m.variable_size
+                              ? s.channels == m.shape.channels && s.height >= m.min_height &&
+                                    s.height <= m.max_height && s.width >= m.min_width &&
+                                    s.width <= m.max_width
+                              : s == m.shape;
+    const bool range_ok = in.offsets[i + 1] >= in.offsets[i] &&
+                          (!raw || in.offsets[i + 1] - in.offsets[i] == s.bytes());
+    if (!shape_ok || !range_ok) {
+      throw DataError(fmt::format("corrupt record in {} record {}: shape {} and bytes {}..{} do "
+                                  "not fit the store", quote(path), i, to_string(s),
+                                  in.offsets[i], in.offsets[i + 1]));
+    }
+  }
+}
+
+// The ragged layout (format version 2): /images (total,) uint8 contiguous, /offsets, /shapes.
+void inspect_ragged(Inspection& in, const fs::path& path) {
+  const hid_t file = in.file.get();
+  const std::uint64_t max_entries = kMaxExpansion * std::max<std::uint64_t>(in.file_size, 1);
+  const std::string images_name = fmt::format("{} dataset /images", quote(path));
+  in.images = H5Dataset(check_h5(H5Dopen2(file, "images", H5P_DEFAULT), "cannot open " + images_name));
+  hsize_t total = 0;
+  {
+    H5Type type(check_h5(H5Dget_type(in.images.get()), "cannot get the type of " + images_name));
+    H5Space space(check_h5(H5Dget_space(in.images.get()), "cannot get the dataspace of " + images_name));
+    if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1 ||
+        H5Sget_simple_extent_ndims(space.get()) != 1) {
+      throw DataError(images_name + ": expected a 1-D uint8 dataset (the ragged layout)");
+    }
+    H5Sget_simple_extent_dims(space.get(), &total, nullptr);
+  }
+  const haddr_t addr = H5Dget_offset(in.images.get());
+  if (total > 0 && (addr == HADDR_UNDEF || addr > in.file_size || total > in.file_size - addr)) {
+    throw DataError(fmt::format("{}: not stored contiguously within the file's {} bytes",
+                                images_name, in.file_size));
+  }
+  in.chunks.push_back({total > 0 ? addr : 0, total, false});
+  const int version = read_int_attr(path, file, kVersionAttr);
+  if (version != 2) {
+    throw DataError(fmt::format("{}: imgstore format version {} does not have the ragged layout "
+                                "(version 2)", quote(path), version));
+  }
+  in.shapes = read_shapes(path, file, max_entries);
+  const std::uint64_t n = in.shapes.size();
+  in.offsets = read_column<std::uint64_t>(path, file, "offsets", n + 1, H5T_NATIVE_UINT64,
+                                          max_entries);
+  in.labels = read_column<std::int64_t>(path, file, "labels", n, H5T_NATIVE_INT64, max_entries);
+  auto sums = read_column<std::uint64_t>(path, file, "checksums", n, H5T_NATIVE_UINT64, max_entries);
+  in.manifest = parse_manifest(path, read_string_attr(path, file, kManifestAttr), std::move(sums));
+  if (in.manifest.count != n ||
+      !(in.manifest.variable_size || in.manifest.encoding == Encoding::Jpeg)) {
+    throw DataError(fmt::format("{}: manifest says {} {} records, the ragged layout holds {}",
+                                quote(path), in.manifest.count,
+                                in.manifest.variable_size ? "variable-size" : "fixed-size raw", n));
+  }
+  check_ragged_index(in, path, total);
+  in.ragged = true;
 }
 
 Inspection inspect(const fs::path& path) {
@@ -1046,6 +1318,10 @@ Inspection inspect(const fs::path& path) {
         quote(path), kManifestAttr));
   }
 
+  if (!in.tutorial && has_link(file, "offsets")) {
+    inspect_ragged(in, path);
+    return in;
+  }
   const std::string images_name = fmt::format("{} dataset /images", quote(path));
   in.images =
       H5Dataset(check_h5(H5Dopen2(file, "images", H5P_DEFAULT), "cannot open " + images_name));
@@ -1080,6 +1356,7 @@ bool testing::hdf5_reader_uses_mmap(const StoreReader& reader) {
 
 std::unique_ptr<StoreReader> open_hdf5_store(const fs::path& path, const ReaderOptions& options) {
   Inspection in = inspect(path);
+  if (in.ragged) return std::make_unique<Hdf5RaggedReader>(path, options, std::move(in));
   const bool tutorial = in.tutorial;
   auto reader = std::make_unique<Hdf5Reader>(path, options, std::move(in));
   if (tutorial) reader->derive_checksums();

@@ -647,7 +647,7 @@ TEST_CASE("lmdb writer failures") {
     WriterOptions opt;
     opt.encoding = Encoding::Png;
     CHECK_THROWS_WITH_AS(detail::create_hdf5_store(dir / "train.h5", spec, opt),
-                         has("HDF5 stores hold raw payloads, not png"), UsageError);
+                         has("HDF5 stores hold raw or jpeg payloads, not png"), UsageError);
     opt.encoding = Encoding::Raw;
     CHECK_THROWS_WITH_AS(detail::create_png_folder(dir / "train.png", spec, opt),
                          has("PNG folder stores hold png payloads, not raw"), UsageError);

@@ -1,4 +1,5 @@
-// Format version 2: variable-size records and JPEG payloads (LMDB), read back record by record,
+// Format version 2: variable-size records and JPEG payloads (LMDB, HDF5's ragged layout), read
+// back record by record,
 // verified, compared, sharded and converted store to store. Images are crops of real photos
 // (python3-skimage's data), not noise.
 #include <doctest/doctest.h>
@@ -84,14 +85,26 @@ StoreSpec spec_for(const ImageBatch& b, const std::string& split) {
   return spec;
 }
 
-void write_lmdb(const fs::path& path, const ImageBatch& b, Encoding encoding,
-                std::size_t batch = 7, std::uint32_t shards = 1) {
+// The formats that hold variable-size and JPEG records.
+const Format kFormats[] = {Format::Lmdb, Format::Hdf5};
+
+// Writes `b` as DIR/<name><format's suffix>; returns the path.
+fs::path write_store(Format format, const fs::path& dir, const std::string& name,
+                     const ImageBatch& b, Encoding encoding, std::size_t batch = 7,
+                     std::uint32_t shards = 1) {
   WriterOptions options;
   options.encoding = encoding;
   options.durable = false;
   options.shards = shards;
-  test::write_in_batches(*create_store(Format::Lmdb, path, spec_for(b, path.stem().string()),
-                                       options), b, batch);
+  const fs::path path = dir / store_file_name(name, format);
+  test::write_in_batches(*create_store(format, path, spec_for(b, name), options), b, batch);
+  return path;
+}
+
+fs::path write_lmdb(const fs::path& path, const ImageBatch& b, Encoding encoding,
+                    std::size_t batch = 7, std::uint32_t shards = 1) {
+  return write_store(Format::Lmdb, path.parent_path(), path.stem().string(), b, encoding, batch,
+                     shards);
 }
 
 std::string error_of(const std::function<void()>& f) {
@@ -105,11 +118,13 @@ std::string error_of(const std::function<void()>& f) {
 
 }  // namespace
 
-TEST_CASE("a variable-size raw LMDB store keeps every record's own shape and pixels") {
+TEST_CASE("a variable-size raw store (LMDB, HDF5) keeps every record's own shape and pixels") {
   test::TempDir dir;
   const ImageBatch crops = photo_crops(23, false);
-  write_lmdb(dir / "v.lmdb", crops, Encoding::Raw);
-  auto reader = open_store(dir / "v.lmdb");
+  for (Format f : kFormats) {
+  CAPTURE(to_string(f));
+  const fs::path path = write_store(f, dir.path(), "v", crops, Encoding::Raw);
+  auto reader = open_store(path);
   const Manifest& m = reader->manifest();
   CHECK(reader->variable_size());
   CHECK(m.format_version == 2);
@@ -139,18 +154,23 @@ TEST_CASE("a variable-size raw LMDB store keeps every record's own shape and pix
   CHECK(error_of([&] { reader->read_one(0, out.data()); }).find("different sizes") !=
         std::string::npos);
   CHECK(verify_store(*reader).records == crops.size());
-  const CompareResult same = compare_stores(*reader, *open_store(dir / "v.lmdb"));
+  const CompareResult same = compare_stores(*reader, *open_store(path));
   CHECK(same.exact);
   CHECK(same.max_abs_diff == 0);
+  }
 }
 
-TEST_CASE("a JPEG LMDB store keeps the source's JPEG bytes untouched") {
+TEST_CASE("a JPEG store (LMDB, HDF5) keeps the source's JPEG bytes untouched") {
   test::TempDir dir;
   ImageBatch crops = photo_crops(12, true);
   ImageBatch payload_only = crops;
   payload_only.pixels.clear();  // what a source sends when no writer needs pixels
-  write_lmdb(dir / "j.lmdb", payload_only, Encoding::Jpeg, 5);
-  auto reader = open_store(dir / "j.lmdb");
+  for (Format f : kFormats) {
+  CAPTURE(to_string(f));
+  const fs::path path = write_store(f, dir.path(), "j", payload_only, Encoding::Jpeg, 5);
+  const fs::path out = dir / to_string(f);
+  fs::create_directories(out);
+  auto reader = open_store(path);
   CHECK(reader->manifest().encoding == Encoding::Jpeg);
   CHECK(reader->manifest().format_version == 2);
   EncodedRecord r;
@@ -167,35 +187,39 @@ TEST_CASE("a JPEG LMDB store keeps the source's JPEG bytes untouched") {
   }
   CHECK(verify_store(*reader).records == crops.size());
 
-  SUBCASE("compared with the raw pixels it measures the loss instead of failing") {
-    write_lmdb(dir / "raw.lmdb", crops, Encoding::Raw);
-    const CompareResult c = compare_stores(*reader, *open_store(dir / "raw.lmdb"));
+  {  // compared with the raw pixels it measures the loss instead of failing
+    const CompareResult c = compare_stores(
+        *reader, *open_store(write_store(f, out, "raw", crops, Encoding::Raw)));
     CHECK_FALSE(c.exact);
     CHECK(c.max_abs_diff > 0);
     CHECK(c.psnr_db > 28.0);  // quality 75..94 on photos
     CHECK(std::isfinite(c.psnr_db));
   }
-  SUBCASE("converted store to store, the JPEG bytes pass through unchanged") {
-    auto source = open_source((dir / "j.lmdb").string());
+  {  // converted store to store, the JPEG bytes pass through unchanged
+    auto source = open_source(path.string());
     ConvertOptions options;
-    options.formats = {Format::Lmdb};
+    options.formats = {Format::Lmdb, Format::Hdf5};
     options.encodings[Format::Lmdb] = Encoding::Jpeg;
+    options.encodings[Format::Hdf5] = Encoding::Jpeg;
     options.writer.durable = false;
-    convert_split(*source, "j", dir / "copy", options);
-    auto copy = open_store(dir / "copy" / "j.lmdb");
-    CHECK(copy->manifest().content_digest == reader->manifest().content_digest);
-    CHECK(copy->variable_size());
+    convert_split(*source, "j", out / "copy", options);
+    for (const char* name : {"j.lmdb", "j.h5"}) {
+      auto copy = open_store(out / "copy" / name);
+      CHECK(copy->manifest().content_digest == reader->manifest().content_digest);
+      CHECK(copy->variable_size());
+    }
   }
-  SUBCASE("converted to raw, the pixels are the decoded JPEGs") {
-    auto source = open_source((dir / "j.lmdb").string());
+  {  // converted to raw, the pixels are the decoded JPEGs
+    auto source = open_source(path.string());
     ConvertOptions options;
     options.formats = {Format::Lmdb};
     options.writer.durable = false;
-    convert_split(*source, "j", dir / "raw", options);
-    auto raw = open_store(dir / "raw" / "j.lmdb");
+    convert_split(*source, "j", out / "decoded", options);
+    auto raw = open_store(out / "decoded" / "j.lmdb");
     CHECK(raw->manifest().encoding == Encoding::Raw);
     const CompareResult c = compare_stores(*raw, *reader);
     CHECK(c.max_abs_diff == 0);  // the same decoder on the same bytes
+  }
   }
 }
 
@@ -254,11 +278,12 @@ TEST_CASE("a fixed-size JPEG store reads through read_one, decoded") {
   CHECK(verify_store(*reader).records == 5);
 }
 
-TEST_CASE("variable-size stores: sharded LMDB, and formats that cannot hold them refuse") {
+TEST_CASE("variable-size stores: sharded, and formats that cannot hold them refuse") {
   test::TempDir dir;
   const ImageBatch crops = photo_crops(10, true);
-  write_lmdb(dir / "s.lmdb", crops, Encoding::Jpeg, 4, 3);
-  auto reader = open_store(dir / "s.lmdb");
+  for (Format f : kFormats) {
+  CAPTURE(to_string(f));
+  auto reader = open_store(write_store(f, dir.path(), "s", crops, Encoding::Jpeg, 4, 3));
   CHECK(reader->variable_size());
   CHECK(reader->shard_ranges().size() == 3);
   EncodedRecord r;
@@ -267,18 +292,20 @@ TEST_CASE("variable-size stores: sharded LMDB, and formats that cannot hold them
     CHECK(r.shape == crops.shapes[i]);
   }
   CHECK(verify_store(*reader).records == 10);
-  for (Format f : {Format::PngFolder, Format::Hdf5}) {
-    CAPTURE(to_string(f));
-    const std::string message = error_of([&] {
-      create_store(f, dir / store_file_name("x", f), spec_for(crops, "x"));
-    });
-    CHECK(message.find("different sizes") != std::string::npos);
   }
+  CHECK(error_of([&] {
+          create_store(Format::PngFolder, dir / "x.png", spec_for(crops, "x"));
+        }).find("different sizes") != std::string::npos);
   CHECK(error_of([&] {
           WriterOptions o;
           o.encoding = Encoding::Jpeg;
-          create_store(Format::Hdf5, dir / "j.h5", spec_for(crops, "j"), o);
+          create_store(Format::PngFolder, dir / "j.png", spec_for(crops, "j"), o);
         }).find("jpeg") != std::string::npos);
+  CHECK(error_of([&] {
+          WriterOptions o;
+          o.hdf5.chunk_records = 4;
+          create_store(Format::Hdf5, dir / "c.h5", spec_for(crops, "c"), o);
+        }).find("ragged") != std::string::npos);
 }
 
 TEST_CASE("a corrupt JPEG record is named by verify; bad batches are refused") {
