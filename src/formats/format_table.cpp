@@ -29,7 +29,7 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 const std::vector<FormatEntry>& format_table() {
   // A function-local static: safe to use from other files' static initialisers.
   static const std::vector<FormatEntry> table = {
-      {{Format::PngFolder, "png", {}, ".png", "PNG folder", true, {Encoding::Png}, false},
+      {{Format::PngFolder, "png", {}, ".png", "PNG folder", true, {Encoding::Png}, true},
        "manifest.json", detect_png_folder, open_png_folder, create_png_folder},
       {{Format::Lmdb, "lmdb", {}, ".lmdb", "LMDB", true, {Encoding::Raw, Encoding::Png, Encoding::Jpeg},
         true},

@@ -4,7 +4,8 @@
 // Writing one small file per image is the tutorial's slowest path, so the writer encodes in
 // parallel (its own task_arena, reused encode buffers) and creates the files from one serial
 // stage, in order, relative to an open directory descriptor. Readers pread each file into a thread-local buffer
-// and decode straight into the caller's memory.
+// and decode straight into the caller's memory. Variable-size stores (format version 2) are the
+// same folder: each PNG has its own size, told by its header.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include <tbb/task_arena.h>
 
 #include "detail/fs_util.hpp"
+#include "codecs/image_codec.hpp"
 #include "detail/png_codec.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/error.hpp"
@@ -116,8 +118,8 @@ class PngFolderWriter final : public StoreWriter {
                   tbb::filter_mode::parallel,
                   [&](EncodeSlot* slot) {
                     for (std::size_t k = 0; k < slot->count; ++k) {
-                      encode_png(batch.image(slot->first + k), spec_.shape, options_.png_level,
-                                 slot->files[k]);
+                      encode_png(batch.image(slot->first + k), batch.image_shape(slot->first + k),
+                                 options_.png_level, slot->files[k]);
                     }
                     return slot;
                   }) &
@@ -304,9 +306,33 @@ class PngFolderReader final : public StoreReader {
       : StoreReader(std::move(path), std::move(manifest), options),
         labels_(std::move(labels)),
         dir_(std::move(dir)),
-        max_file_bytes_(max_png_bytes(manifest_.shape)) {}
+        max_file_bytes_(max_png_bytes(largest_shape(manifest_))) {}
+
+  Shape record_shape(std::uint64_t index) const override {
+    check_index(index);
+    if (!manifest_.variable_size) return manifest_.shape;
+    thread_local std::vector<std::uint8_t> bytes;
+    thread_local std::string what;
+    read_record_file(file_name(index), bytes, what);
+    return shape_of(bytes, what);
+  }
+
+  // Decoded pixels (nothing downstream takes PNG bytes), checked against the checksum.
+  void read_record(std::uint64_t index, EncodedRecord& out) const override {
+    check_index(index);
+    thread_local std::vector<std::uint8_t> bytes;
+    thread_local std::string what;
+    read_record_file(file_name(index), bytes, what);
+    out.shape = manifest_.variable_size ? shape_of(bytes, what) : manifest_.shape;
+    out.label = labels_[index];
+    out.encoding = Encoding::Raw;
+    out.bytes.resize(out.shape.bytes());
+    decode_png(bytes.data(), bytes.size(), out.shape, out.bytes.data(), what);
+    check_payload_checksum(index, out.bytes.data(), out.bytes.size(), out.label);
+  }
 
   std::int64_t read_one(std::uint64_t index, std::uint8_t* out) const override {
+    check_fixed_size();
     check_index(index);
     // Reused per thread: after warm-up a read allocates nothing here (libpng still does).
     thread_local std::vector<std::uint8_t> bytes;
@@ -321,6 +347,7 @@ class PngFolderReader final : public StoreReader {
 
   void read_many(const std::uint64_t* indices, std::size_t n, std::uint8_t* out,
                  std::int64_t* labels) const override {
+    check_fixed_size();
     const std::size_t bytes = image_bytes();
     auto read_range = [&](std::size_t begin, std::size_t end) {
       for (std::size_t i = begin; i < end; ++i) {
@@ -346,6 +373,25 @@ class PngFolderReader final : public StoreReader {
   }
 
  private:
+  static Shape largest_shape(const Manifest& m) {
+    return m.variable_size ? Shape{m.max_height, m.max_width, m.shape.channels} : m.shape;
+  }
+
+  // A variable-size record's shape from its PNG header: the store's channels, within the
+  // manifest's bounds (decode_png then checks the rest of the file against it).
+  Shape shape_of(const std::vector<std::uint8_t>& bytes, const std::string& what) const {
+    const ImageInfo info = read_image_info(bytes.data(), bytes.size(), what);
+    const Shape s{info.height, info.width, manifest_.shape.channels};
+    const Manifest& m = manifest_;
+    if (info.kind != ImageKind::Png || s.height < m.min_height || s.height > m.max_height ||
+        s.width < m.min_width || s.width > m.max_width) {
+      throw DataError(fmt::format("{}: a {} of {}x{} does not fit the store ({}..{} x {}..{})",
+                                  what, image_kind_name(info.kind), info.height, info.width,
+                                  m.min_height, m.max_height, m.min_width, m.max_width));
+    }
+    return s;
+  }
+
   // Reads file `name` of the folder into `bytes`; sets `what` to its quoted path for messages.
   void read_record_file(const std::string& name, std::vector<std::uint8_t>& bytes,
                         std::string& what) const {
@@ -367,7 +413,7 @@ class PngFolderReader final : public StoreReader {
     const auto size = static_cast<std::uint64_t>(st.st_size);
     if (size > max_file_bytes_) {
       throw DataError(fmt::format("{}: file is {} bytes, more than a {} PNG can need ({} bytes)",
-                                  what, size, to_string(manifest_.shape), max_file_bytes_));
+                                  what, size, to_string(largest_shape(manifest_)), max_file_bytes_));
     }
     bytes.resize(static_cast<std::size_t>(size));
     std::size_t done = 0;
