@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <tbb/parallel_for.h>
 
+#include "codecs/image_codec.hpp"
 #include "detail/fs_util.hpp"
 #include "formats/encoding_table.hpp"
 #include "imgstore/checksum.hpp"
@@ -77,6 +78,17 @@ std::string record_what(const StoreReader& reader, std::uint64_t index) {
   return fmt::format("corrupt record in {} record {}", detail::quote(reader.path()), index);
 }
 
+// Decodes an encoded record in full (bounded by the decoder's own limits, never by the shape
+// the store claims) and checks it has that shape.
+void check_decodes(const EncodedRecord& r, const std::string& what) {
+  thread_local detail::DecodedImage image;
+  detail::decode_image(r.bytes.data(), r.bytes.size(), r.shape.channels, what, image);
+  if (image.shape != r.shape) {
+    throw DataError(fmt::format("{}: payload decodes to {}, the store says {}", what,
+                                to_string(image.shape), to_string(r.shape)));
+  }
+}
+
 // Every record's checksum (over its pixels, or over a JPEG's bytes), and every JPEG decoded in
 // full to the shape its record names.
 VerifyResult verify_records(const StoreReader& reader, const Progress& progress) {
@@ -89,11 +101,7 @@ VerifyResult verify_records(const StoreReader& reader, const Progress& progress)
                                   record_what(reader, i), to_hex64(sums[i]),
                                   to_hex64(m.checksums[i])));
     }
-    if (r.encoding != Encoding::Raw) {
-      thread_local std::vector<std::uint8_t> pixels;
-      pixels.resize(r.shape.bytes());
-      decode_record(r, pixels.data(), record_what(reader, i));
-    }
+    if (r.encoding != Encoding::Raw) check_decodes(r, record_what(reader, i));
   });
   ContentDigest digest;
   for (auto sum : sums) digest.add(sum);

@@ -11,6 +11,9 @@
 
 namespace imgstore {
 
+// Largest height or width of a record: what PNG, JPEG and every store layout can describe.
+inline constexpr std::uint32_t kMaxImageSide = 65'535;
+
 // Height × width × channels of every image in a store. Pixels are HWC uint8.
 struct Shape {
   std::uint32_t height = 0;

@@ -227,7 +227,8 @@ Manifest Manifest::from_json(const std::string& text, const std::string& what) {
 void Manifest::validate(const std::string& what) const {
   check_store_shape(shape, variable_size, what, "manifest shape");
   if (variable_size && count > 0 &&
-      (min_height == 0 || min_width == 0 || min_height > max_height || min_width > max_width)) {
+      (min_height == 0 || min_width == 0 || min_height > max_height || min_width > max_width ||
+       max_height > kMaxImageSide || max_width > kMaxImageSide)) {
     throw DataError(fmt::format("{}: manifest size bounds {}..{} x {}..{} are not valid", what,
                                 min_height, max_height, min_width, max_width));
   }

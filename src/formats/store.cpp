@@ -124,9 +124,6 @@ StoreWriter::StoreWriter(Format format, fs::path path, StoreSpec spec, WriterOpt
   checksums_.reserve(static_cast<std::size_t>(spec_.count));
 }
 
-// Largest side a record may have: what PNG, JPEG and the LMDB header can all describe.
-constexpr std::uint32_t kMaxSide = 65'535;
-
 void StoreWriter::check_batch(const ImageBatch& batch) const {
   const std::string where = fmt::format("{}: batch at record {}", quote(path_), written_);
   if (spec_.variable_size) {
@@ -136,11 +133,11 @@ void StoreWriter::check_batch(const ImageBatch& batch) const {
     }
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const Shape& s = batch.image_shape(i);
-      if (s.height == 0 || s.width == 0 || s.height > kMaxSide || s.width > kMaxSide ||
+      if (s.height == 0 || s.width == 0 || s.height > kMaxImageSide || s.width > kMaxImageSide ||
           s.channels != spec_.shape.channels) {
         throw DataError(fmt::format("{}: record {} has shape {}, not a {}-channel image of "
                                     "1..{} pixels a side", quote(path_), written_ + i,
-                                    to_string(s), spec_.shape.channels, kMaxSide));
+                                    to_string(s), spec_.shape.channels, kMaxImageSide));
       }
     }
   } else if (batch.variable_size() || batch.shape != spec_.shape) {

@@ -116,6 +116,17 @@ inline void drain_store(const StoreReader& reader, std::size_t max_records = 409
   const std::size_t n = std::min(reader.size(), max_records);
   (void)reader.manifest().to_json();
   if (n == 0) return;
+  if (reader.variable_size()) {  // record by record, as the loader reads them
+    EncodedRecord r;
+    for (std::size_t i = 0; i < n; ++i) {
+      reader.read_record(i, r);
+      if (reader.record_shape(i) != r.shape) fail("record_shape differs from read_record's");
+      if (r.encoding == Encoding::Raw && r.bytes.size() != r.shape.bytes()) {
+        fail("raw record bytes differ from its shape");
+      }
+    }
+    return;
+  }
   const std::size_t bytes = reader.image_bytes();
   if (bytes == 0) fail("store with records of zero bytes");
   std::vector<std::uint8_t> one(n * bytes);

@@ -211,6 +211,30 @@ int main(int argc, char** argv) {
       store_many(Format::Hdf5, tmp / name, images, kNames10, o);
       seed("hdf5", name, slurp(tmp / name));
     }
+    // Format version 2, the ragged layout: fixed-size JPEG records, and variable-size raw ones.
+    WriterOptions jpeg = quick;
+    jpeg.encoding = Encoding::Jpeg;
+    store_many(Format::Hdf5, tmp / "ragged_jpeg.h5", images, kNames10, jpeg);
+    seed("hdf5", "ragged_jpeg.h5", slurp(tmp / "ragged_jpeg.h5"));
+    ImageBatch sizes;
+    sizes.shape = Shape{0, 0, 3};
+    sizes.offsets.push_back(0);
+    for (const Shape& s : {Shape{4, 5, 3}, Shape{2, 3, 3}, Shape{6, 1, 3}}) {
+      sizes.shapes.push_back(s);
+      for (std::size_t k = 0; k < s.bytes(); ++k) sizes.pixels.push_back(static_cast<std::uint8_t>(k * 7));
+      sizes.offsets.push_back(sizes.pixels.size());
+      sizes.labels.push_back(static_cast<std::int64_t>(sizes.labels.size()));
+    }
+    StoreSpec spec;
+    spec.split = "ragged";
+    spec.count = sizes.size();
+    spec.shape = sizes.shape;
+    spec.class_names = kNames10;
+    spec.variable_size = true;
+    auto writer = create_store(Format::Hdf5, tmp / "ragged_raw.h5", spec, quick);
+    writer->write(sizes);
+    writer->commit();
+    seed("hdf5", "ragged_raw.h5", slurp(tmp / "ragged_raw.h5"));
   }
   std::error_code ec;
   fs::remove_all(tmp, ec);
