@@ -54,6 +54,7 @@
 
 #include <torch/data/example.h>
 
+#include "imgstore/crop_transform.hpp"
 #include "imgstore/torch/dataset.hpp"
 
 namespace imgstore {
@@ -72,6 +73,11 @@ struct LoaderOptions {
   std::uint32_t crop_padding = 0;  // >0: random crop of the original size from the image
                                    // zero-padded by this many pixels on each side
   bool horizontal_flip = false;    // flip each image left-right with probability 1/2
+  // Crop and resize each record to transform's size (imgstore/crop_transform.hpp): batches are
+  // then [B, C, transform.height, transform.width] and records are read with read_record (JPEG
+  // payloads decoded at the DCT scale the crop needs). Required for variable-size stores; not
+  // with crop_padding. horizontal_flip then means transform.flip_probability of at least 1/2.
+  CropTransform transform;
   ReaderOptions reader;            // used when the loader opens the store itself
   // Sharded stores only: rank r reads whole shards r, r+world_size, ... (local-disk friendly,
   // as WebDataset/MDS do) instead of a slice of a global permutation. Each epoch shuffles the
