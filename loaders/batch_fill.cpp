@@ -216,7 +216,7 @@ void fill_cropped(const StoreReader& reader, const CropTransform& t, const Batch
     reader.read_record(indices[i], record);
     what.clear();
     fmt::format_to(std::back_inserter(what), "record {} of '{}'", indices[i],
-                   reader.path().string());
+                   reader.path().native());  // native(): no temporary string per record
     if (record.shape.channels != reader.shape().channels) {
       throw DataError(fmt::format("{}: {} channels, the store has {}", what,
                                   record.shape.channels, reader.shape().channels));

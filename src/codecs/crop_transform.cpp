@@ -127,13 +127,17 @@ double python_round(double v) {
   return std::nearbyint(v);
 }
 
+std::uint64_t crop_seed(std::uint64_t seed, std::uint64_t epoch, std::uint64_t index) {
+  return mix_seed(mix_seed(seed, epoch), index) ^ kCropStream;
+}
+
 CropPlan plan_crop(const CropTransform& t, std::uint64_t seed, std::uint64_t epoch,
                    std::uint64_t index, std::uint32_t height, std::uint32_t width) {
   if (!t.enabled()) throw UsageError("plan_crop: the crop transform is off");
   if (height == 0 || width == 0) {
     throw DataError(fmt::format("cannot crop an empty {}x{} image", height, width));
   }
-  SplitMix rng(mix_seed(mix_seed(seed, epoch), index) ^ kCropStream);
+  SplitMix rng(crop_seed(seed, epoch, index));
   auto uniform = [&rng] { return static_cast<double>(rng.next() >> 11) * 0x1.0p-53; };
   CropPlan plan;
   plan.out_h = t.height;

@@ -27,6 +27,9 @@ template <typename Uniform>
 RrcParams rrc_params(std::uint32_t height, std::uint32_t width, const CropTransform& t,
                      Uniform&& uniform);
 
+// The seed of record `index`'s crop draws in `epoch` (plan_crop's generator).
+std::uint64_t crop_seed(std::uint64_t seed, std::uint64_t epoch, std::uint64_t index);
+
 // What to do with one record.
 struct CropPlan {
   CropRect window;  // the source pixels the filter may read (RRC: the crop itself)

@@ -49,7 +49,7 @@ int rrc_plan(char** argv) {
   const std::uint64_t seed = std::stoull(argv[5]), epoch = std::stoull(argv[6]);
   const std::uint64_t count = std::stoull(argv[7]);
   for (std::uint64_t i = 0; i < count; ++i) {
-    SplitMix rng(mix_seed(mix_seed(seed, epoch), i));
+    SplitMix rng(crop_seed(seed, epoch, i));  // the loader's stream for record i
     auto u = [&rng] { return static_cast<double>(rng.next() >> 11) * 0x1.0p-53; };
     const RrcParams p = rrc_params(h, w, t, u);
     std::printf("%u %u %u %u %d\n", p.j, p.i, p.w, p.h, p.fallback ? 1 : 0);

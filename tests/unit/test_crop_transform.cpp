@@ -127,6 +127,14 @@ TEST_CASE("crop plan: deterministic per (seed, epoch, index), whatever the call 
     flips += forward[i].flip;
     differ_epoch += !same_plan(forward[i], plan_crop(t, 7, 4, i, 427, 640));
   }
+  // rrc_params over crop_seed's stream is plan_crop's window (what the codec tool prints).
+  SplitMix rng(crop_seed(7, 3, 42));
+  auto u = [&rng] { return static_cast<double>(rng.next() >> 11) * 0x1.0p-53; };
+  const RrcParams p = rrc_params(427, 640, t, u);
+  CHECK(forward[42].window.x == p.j);
+  CHECK(forward[42].window.y == p.i);
+  CHECK(forward[42].window.width == p.w);
+  CHECK(forward[42].window.height == p.h);
   CHECK(flips > 25);
   CHECK(flips < 75);
   CHECK(differ_epoch > 90);
