@@ -20,6 +20,13 @@
 //     }
 //   }
 //
+// Photos of any size (variable-size JPEG/PNG/raw stores, or fixed-size ones): crop and resize
+// each record in the parallel stage, as torchvision's RandomResizedCrop / Resize + CenterCrop
+// (docs/crop_transforms.md):
+//
+//   opts.transform = imgstore::CropTransform::random_resized_crop(224);  // batches [B,3,224,224]
+//   opts.crop_padding = 0;                  // not with a transform
+//
 // How it works: a tbb::parallel_pipeline on a background thread, in an arena of `threads`
 // threads: a serial in-order stage takes the next batch's indices and a free buffer from a pool
 // of `prefetch_depth` buffers, a parallel stage reads the records (StoreReader::read_many into
