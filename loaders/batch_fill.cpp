@@ -4,9 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
+#include <string>
 
 #include <fmt/format.h>
 
+#include "codecs/crop_transform.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore::detail {
@@ -176,6 +179,54 @@ std::uint8_t* thread_scratch(std::size_t bytes) {
   thread_local std::vector<std::uint8_t> scratch;
   if (scratch.size() < bytes) scratch.resize(bytes);
   return scratch.data();
+}
+
+// ---- Crop transforms ----
+
+Shape output_shape(const StoreReader& reader, const CropTransform& t) {
+  if (!t.enabled()) return reader.shape();
+  return Shape{t.height, t.width, reader.shape().channels};
+}
+
+void check_transform(const StoreReader& reader, const CropTransform& t,
+                     std::uint32_t crop_padding, const char* who) {
+  validate(t);
+  if (reader.variable_size() && !t.enabled()) {
+    throw UsageError(fmt::format("{}: '{}' holds images of different sizes; set a crop transform "
+                                 "(e.g. CropTransform::random_resized_crop(224) or "
+                                 "resize_center_crop(224)) to batch them",
+                                 who, reader.path().string()));
+  }
+  if (t.enabled() && crop_padding > 0) {
+    throw UsageError(fmt::format("{}: crop_padding {} and a crop transform exclude each other; "
+                                 "use one",
+                                 who, crop_padding));
+  }
+}
+
+void fill_cropped(const StoreReader& reader, const CropTransform& t, const BatchWriter& writer,
+                  std::uint64_t seed, std::uint64_t epoch, const std::uint64_t* indices,
+                  std::size_t n, void* out, std::int64_t* labels) {
+  // One record's payload, its decode and its crop at a time, reused by this thread.
+  thread_local EncodedRecord record;
+  thread_local CropScratch scratch;
+  thread_local std::string what;
+  std::uint8_t* hwc = thread_scratch(writer.elements());
+  for (std::size_t i = 0; i < n; ++i) {
+    reader.read_record(indices[i], record);
+    what.clear();
+    fmt::format_to(std::back_inserter(what), "record {} of '{}'", indices[i],
+                   reader.path().native());  // native(): no temporary string per record
+    if (record.shape.channels != reader.shape().channels) {
+      throw DataError(fmt::format("{}: {} channels, the store has {}", what,
+                                  record.shape.channels, reader.shape().channels));
+    }
+    const CropPlan plan =
+        plan_crop(t, seed, epoch, indices[i], record.shape.height, record.shape.width);
+    apply_crop(plan, record, hwc, scratch, what);
+    if (labels) labels[i] = record.label;
+    writer.write(hwc, out, i);
+  }
 }
 
 }  // namespace imgstore::detail

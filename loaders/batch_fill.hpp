@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "detail/random.hpp"
+#include "imgstore/crop_transform.hpp"
 #include "imgstore/image.hpp"
+#include "imgstore/store.hpp"
 #include "imgstore/torch/dataset.hpp"
 
 namespace imgstore::detail {
@@ -46,5 +48,22 @@ class BatchWriter {
 
 // Reusable per-thread scratch for HWC reads (grows to the largest batch, then stays).
 std::uint8_t* thread_scratch(std::size_t bytes);
+
+// ---- Crop transforms (imgstore/crop_transform.hpp) in the loader and the datasets ----
+
+// The images' shape in batches: the transform's output size, else the store's shape.
+Shape output_shape(const StoreReader& reader, const CropTransform& transform);
+
+// Checks the transform, and refuses (UsageError naming `who` and the store) a variable-size
+// store without one, and crop padding together with one.
+void check_transform(const StoreReader& reader, const CropTransform& transform,
+                     std::uint32_t crop_padding, const char* who);
+
+// Reads records indices[0..n) with read_record, crops and resizes each as `transform` plans for
+// (seed, epoch, index), and writes it through `writer` (whose shape is output_shape) into slot
+// i of `out`; labels[i] gets its label. Per-thread scratch: no allocation in steady state.
+void fill_cropped(const StoreReader& reader, const CropTransform& transform,
+                  const BatchWriter& writer, std::uint64_t seed, std::uint64_t epoch,
+                  const std::uint64_t* indices, std::size_t n, void* out, std::int64_t* labels);
 
 }  // namespace imgstore::detail

@@ -40,11 +40,17 @@ void fill_batch(const StoreReader& reader, const detail::BatchWriter& writer,
 }  // namespace
 
 StoreDataset::StoreDataset(const std::filesystem::path& path, const DatasetOptions& options)
-    : StoreDataset(open_checked(path, options.reader, options.format), options.normalize) {}
+    : StoreDataset(open_checked(path, options.reader, options.format), options.normalize,
+                   options.transform, options.seed) {}
 
 StoreDataset::StoreDataset(std::shared_ptr<const StoreReader> reader, const Normalize& normalize)
-    : reader_(std::move(reader)), normalize_(normalize) {
+    : StoreDataset(std::move(reader), normalize, CropTransform{}) {}
+
+StoreDataset::StoreDataset(std::shared_ptr<const StoreReader> reader, const Normalize& normalize,
+                           const CropTransform& transform, std::uint64_t seed)
+    : reader_(std::move(reader)), normalize_(normalize), transform_(transform), seed_(seed) {
   if (!reader_) throw UsageError("StoreDataset needs a reader, got null");
+  detail::check_transform(*reader_, transform_, 0, "StoreDataset");
   // Validates the normalisation against the channel count now rather than on the first batch.
   detail::BatchWriter(reader_->shape(), normalize_, 0, false);
 }
@@ -67,13 +73,18 @@ torch::data::Example<> StoreDataset::get_batch(c10::ArrayRef<std::size_t> indice
 
 torch::data::Example<> StoreDataset::read_batch(const std::uint64_t* indices,
                                                 std::size_t n) const {
-  const Shape& s = reader_->shape();
+  const Shape s = detail::output_shape(*reader_, transform_);
   detail::BatchWriter writer(s, normalize_, 0, false);
   auto data = torch::empty({static_cast<std::int64_t>(n), static_cast<std::int64_t>(s.channels),
                             static_cast<std::int64_t>(s.height), static_cast<std::int64_t>(s.width)},
                            torch::TensorOptions().dtype(dtype()));
   auto target = torch::empty({static_cast<std::int64_t>(n)}, torch::kInt64);
-  fill_batch(*reader_, writer, indices, n, data.data_ptr(), target.data_ptr<std::int64_t>());
+  if (transform_.enabled()) {
+    detail::fill_cropped(*reader_, transform_, writer, seed_, epoch(), indices, n, data.data_ptr(),
+                         target.data_ptr<std::int64_t>());
+  } else {
+    fill_batch(*reader_, writer, indices, n, data.data_ptr(), target.data_ptr<std::int64_t>());
+  }
   return {std::move(data), std::move(target)};
 }
 

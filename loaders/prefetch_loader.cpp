@@ -57,11 +57,20 @@ const StoreReader& checked(const std::shared_ptr<const StoreReader>& r, const Lo
     throw UsageError(fmt::format("PrefetchLoader: rank {} is not below world_size {}", o.rank,
                                  o.world_size));
   }
-  if (o.crop_padding > r->shape().height || o.crop_padding > r->shape().width) {
+  detail::check_transform(*r, o.transform, o.crop_padding, "PrefetchLoader");
+  if (!o.transform.enabled() &&
+      (o.crop_padding > r->shape().height || o.crop_padding > r->shape().width)) {
     throw UsageError(fmt::format("PrefetchLoader: crop padding {} exceeds the image size {}",
                                  o.crop_padding, to_string(r->shape())));
   }
   return *r;
+}
+
+// With a crop transform the flip is part of it: horizontal_flip means probability 1/2.
+CropTransform effective_transform(const LoaderOptions& o) {
+  CropTransform t = o.transform;
+  if (t.enabled() && o.horizontal_flip) t.flip_probability = std::max(t.flip_probability, 0.5);
+  return t;
 }
 
 std::string hex(std::uint64_t v) { return "0x" + to_hex64(v); }
@@ -100,6 +109,7 @@ struct PrefetchLoader::State {
   std::shared_ptr<const StoreReader> reader;
   LoaderOptions options;
   detail::Sampler sampler;
+  CropTransform transform;  // options.transform with horizontal_flip folded in
   detail::BatchWriter writer;
   detail::Position position;
   // The pass being run: set before the pipeline starts, read-only while it runs.
@@ -115,7 +125,9 @@ struct PrefetchLoader::State {
       : reader(std::move(r)),
         options(o),
         sampler(checked(reader, o), o),
-        writer(reader->shape(), o.normalize, o.crop_padding, o.horizontal_flip),
+        transform(effective_transform(o)),
+        writer(detail::output_shape(*reader, o.transform), o.normalize, o.crop_padding,
+               o.horizontal_flip && !o.transform.enabled()),
         pool(o.prefetch_depth),
         pipeline(o.threads, o.prefetch_depth, pool, [this](detail::Slot& s) { fill(s); }) {}
 
@@ -154,11 +166,18 @@ struct PrefetchLoader::State {
   // transposed and transformed into the slot's tensor.
   void fill(detail::Slot& s) {
     try {
-      s.allocate(options.batch_size, reader->shape(), writer.to_float());
+      s.allocate(options.batch_size, detail::output_shape(*reader, transform), writer.to_float());
       const std::size_t first = s.batch * options.batch_size;
       s.n = std::min(options.batch_size, indices.size() - first);
       const std::uint64_t* idx = indices.data() + first;
       std::int64_t* labels = s.target.data_ptr<std::int64_t>();
+      if (transform.enabled()) {
+        tbb::this_task_arena::isolate([&] {
+          detail::fill_cropped(*reader, transform, writer, options.seed, epoch, idx, s.n,
+                               s.data.data_ptr(), labels);
+        });
+        return;
+      }
       // Isolated: a reader may run its own parallel_for (PNG decodes in parallel). Without
       // isolation a thread waiting for that loop can steal the pipeline's input stage, which
       // blocks until the consumer frees a buffer, stalling the whole batch behind it.

@@ -5,6 +5,10 @@
 //   crop FILE X Y W H OUT_W OUT_H CHANNELS OUT.raw -> "H W C DENOM X0 Y0 X1 Y1"
 //   resize IN.raw H W C X0 Y0 X1 Y1 OUT_W OUT_H bilinear|bicubic OUT.raw
 //   encode IN.raw H W C QUALITY OUT.jpg
+//   rrc-plan H W SIZE SEED EPOCH COUNT          -> COUNT lines "x y w h fallback" (records 0..)
+//   transform FILE fused|raw SIZE OUT.raw eval  -> Resize(SIZE*256/224) + CenterCrop(SIZE), RGB
+//   transform FILE fused|raw SIZE OUT.raw X Y W H -> that crop resized to SIZE x SIZE, RGB
+//     (fused: the JPEG payload as the loader reads it; raw: decoded first, the PIL-exact path)
 // Errors: the message on stderr, exit status 1.
 #include <cstdio>
 #include <cstdlib>
@@ -14,8 +18,10 @@
 #include <string>
 #include <vector>
 
+#include "codecs/crop_transform.hpp"
 #include "codecs/image_codec.hpp"
 #include "codecs/resample.hpp"
+#include "detail/random.hpp"
 #include "imgstore/error.hpp"
 
 using namespace imgstore;
@@ -36,6 +42,48 @@ void write_all(const std::string& path, const std::uint8_t* data, std::size_t si
 }
 
 std::uint32_t u32(const char* s) { return static_cast<std::uint32_t>(std::stoul(s)); }
+
+int rrc_plan(char** argv) {
+  const std::uint32_t h = u32(argv[2]), w = u32(argv[3]);
+  const CropTransform t = CropTransform::random_resized_crop(u32(argv[4]));
+  const std::uint64_t seed = std::stoull(argv[5]), epoch = std::stoull(argv[6]);
+  const std::uint64_t count = std::stoull(argv[7]);
+  for (std::uint64_t i = 0; i < count; ++i) {
+    SplitMix rng(crop_seed(seed, epoch, i));  // the loader's stream for record i
+    auto u = [&rng] { return static_cast<double>(rng.next() >> 11) * 0x1.0p-53; };
+    const RrcParams p = rrc_params(h, w, t, u);
+    std::printf("%u %u %u %u %d\n", p.j, p.i, p.w, p.h, p.fallback ? 1 : 0);
+  }
+  return 0;
+}
+
+int transform(int argc, char** argv) {
+  const auto bytes = read_all(argv[2]);
+  const bool fused = std::string(argv[3]) == "fused";
+  const std::uint32_t size = u32(argv[4]);
+  EncodedRecord rec;
+  DecodedImage img;
+  decode_image(bytes.data(), bytes.size(), 3, argv[2], img);
+  rec.shape = img.shape;
+  const bool jpeg = sniff_image(bytes.data(), bytes.size()) == ImageKind::Jpeg;
+  rec.encoding = !fused ? Encoding::Raw : jpeg ? Encoding::Jpeg : Encoding::Png;
+  rec.bytes = fused ? bytes : img.pixels;
+  CropPlan plan;
+  if (argc == 7) {
+    plan = plan_crop(CropTransform::resize_center_crop(size), 0, 0, 0, img.shape.height,
+                     img.shape.width);
+  } else {
+    const CropRect r{u32(argv[6]), u32(argv[7]), u32(argv[8]), u32(argv[9])};
+    plan.window = r;
+    plan.box = ResizeBox{float(r.x), float(r.y), float(r.x + r.width), float(r.y + r.height)};
+    plan.out_h = plan.out_w = size;
+  }
+  std::vector<std::uint8_t> out(std::size_t{size} * size * 3);
+  CropScratch scratch;
+  apply_crop(plan, rec, out.data(), scratch, argv[2]);
+  write_all(argv[5], out.data(), out.size());
+  return 0;
+}
 
 int run(int argc, char** argv) {
   const std::string cmd = argc > 1 ? argv[1] : "";
@@ -92,6 +140,8 @@ int run(int argc, char** argv) {
     write_all(argv[7], jpeg.data(), jpeg.size());
     return 0;
   }
+  if (cmd == "rrc-plan" && argc == 8) return rrc_plan(argv);
+  if (cmd == "transform" && (argc == 7 || argc == 10)) return transform(argc, argv);
   std::fprintf(stderr, "usage: see the comment at the top of codec_tool_main.cpp\n");
   return 2;
 }

@@ -33,6 +33,7 @@
 // recycles batch memory and adds shuffling, sharding and augmentation.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -45,6 +46,7 @@
 #include <torch/data/example.h>
 #include <torch/types.h>
 
+#include "imgstore/crop_transform.hpp"
 #include "imgstore/store.hpp"
 
 namespace imgstore {
@@ -69,6 +71,11 @@ struct DatasetOptions {
   // When set, opening a store of another format throws UsageError naming the path, its
   // format and this one.
   std::optional<Format> format = std::nullopt;
+  // Crop and resize each record (imgstore/crop_transform.hpp): data is then
+  // [B, C, transform.height, transform.width]. Required for variable-size stores. Random crops
+  // draw from (seed, epoch, index); the epoch is StoreDataset::set_epoch's, shared by copies.
+  CropTransform transform;
+  std::uint64_t seed = 0;
 };
 
 class SampleView;
@@ -82,6 +89,9 @@ class StoreDataset
   // Shares an already open reader. Throws UsageError on a null reader or bad options.
   explicit StoreDataset(std::shared_ptr<const StoreReader> reader,
                         const Normalize& normalize = {});
+  // Same, with a crop transform (throws UsageError on a variable-size store without one).
+  StoreDataset(std::shared_ptr<const StoreReader> reader, const Normalize& normalize,
+               const CropTransform& transform, std::uint64_t seed = 0);
 
   // One image: data [C,H,W] (uint8, or float32 when normalising), target int64 scalar.
   torch::data::Example<> get(std::size_t index) const;
@@ -101,10 +111,19 @@ class StoreDataset
   const Normalize& normalize() const { return normalize_; }
   // Element type of data: torch::kUInt8 or torch::kFloat32.
   torch::Dtype dtype() const;
+  const CropTransform& transform() const { return transform_; }
+  // The epoch random crops draw from. Copies (the stock loader's) share it, so calling it on
+  // the dataset you keep reaches the loader's workers.
+  void set_epoch(std::uint64_t epoch) { epoch_->store(epoch); }
+  std::uint64_t epoch() const { return epoch_->load(); }
 
  private:
   std::shared_ptr<const StoreReader> reader_;
   Normalize normalize_;
+  CropTransform transform_;
+  std::uint64_t seed_ = 0;
+  std::shared_ptr<std::atomic<std::uint64_t>> epoch_ =
+      std::make_shared<std::atomic<std::uint64_t>>(0);
 };
 
 // Per-sample view of a StoreDataset: get(i) is StoreDataset::get(i), one [C,H,W] example.

@@ -20,6 +20,13 @@
 //     }
 //   }
 //
+// Photos of any size (variable-size JPEG/PNG/raw stores, or fixed-size ones): crop and resize
+// each record in the parallel stage, as torchvision's RandomResizedCrop / Resize + CenterCrop
+// (docs/crop_transforms.md):
+//
+//   opts.transform = imgstore::CropTransform::random_resized_crop(224);  // batches [B,3,224,224]
+//   opts.crop_padding = 0;                  // not with a transform
+//
 // How it works: a tbb::parallel_pipeline on a background thread, in an arena of `threads`
 // threads: a serial in-order stage takes the next batch's indices and a free buffer from a pool
 // of `prefetch_depth` buffers, a parallel stage reads the records (StoreReader::read_many into
@@ -54,6 +61,7 @@
 
 #include <torch/data/example.h>
 
+#include "imgstore/crop_transform.hpp"
 #include "imgstore/torch/dataset.hpp"
 
 namespace imgstore {
@@ -72,6 +80,11 @@ struct LoaderOptions {
   std::uint32_t crop_padding = 0;  // >0: random crop of the original size from the image
                                    // zero-padded by this many pixels on each side
   bool horizontal_flip = false;    // flip each image left-right with probability 1/2
+  // Crop and resize each record to transform's size (imgstore/crop_transform.hpp): batches are
+  // then [B, C, transform.height, transform.width] and records are read with read_record (JPEG
+  // payloads decoded at the DCT scale the crop needs). Required for variable-size stores; not
+  // with crop_padding. horizontal_flip then means transform.flip_probability of at least 1/2.
+  CropTransform transform;
   ReaderOptions reader;            // used when the loader opens the store itself
   // Sharded stores only: rank r reads whole shards r, r+world_size, ... (local-disk friendly,
   // as WebDataset/MDS do) instead of a slice of a global permutation. Each epoch shuffles the
