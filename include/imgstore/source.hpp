@@ -43,7 +43,8 @@ class Source {
   virtual std::vector<SplitInfo> splits() const = 0;
   // Throws UsageError if the split does not exist.
   virtual std::unique_ptr<BatchStream> open(const std::string& split) const = 0;
-  // Bad inputs left out (skip_bad), in split then file order. Complete once splits() returned.
+  // Bad inputs left out (skip_bad): the scan's (empty class, broken link...) first, then files
+  // that do not decode, in split and file order. Complete once splits() has returned.
   virtual std::vector<SkippedInput> skipped_inputs() const { return {}; }
   // Directory entries that are not images and were never taken, counted per reason
   // ("hidden", "other extension", ...); only reasons with a count > 0.
