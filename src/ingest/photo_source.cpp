@@ -133,6 +133,18 @@ void in_arena(unsigned threads, F&& f) {
   arena.execute(f);
 }
 
+// Files are decoded kChunk at a time; a batch ends at max_records or once it holds
+// kBatchBytes (returning fewer records is allowed), so memory stays bounded even when a
+// caller asks for 1024 large photos.
+constexpr std::size_t kChunk = 64;
+constexpr std::size_t kBatchBytes = std::size_t{96} << 20;
+// A slot's buffers above this are freed after use, so one huge image does not pin memory.
+constexpr std::size_t kKeepCapacity = std::size_t{16} << 20;
+
+void release_if_large(std::vector<std::uint8_t>& v) {
+  if (v.capacity() > kKeepCapacity) std::vector<std::uint8_t>().swap(v);
+}
+
 class PhotoStream : public BatchStream {
  public:
   PhotoStream(const ImageSplit& split, const SourceOptions& options,
@@ -141,31 +153,39 @@ class PhotoStream : public BatchStream {
   bool next(ImageBatch& out, std::size_t max_records) override;
 
  private:
-  void load(std::size_t n);
-  void assemble(ImageBatch& out, std::size_t n) const;
+  void load();
+  void begin(ImageBatch& out) const;
+  void append(ImageBatch& out);
 
   const ImageSplit& split_;
   const SourceOptions& options_;
   const std::vector<char>* bad_;  // skip_bad: 1 for each file to leave out; else null
   std::size_t cursor_ = 0;        // next file of the split
-  std::vector<std::size_t> files_;
-  std::vector<Record> records_;  // reused: one per record of the batch
+  std::vector<std::size_t> files_;  // the chunk being loaded
+  std::vector<Record> records_;     // reused: one per file of the chunk
 };
 
 bool PhotoStream::next(ImageBatch& out, std::size_t max_records) {
-  files_.clear();
+  max_records = std::max<std::size_t>(max_records, 1);
+  begin(out);
   const std::size_t total = split_.files.size();
-  while (cursor_ < total && files_.size() < std::max<std::size_t>(max_records, 1)) {
-    if (!bad_ || !(*bad_)[cursor_]) files_.push_back(cursor_);
-    ++cursor_;
+  while (out.size() < max_records && cursor_ < total &&
+         out.pixels.size() + out.payload.size() < kBatchBytes) {
+    files_.clear();
+    const std::size_t want = std::min(kChunk, max_records - out.size());
+    while (cursor_ < total && files_.size() < want) {
+      if (!bad_ || !(*bad_)[cursor_]) files_.push_back(cursor_);
+      ++cursor_;
+    }
+    if (files_.empty()) break;
+    load();
+    append(out);
   }
-  if (files_.empty()) return false;
-  load(files_.size());
-  assemble(out, files_.size());
-  return true;
+  return out.size() > 0;
 }
 
-void PhotoStream::load(std::size_t n) {
+void PhotoStream::load() {
+  const std::size_t n = files_.size();
   if (records_.size() < n) records_.resize(n);
   in_arena(options_.threads, [&] {
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 1),
@@ -188,42 +208,36 @@ void PhotoStream::load(std::size_t n) {
   }
 }
 
-void PhotoStream::assemble(ImageBatch& out, std::size_t n) const {
+void PhotoStream::begin(ImageBatch& out) const {
   const std::uint32_t c = options_.channels;
   const bool fixed = options_.resize.has_value();
   out.resize(fixed ? Shape{options_.resize->first, options_.resize->second, c} : Shape{0, 0, c},
              0);
-  out.labels.resize(n);
-  const bool with_pixels = options_.need_pixels;
-  const bool with_payload = !options_.need_pixels || options_.keep_jpeg_payload;
-  std::size_t pixel_bytes = 0, payload_bytes = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    pixel_bytes += records_[i].shape.bytes();
-    payload_bytes += records_[i].payload.size();
-  }
-  if (with_pixels) out.pixels.resize(pixel_bytes);
-  if (with_payload) {
+  if (!options_.need_pixels || options_.keep_jpeg_payload) {
     out.payload_encoding = Encoding::Jpeg;
-    out.payload.resize(payload_bytes);
     out.payload_offsets.assign(1, 0);
   }
-  if (!fixed) out.shapes.resize(n);
-  if (!fixed && with_pixels) out.offsets.assign(1, 0);
-  std::size_t pix = 0, pay = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const Record& r = records_[i];
-    out.labels[i] = split_.files.label(files_[i]);
-    if (!fixed) out.shapes[i] = r.shape;
-    if (with_pixels) {
-      std::copy(r.pixels->pixels.begin(), r.pixels->pixels.end(), out.pixels.begin() + pix);
-      pix += r.shape.bytes();
-      if (!fixed) out.offsets.push_back(pix);
+  if (!fixed && options_.need_pixels) out.offsets.assign(1, 0);
+}
+
+// Appends the loaded chunk to `out` (see docs/photos.md for what is filled when).
+void PhotoStream::append(ImageBatch& out) {
+  const bool fixed = options_.resize.has_value();
+  for (std::size_t i = 0; i < files_.size(); ++i) {
+    Record& r = records_[i];
+    out.labels.push_back(split_.files.label(files_[i]));
+    if (!fixed) out.shapes.push_back(r.shape);
+    if (options_.need_pixels) {
+      out.pixels.insert(out.pixels.end(), r.pixels->pixels.begin(), r.pixels->pixels.end());
+      if (!fixed) out.offsets.push_back(out.pixels.size());
     }
-    if (with_payload) {
-      std::copy(r.payload.begin(), r.payload.end(), out.payload.begin() + pay);
-      pay += r.payload.size();
-      out.payload_offsets.push_back(pay);
+    if (out.payload_encoding) {
+      out.payload.insert(out.payload.end(), r.payload.begin(), r.payload.end());
+      out.payload_offsets.push_back(out.payload.size());
     }
+    release_if_large(r.decoded.pixels);
+    release_if_large(r.resized.pixels);
+    release_if_large(r.payload);
   }
 }
 
