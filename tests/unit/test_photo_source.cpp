@@ -294,6 +294,45 @@ TEST_CASE("photo source: without pixels, JPEGs pass through byte for byte, other
   CHECK(encoded > 0);
 }
 
+TEST_CASE("photo source: keep_jpeg_payload gives pixels and payloads; resized payloads are "
+          "fixed-size JPEGs") {
+  const ImageFileScan scan = scan_image_folder(photos());
+  const ImageSplit& val = scan.splits[1];
+  SourceOptions both;
+  both.keep_jpeg_payload = true;
+  auto a = open_source(photos().string(), both);
+  const auto recs = read_split(*a, val.name, 8);
+  REQUIRE(recs.size() == val.files.size());
+  for (std::size_t i = 0; i < recs.size(); ++i) {
+    const fs::path file = val.base / std::string(val.files.path(i));
+    const auto bytes = read_file(file);
+    const auto info = read_image_info(bytes.data(), bytes.size(), file.string());
+    CHECK(recs[i].pixels == decode_file(file, 3).pixels);
+    if (info.kind == ImageKind::Jpeg && can_store_untouched(info, ImageKind::Jpeg, 3)) {
+      CHECK(recs[i].payload == bytes);
+    } else {
+      CHECK(sniff_image(recs[i].payload.data(), recs[i].payload.size()) == ImageKind::Jpeg);
+    }
+  }
+  SourceOptions fixed;
+  fixed.need_pixels = false;
+  fixed.resize = std::make_pair(24u, 32u);
+  auto b = open_source(photos().string(), fixed);
+  auto stream = b->open(val.name);
+  ImageBatch batch;
+  REQUIRE(stream->next(batch, 5));
+  CHECK_FALSE(batch.variable_size());
+  CHECK(batch.pixels.empty());
+  CHECK(batch.shape == Shape{24, 32, 3});
+  REQUIRE(batch.payload_offsets.size() == batch.size() + 1);
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    DecodedImage back;
+    decode_image(batch.payload.data() + batch.payload_offsets[i],
+                 batch.payload_offsets[i + 1] - batch.payload_offsets[i], 3, "payload", back);
+    CHECK(back.shape == Shape{24, 32, 3});
+  }
+}
+
 TEST_CASE("photo source: each bad input stops reading with its path; skip_bad lists it") {
   const auto cases = read_json(bad_dir() / "cases.json");
   std::vector<std::string> folder_bad;  // file names the mixed folder must skip
@@ -308,6 +347,11 @@ TEST_CASE("photo source: each bad input stops reading with its path; skip_bad li
     const std::string spec = (bad_dir() / std::string(c["source"])).string();
     const std::string msg = data_error([&] { read_everything(spec); });
     CHECK_MESSAGE(msg.find(fs::path(bad_path).filename().string()) != std::string::npos, msg);
+    // JPEG pass-through reads headers only, yet a bad file must still stop it.
+    SourceOptions passthrough;
+    passthrough.need_pixels = false;
+    const std::string msg2 = data_error([&] { read_everything(spec, passthrough); });
+    CHECK_MESSAGE(msg2.find(fs::path(bad_path).filename().string()) != std::string::npos, msg2);
     if (c["kind"] == "folder") folder_bad.push_back(fs::path(bad_path).filename().string());
   }
   // The mixed folder: the count is exactly the files that decode, every bad one is listed.
