@@ -53,6 +53,9 @@ class Source {
   }
 };
 
+// PIL's decompression-bomb limit (twice Image.MAX_IMAGE_PIXELS), the photos' default.
+inline constexpr std::uint64_t kDefaultMaxPixels = 2 * 89'478'485ull;
+
 struct SourceOptions {
   // CIFAR-100: which label column to use, "fine" or "coarse".
   std::string label_set = "fine";
@@ -70,7 +73,7 @@ struct SourceOptions {
   std::uint32_t max_side = 0;
   // Decoding refuses images of more pixels, from the header, before allocating (PIL's bomb
   // limit: twice Image.MAX_IMAGE_PIXELS).
-  std::uint64_t max_pixels = 2 * 89'478'485ull;
+  std::uint64_t max_pixels = kDefaultMaxPixels;
   // false: the first bad file throws DataError naming it. true: bad files are left out and
   // listed by Source::skipped_inputs(); to keep SplitInfo::count exact before anything is
   // written, splits() first reads and fully decodes every file once (in parallel), so a

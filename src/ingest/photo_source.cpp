@@ -25,6 +25,9 @@ namespace imgstore::detail {
 
 namespace {
 
+static_assert(kDefaultMaxPixels == 2 * kPilMaxImagePixels,
+              "SourceOptions::max_pixels defaults to the codecs' limit");
+
 // One record being loaded: the decoded (then maybe resized) pixels and/or its JPEG payload.
 struct Record {
   DecodedImage decoded;
