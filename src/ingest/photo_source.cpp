@@ -4,6 +4,7 @@
 // in parallel (TBB), so memory is bounded by the batch, never by the split. Records keep the
 // scan's order whatever the thread count. See SourceOptions for what each option does.
 #include <tbb/blocked_range.h>
+#include <tbb/concurrent_vector.h>
 #include <tbb/enumerable_thread_specific.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
@@ -274,7 +275,8 @@ std::vector<char> PhotoSource::validate_split(const ImageSplit& split,
                                               std::vector<SkippedInput>& skipped) const {
   const std::size_t n = split.files.size();
   std::vector<char> bad(n, 0);
-  std::vector<std::string> errors(n);
+  // Only the bad files' messages are kept (a split may hold millions of good ones).
+  tbb::concurrent_vector<std::pair<std::size_t, std::string>> errors;
   tbb::enumerable_thread_specific<Record> scratch;
   in_arena(options_.threads, [&] {
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 1),
@@ -286,15 +288,16 @@ std::vector<char> PhotoSource::validate_split(const ImageSplit& split,
                                         options_, true, r);
                           } catch (const Error& e) {
                             bad[i] = 1;
-                            errors[i] = e.what();
+                            errors.emplace_back(i, e.what());
                           }
                         }
                       });
   });
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!bad[i]) continue;
+  std::vector<std::pair<std::size_t, std::string>> sorted(errors.begin(), errors.end());
+  std::sort(sorted.begin(), sorted.end());
+  for (const auto& [i, message] : sorted) {
     const std::string path = (split.base / std::string(split.files.path(i))).string();
-    skipped.push_back(SkippedInput{path, reason_of(errors[i], path)});
+    skipped.push_back(SkippedInput{path, reason_of(message, path)});
   }
   return bad;
 }
