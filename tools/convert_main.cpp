@@ -214,7 +214,17 @@ int run_convert(const ConvertArgs& a) {
   options.writer.shards = a.shards;
   options.writer.jpeg_quality = a.jpeg_quality;
 
-  auto source = open_source(a.source, source_options_for(a, options));
+  SourceOptions source_options = source_options_for(a, options);
+  // --skip-bad decodes every file once before writing: show it, and let Ctrl-C stop it.
+  std::unique_ptr<cli::ProgressBar> check_bar;
+  source_options.validate_progress = [&](const std::string& split, std::uint64_t done,
+                                         std::uint64_t total) {
+    check_interrupt();
+    if (!check_bar) check_bar = std::make_unique<cli::ProgressBar>("check " + split, a.quiet);
+    check_bar->update(done, total);
+    if (done == total && total > 0) check_bar.reset();
+  };
+  auto source = open_source(a.source, source_options);
 
   std::vector<std::string> splits = a.splits;
   if (splits.empty()) {

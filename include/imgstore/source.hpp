@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -79,6 +80,9 @@ struct SourceOptions {
   // written, splits() first reads and fully decodes every file once (in parallel), so a
   // conversion decodes each image twice.
   bool skip_bad = false;
+  // skip_bad: called on the calling thread during that first pass with (split, files checked,
+  // files in the split), first with 0 checked; it may throw to stop.
+  std::function<void(const std::string&, std::uint64_t, std::uint64_t)> validate_progress;
   // Decoding threads; 0 = TBB's default (all cores, or the process's global_control limit).
   unsigned threads = 0;
   // false (every writer stores JPEG): batches carry only payload_encoding = Jpeg payloads and

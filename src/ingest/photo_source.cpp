@@ -278,21 +278,28 @@ std::vector<char> PhotoSource::validate_split(const ImageSplit& split,
   // Only the bad files' messages are kept (a split may hold millions of good ones).
   tbb::concurrent_vector<std::pair<std::size_t, std::string>> errors;
   tbb::enumerable_thread_specific<Record> scratch;
-  in_arena(options_.threads, [&] {
-    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 1),
-                      [&](const tbb::blocked_range<std::size_t>& range) {
-                        Record& r = scratch.local();
-                        for (std::size_t i = range.begin(); i != range.end(); ++i) {
-                          try {
-                            load_record(split.base / std::string(split.files.path(i)),
-                                        options_, true, r);
-                          } catch (const Error& e) {
-                            bad[i] = 1;
-                            errors.emplace_back(i, e.what());
+  // In chunks, so that progress (and an interrupt it may throw) runs on this thread.
+  constexpr std::size_t kValidateChunk = 1024;
+  if (options_.validate_progress) options_.validate_progress(split.name, 0, n);
+  for (std::size_t first = 0; first < n; first += kValidateChunk) {
+    const std::size_t last = std::min(n, first + kValidateChunk);
+    in_arena(options_.threads, [&] {
+      tbb::parallel_for(tbb::blocked_range<std::size_t>(first, last, 1),
+                        [&](const tbb::blocked_range<std::size_t>& range) {
+                          Record& r = scratch.local();
+                          for (std::size_t i = range.begin(); i != range.end(); ++i) {
+                            try {
+                              load_record(split.base / std::string(split.files.path(i)),
+                                          options_, true, r);
+                            } catch (const Error& e) {
+                              bad[i] = 1;
+                              errors.emplace_back(i, e.what());
+                            }
                           }
-                        }
-                      });
-  });
+                        });
+    });
+    if (options_.validate_progress) options_.validate_progress(split.name, last, n);
+  }
   std::vector<std::pair<std::size_t, std::string>> sorted(errors.begin(), errors.end());
   std::sort(sorted.begin(), sorted.end());
   for (const auto& [i, message] : sorted) {
