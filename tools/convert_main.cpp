@@ -114,7 +114,7 @@ Json describe(const StoreReader& reader) {
 }
 
 struct ConvertArgs {
-  std::string source, to = all_format_names(), out, label_set = "fine", lmdb_encoding;
+  std::string source, to = all_format_names(), out, label_set = "fine", lmdb_encoding, encoding;
   // Image folders and list files.
   std::uint32_t channels = 3, resize_short = 0, max_side = 0;
   std::string resize;  // "HxW"
@@ -205,6 +205,7 @@ int run_convert(const ConvertArgs& a) {
   options.repeat = a.repeat;
   options.writer.png_level = a.png_level;
   // Parsed, not checked: each writer checks the options it is given.
+  if (!a.encoding.empty()) options.writer.encoding = parse_encoding(a.encoding);
   if (!a.lmdb_encoding.empty()) options.encodings[Format::Lmdb] = parse_encoding(a.lmdb_encoding);
   options.writer.hdf5.chunk_records = a.hdf5_chunk;
   options.writer.hdf5.deflate = a.hdf5_deflate;
@@ -418,6 +419,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, ShardIndex::kMaxShards))->capture_default_str();
   convert->add_option("--png-level", ca.png_level, "zlib level for PNG, 0..9")
       ->check(CLI::Range(0, 9))->capture_default_str();
+  convert->add_option("--encoding", ca.encoding,
+                      "payload encoding of every store: " + encoding_names(all_encodings()) +
+                          " (default: each format's own; jpeg alone passes source JPEGs "
+                          "through untouched)");
   convert->add_option("--lmdb-encoding", ca.lmdb_encoding,
                       "LMDB payload: " + encoding_names(format_info(Format::Lmdb).encodings) +
                           " (default: " + to_string(format_info(Format::Lmdb).encodings.front()) +

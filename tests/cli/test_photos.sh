@@ -90,7 +90,8 @@ expect_error 2 "HxW" "$CONVERT" convert photos --resize 64 --out u3
 expect_error 2 "HxW" "$CONVERT" convert photos --resize 0x64 --out u4
 expect_error 2 "--channels" "$CONVERT" convert photos --channels 2 --out u5
 expect_error 2 "--jpeg-quality" "$CONVERT" convert photos --jpeg-quality 0 --out u6
+expect_error 2 "unknown encoding" "$CONVERT" convert photos --encoding bogus --out u8
 mkdir notsrc && echo x >notsrc/a.txt  # not a source: the message says image folders are
 expect_error 1 "image folder" "$CONVERT" convert notsrc --out u7
-for d in u1 u2 u3 u4 u5 u6 u7; do assert_empty_dir "$d"; done
+for d in u1 u2 u3 u4 u5 u6 u7 u8; do assert_empty_dir "$d"; done
 echo "ok: usage errors"
