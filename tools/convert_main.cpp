@@ -1,8 +1,10 @@
 // imgstore-convert: ingest data sets into PNG folders, LMDB and HDF5 stores; verify and
 // describe stores. Exit status: 0 ok, 1 bad data or I/O failure, 2 usage.
+#include <algorithm>
 #include <csignal>
 #include <cmath>
 #include <iostream>
+#include <utility>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -27,6 +29,8 @@ Examples:
   imgstore-convert convert /usr/share/datasets/fashion-mnist --to png,lmdb,hdf5 --out stores/
   # CIFAR-10 straight from the archive, training split only, as LMDB and HDF5
   imgstore-convert convert cifar-10-python.tar.gz --to lmdb,hdf5 --split train --out stores/
+  # A folder of photos (photos/<class>/*.jpg, or photos/{train,val}/<class>/...) at 64x64
+  imgstore-convert convert photos/ --resize 64x64 --to lmdb,hdf5 --out stores/
   # The tutorial's experiment: 50,000 synthetic CIFAR-sized images, doubled
   imgstore-convert convert synthetic:n=50000 --split train --repeat 2 --out bench/
   # Four LMDB shards per split (a directory of shard stores plus shards.json)
@@ -117,7 +121,13 @@ Json describe(const StoreReader& reader) {
 }
 
 struct ConvertArgs {
-  std::string source, to = all_format_names(), out, label_set = "fine", lmdb_encoding;
+  std::string source, to = all_format_names(), out, label_set = "fine", lmdb_encoding, encoding;
+  // Image folders and list files.
+  std::uint32_t channels = 3, resize_short = 0, max_side = 0;
+  std::string resize;  // "HxW"
+  std::uint64_t max_pixels = SourceOptions{}.max_pixels;
+  int jpeg_quality = 90;
+  bool skip_bad = false;
   std::vector<std::string> splits;
   std::uint64_t limit = 0;
   std::uint32_t repeat = 1;
@@ -128,6 +138,73 @@ struct ConvertArgs {
   bool overwrite = false, no_fsync = false, quiet = false, json = false;
 };
 
+// "224x224" -> (224, 224); UsageError otherwise.
+std::pair<std::uint32_t, std::uint32_t> parse_size(const std::string& text) {
+  const auto x = text.find('x');
+  unsigned long h = 0, w = 0;
+  std::size_t end_h = 0, end_w = 0;
+  try {
+    if (x != std::string::npos) {
+      h = std::stoul(text.substr(0, x), &end_h);
+      w = std::stoul(text.substr(x + 1), &end_w);
+    }
+  } catch (const std::exception&) {
+    h = w = 0;
+  }
+  if (x == std::string::npos || end_h != x || end_w != text.size() - x - 1 || h == 0 ||
+      w == 0 || h > 65535 || w > 65535) {
+    throw UsageError(fmt::format("--resize {}: expected HxW, e.g. 224x224 (1..65535 each)",
+                                 text));
+  }
+  return {static_cast<std::uint32_t>(h), static_cast<std::uint32_t>(w)};
+}
+
+// The store encoding `f` gets in this conversion.
+Encoding effective_encoding(const ConvertOptions& options, Format f) {
+  auto it = options.encodings.find(f);
+  if (it != options.encodings.end()) return it->second;
+  return options.writer.encoding ? *options.writer.encoding : format_info(f).encodings.front();
+}
+
+SourceOptions source_options_for(const ConvertArgs& a, const ConvertOptions& options) {
+  SourceOptions so;
+  so.label_set = a.label_set;
+  so.channels = a.channels;
+  if (!a.resize.empty()) so.resize = parse_size(a.resize);
+  so.resize_short = a.resize_short;
+  so.max_side = a.max_side;
+  so.max_pixels = a.max_pixels;
+  so.skip_bad = a.skip_bad;
+  so.threads = a.threads;
+  so.jpeg_quality = a.jpeg_quality;
+  // Pixels are decoded only if some store does not take JPEG payloads as they come.
+  so.need_pixels = std::any_of(options.formats.begin(), options.formats.end(), [&](Format f) {
+    return effective_encoding(options, f) != Encoding::Jpeg;
+  });
+  return so;
+}
+
+// Bad files left out (--skip-bad) and non-image entries never taken, for the summary.
+void report_skipped(const Source& source, bool print, Json& summary) {
+  summary["skipped"] = Json::array();
+  const auto skipped = source.skipped_inputs();
+  for (const SkippedInput& s : skipped) {
+    summary["skipped"].push_back({{"path", s.path}, {"reason", s.reason}});
+  }
+  summary["ignored"] = Json::object();
+  std::vector<std::string> ignored;
+  for (const auto& [reason, n] : source.ignored_entries()) {
+    summary["ignored"][reason] = n;
+    ignored.push_back(fmt::format("{} {}", n, reason));
+  }
+  if (!print) return;
+  if (!skipped.empty()) fmt::print("skipped {} bad input(s):\n", skipped.size());
+  for (const SkippedInput& s : skipped) fmt::print("  {}: {}\n", s.path, s.reason);
+  if (!ignored.empty()) {
+    fmt::print("not images, ignored: {}\n", fmt::join(ignored, ", "));
+  }
+}
+
 int run_convert(const ConvertArgs& a) {
   ConvertOptions options;
   options.formats = parse_formats(a.to);
@@ -135,6 +212,7 @@ int run_convert(const ConvertArgs& a) {
   options.repeat = a.repeat;
   options.writer.png_level = a.png_level;
   // Parsed, not checked: each writer checks the options it is given.
+  if (!a.encoding.empty()) options.writer.encoding = parse_encoding(a.encoding);
   if (!a.lmdb_encoding.empty()) options.encodings[Format::Lmdb] = parse_encoding(a.lmdb_encoding);
   options.writer.hdf5.chunk_records = a.hdf5_chunk;
   options.writer.hdf5.deflate = a.hdf5_deflate;
@@ -142,9 +220,18 @@ int run_convert(const ConvertArgs& a) {
   options.writer.durable = !a.no_fsync;
   options.writer.threads = a.threads;
   options.writer.shards = a.shards;
+  options.writer.jpeg_quality = a.jpeg_quality;
 
-  SourceOptions source_options;
-  source_options.label_set = a.label_set;
+  SourceOptions source_options = source_options_for(a, options);
+  // --skip-bad decodes every file once before writing: show it, and let Ctrl-C stop it.
+  std::unique_ptr<cli::ProgressBar> check_bar;
+  source_options.validate_progress = [&](const std::string& split, std::uint64_t done,
+                                         std::uint64_t total) {
+    check_interrupt();
+    if (!check_bar) check_bar = std::make_unique<cli::ProgressBar>("check " + split, a.quiet);
+    check_bar->update(done, total);
+    if (done == total && total > 0) check_bar.reset();
+  };
   auto source = open_source(a.source, source_options);
 
   std::vector<std::string> splits = a.splits;
@@ -207,6 +294,7 @@ int run_convert(const ConvertArgs& a) {
     }
     summary["splits"].push_back(js);
   }
+  report_skipped(*source, !a.quiet && !a.json, summary);
   if (a.json) std::cout << summary.dump(2) << "\n";
   return cli::kOk;
 }
@@ -298,6 +386,29 @@ int run_info(const std::string& store, bool json) {
   return cli::kOk;
 }
 
+// Options of image folders and list files.
+void add_photo_options(CLI::App& convert, ConvertArgs& ca) {
+  convert.add_option("--channels", ca.channels, "photos: 3 (RGB) or 1 (L), as PIL's convert")
+      ->check(CLI::IsMember({1, 3}))->capture_default_str();
+  auto* resize = convert.add_option("--resize", ca.resize,
+                                    "photos: resize every image to HxW (a fixed-size store)");
+  auto* rshort = convert.add_option("--resize-short", ca.resize_short,
+                                    "photos: short side to S, as torchvision's Resize(S)")
+                     ->check(CLI::Range(1u, 65535u));
+  auto* max_side = convert.add_option("--max-side", ca.max_side,
+                                      "photos: shrink images whose long side is above S")
+                       ->check(CLI::Range(1u, 65535u));
+  resize->excludes(rshort)->excludes(max_side);
+  rshort->excludes(max_side);
+  convert.add_option("--max-pixels", ca.max_pixels,
+                     "photos: refuse images of more pixels (default: PIL's bomb limit)")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40))->capture_default_str();
+  convert.add_option("--jpeg-quality", ca.jpeg_quality, "quality of JPEGs encoded here, 1..100")
+      ->check(CLI::Range(1, 100))->capture_default_str();
+  convert.add_flag("--skip-bad", ca.skip_bad,
+                   "photos: skip bad files and list them (decodes every file twice)");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -311,7 +422,8 @@ int main(int argc, char** argv) {
   ConvertArgs ca;
   auto* convert = app.add_subcommand("convert", "convert a source into stores, one per split and format");
   convert->add_option("source", ca.source,
-                      "CIFAR-10/100 folder or .tar.gz, IDX folder or file, a store, or synthetic:k=v,...")
+                      "CIFAR-10/100 folder or .tar.gz, IDX folder or file, a store, an image folder "
+                      "(ROOT/<class>/*.jpg), a .csv image list, or synthetic:k=v,...")
       ->required();
   convert->add_option("--to", ca.to, "formats, comma-separated: " + all_format_names())
       ->capture_default_str();
@@ -327,6 +439,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, ShardIndex::kMaxShards))->capture_default_str();
   convert->add_option("--png-level", ca.png_level, "zlib level for PNG, 0..9")
       ->check(CLI::Range(0, 9))->capture_default_str();
+  convert->add_option("--encoding", ca.encoding,
+                      "payload encoding of every store: " + encoding_names(all_encodings()) +
+                          " (default: each format's own; jpeg alone passes source JPEGs "
+                          "through untouched)");
   convert->add_option("--lmdb-encoding", ca.lmdb_encoding,
                       "LMDB payload: " + encoding_names(format_info(Format::Lmdb).encodings) +
                           " (default: " + to_string(format_info(Format::Lmdb).encodings.front()) +
@@ -334,6 +450,7 @@ int main(int argc, char** argv) {
   convert->add_option("--hdf5-chunk", ca.hdf5_chunk, "HDF5 chunk size in images (default: contiguous)");
   convert->add_option("--hdf5-deflate", ca.hdf5_deflate, "HDF5 deflate level 1..9 (needs --hdf5-chunk)");
   convert->add_option("--label-set", ca.label_set, "CIFAR-100 labels: fine or coarse")->capture_default_str();
+  add_photo_options(*convert, ca);
   convert->add_flag("--overwrite", ca.overwrite, "replace existing stores");
   convert->add_flag("--no-fsync", ca.no_fsync, "skip the final flush to disk (faster, not crash-safe)");
   convert->add_flag("--quiet,-q", ca.quiet, "no progress bar or summary");

@@ -3,8 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "imgstore/image.hpp"
@@ -27,6 +30,12 @@ class BatchStream {
   virtual bool next(ImageBatch& out, std::size_t max_records) = 0;
 };
 
+// An input file a source left out because it is bad (SourceOptions::skip_bad).
+struct SkippedInput {
+  std::string path;
+  std::string reason;  // "truncated JPEG ...", "empty file, not an image", ...
+};
+
 class Source {
  public:
   virtual ~Source() = default;
@@ -35,17 +44,64 @@ class Source {
   virtual std::vector<SplitInfo> splits() const = 0;
   // Throws UsageError if the split does not exist.
   virtual std::unique_ptr<BatchStream> open(const std::string& split) const = 0;
+  // Bad inputs left out (skip_bad): the scan's (empty class, broken link...) first, then files
+  // that do not decode, in split and file order. Complete once splits() has returned.
+  virtual std::vector<SkippedInput> skipped_inputs() const { return {}; }
+  // Directory entries that are not images and were never taken, counted per reason
+  // ("hidden", "other extension", ...); only reasons with a count > 0.
+  virtual std::vector<std::pair<std::string, std::uint64_t>> ignored_entries() const {
+    return {};
+  }
 };
+
+// PIL's decompression-bomb limit (twice Image.MAX_IMAGE_PIXELS), the photos' default.
+inline constexpr std::uint64_t kDefaultMaxPixels = 2 * 89'478'485ull;
 
 struct SourceOptions {
   // CIFAR-100: which label column to use, "fine" or "coarse".
   std::string label_set = "fine";
+
+  // ---- Image folders and list files (photos); other sources ignore these. ----
+  // Channels of every record: 3 = RGB, 1 = L, converted as PIL's convert("RGB"/"L").
+  std::uint32_t channels = 3;
+  // Every record resized to height x width (antialiased bilinear, as PIL's resize): the split
+  // is fixed-size. Otherwise it is variable-size (SplitInfo::variable_size).
+  std::optional<std::pair<std::uint32_t, std::uint32_t>> resize;
+  // Short side to S, long side int(S * long / short), as torchvision's Resize(S). Also enlarges.
+  std::uint32_t resize_short = 0;
+  // Only images whose long side is above S shrink, to long side S and short side
+  // floor(short * S / long) (at least 1), as FFCV's max_resolution.
+  std::uint32_t max_side = 0;
+  // Decoding refuses images of more pixels, from the header, before allocating (PIL's bomb
+  // limit: twice Image.MAX_IMAGE_PIXELS).
+  std::uint64_t max_pixels = kDefaultMaxPixels;
+  // false: the first bad file throws DataError naming it. true: bad files are left out and
+  // listed by Source::skipped_inputs(); to keep SplitInfo::count exact before anything is
+  // written, splits() first reads and fully decodes every file once (in parallel), so a
+  // conversion decodes each image twice.
+  bool skip_bad = false;
+  // skip_bad: called on the calling thread during that first pass with (split, files checked,
+  // files in the split), first with 0 checked; it may throw to stop.
+  std::function<void(const std::string&, std::uint64_t, std::uint64_t)> validate_progress;
+  // Decoding threads; 0 = TBB's default (all cores, or the process's global_control limit).
+  unsigned threads = 0;
+  // false (every writer stores JPEG): batches carry only payload_encoding = Jpeg payloads and
+  // no pixels. A JPEG whose components already are `channels` and that is not resized is
+  // passed through byte for byte without decoding (header check only, plus a full decode if
+  // its end-of-image marker is missing); any other file is decoded, converted, resized and
+  // encoded at jpeg_quality.
+  bool need_pixels = true;
+  // With need_pixels, also fill the JPEG payload (pass-through or re-encoded) of every record.
+  bool keep_jpeg_payload = false;
+  int jpeg_quality = 90;  // 1..100, for payloads that are encoded here
 };
 
 // Opens whatever `spec` names, detecting the kind:
 //   a CIFAR-10/100 folder (binary or python) or its .tar.gz archive,
 //   an MNIST/Fashion-MNIST IDX folder or *-images-idx3-ubyte[.gz] file,
 //   an imgstore store (PNG folder, LMDB, HDF5, or a tutorial-layout HDF5 file),
+//   an image folder (ROOT/<class>/..., or ROOT/{train,val,test}/<class>/...) or a list file
+//   (*.csv: path,label[,split][,class]) of JPEG/PNG photos,
 //   "synthetic:n=1000,h=32,w=32,c=3,classes=10,seed=1[,split=train]" for generated data.
 // Throws IoError if it does not exist, DataError if it is not a source we know.
 std::unique_ptr<Source> open_source(const std::string& spec, const SourceOptions& options = {});

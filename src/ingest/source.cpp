@@ -35,6 +35,17 @@ bool has_idx_files(const fs::path& dir) {
   return false;
 }
 
+// A candidate image folder: it has a non-hidden subfolder (a class or a split folder). What it
+// holds is then the scanner's to judge, so its errors name the real problem.
+bool has_subfolder(const fs::path& dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    if (!name.empty() && name[0] != '.' && it->is_directory(ec)) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::unique_ptr<Source> open_source(const std::string& spec, const SourceOptions& options) {
@@ -60,22 +71,26 @@ std::unique_ptr<Source> open_source(const std::string& spec, const SourceOptions
       return detail::open_cifar_pickle_dir(path, options);
     }
     if (has_idx_files(path)) return detail::open_idx(path);
+    if (has_subfolder(path)) return detail::open_image_folder(path, options);
     throw DataError(fmt::format(
         "{} is not a source imgstore knows: expected a CIFAR-10/100 folder (binary or python), "
-        "an IDX folder, or an imgstore store", quote(path)));
+        "an IDX folder, an imgstore store, or an image folder (ROOT/<class>/*.jpg|png)",
+        quote(path)));
   }
   if (ends_with(name, ".tar.gz") || ends_with(name, ".tgz")) {
     return detail::open_cifar_archive(path, options);
   }
   if (name.find("-idx3-ubyte") != std::string::npos) return detail::open_idx(path);
   if (detail::has_file_store_suffix(name)) return detail::open_store_source(path);
+  if (ends_with(name, ".csv")) return detail::open_image_list(path, options);
   // Last resort: anything open_store can recognise by its signature.
   try {
     detect_store_format(path);
   } catch (const DataError&) {
     throw DataError(fmt::format(
-        "{} is not a source imgstore knows: expected a .tar.gz CIFAR archive, an IDX file, or "
-        "an imgstore store", quote(path)));
+        "{} is not a source imgstore knows: expected a .tar.gz CIFAR archive, an IDX file, "
+        "an imgstore store, an image folder or a .csv image list (path,label[,split])",
+        quote(path)));
   }
   return detail::open_store_source(path);
 }

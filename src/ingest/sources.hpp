@@ -28,4 +28,11 @@ std::unique_ptr<Source> open_synthetic(const std::string& params);
 // Any imgstore store, or a tutorial-layout HDF5 file: one split.
 std::unique_ptr<Source> open_store_source(const std::filesystem::path& path);
 
+// An image folder (ImageFolder convention, optional split folders) of JPEG/PNG files.
+std::unique_ptr<Source> open_image_folder(const std::filesystem::path& root,
+                                          const SourceOptions& options);
+// A list file: CSV path,label[,split][,class], paths relative to it.
+std::unique_ptr<Source> open_image_list(const std::filesystem::path& csv,
+                                        const SourceOptions& options);
+
 }  // namespace imgstore::detail

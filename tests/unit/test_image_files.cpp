@@ -13,6 +13,7 @@
 
 using namespace imgstore;
 using namespace imgstore::detail;
+using imgstore::test::data_error;
 using imgstore::test::spit;
 using imgstore::test::TempDir;
 namespace fs = std::filesystem;
@@ -40,18 +41,6 @@ Listing listing(const ImageSplit& split) {
     out.emplace_back(std::string(split.files.path(i)), split.files.label(i));
   }
   return out;
-}
-
-// The message of the DataError `f` throws (fails the test if it does not).
-template <class F>
-std::string data_error(F&& f) {
-  try {
-    f();
-  } catch (const DataError& e) {
-    return e.what();
-  }
-  FAIL("expected a DataError");
-  return {};
 }
 
 bool contains(const std::string& text, const std::string& part) {

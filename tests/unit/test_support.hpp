@@ -16,11 +16,24 @@
 
 #include "cifar100_fixtures.hpp"
 #include "fixtures.hpp"
+#include "imgstore/error.hpp"
 #include "imgstore/image.hpp"
 #include "imgstore/source.hpp"
 #include "imgstore/store.hpp"
 
 namespace imgstore::test {
+
+// The message of the DataError `f` throws (fails the test if it does not).
+template <class F>
+std::string data_error(F&& f) {
+  try {
+    f();
+  } catch (const DataError& e) {
+    return e.what();
+  }
+  FAIL("expected a DataError");
+  return {};
+}
 
 // A fresh directory under the system temp dir, removed (with contents) at scope exit.
 class TempDir {

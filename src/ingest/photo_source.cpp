@@ -1,0 +1,413 @@
+// Image folders and list files of photos (JPEG/PNG of any size) as a Source.
+//
+// The scan (image_files.hpp) lists the files; the stream reads and decodes one batch at a time
+// in parallel (TBB), so memory is bounded by the batch, never by the split. Records keep the
+// scan's order whatever the thread count. See SourceOptions for what each option does.
+#include <tbb/blocked_range.h>
+#include <tbb/concurrent_vector.h>
+#include <tbb/enumerable_thread_specific.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <algorithm>
+#include <mutex>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "codecs/image_codec.hpp"
+#include "codecs/resample.hpp"
+#include "detail/fs_util.hpp"
+#include "imgstore/error.hpp"
+#include "ingest/image_files.hpp"
+#include "ingest/sources.hpp"
+
+namespace imgstore::detail {
+
+namespace {
+
+static_assert(kDefaultMaxPixels == 2 * kPilMaxImagePixels,
+              "SourceOptions::max_pixels defaults to the codecs' limit");
+
+// One record being loaded: the decoded (then maybe resized) pixels and/or its JPEG payload.
+struct Record {
+  DecodedImage decoded;
+  DecodedImage resized;
+  const DecodedImage* pixels = nullptr;  // decoded or resized; null if not decoded
+  Shape shape;                           // what the record holds
+  std::vector<std::uint8_t> payload;
+  std::string error;  // set if the file is bad
+};
+
+// Output width x height for a w x h image under the options' resize rules.
+std::pair<std::uint32_t, std::uint32_t> target_size(std::uint32_t w, std::uint32_t h,
+                                                    const SourceOptions& o) {
+  if (o.resize) return {o.resize->second, o.resize->first};
+  const std::uint64_t lo = std::min(w, h), hi = std::max(w, h);
+  std::uint64_t new_lo = lo, new_hi = hi;
+  if (o.resize_short) {
+    // torchvision: int(S * long / short), a float division then truncation.
+    new_lo = o.resize_short;
+    new_hi = static_cast<std::uint64_t>(static_cast<double>(o.resize_short * hi) /
+                                        static_cast<double>(lo));
+  } else if (o.max_side && hi > o.max_side) {
+    new_hi = o.max_side;
+    new_lo = std::max<std::uint64_t>(1, lo * o.max_side / hi);
+  }
+  new_hi = std::max<std::uint64_t>(new_hi, 1);
+  const bool wide = w >= h;
+  return {static_cast<std::uint32_t>(wide ? new_hi : new_lo),
+          static_cast<std::uint32_t>(wide ? new_lo : new_hi)};
+}
+
+// A JPEG that does not end in EOI (FF D9, maybe followed by padding zeros) may be truncated.
+bool ends_with_eoi(const std::vector<std::uint8_t>& b) {
+  std::size_t n = b.size();
+  while (n > 2 && b[n - 1] == 0) --n;
+  return n >= 2 && b[n - 2] == 0xFF && b[n - 1] == 0xD9;
+}
+
+// Decodes (and resizes to out_w x out_h) into r; r.pixels points at the result.
+void decode_record(const std::vector<std::uint8_t>& bytes, const std::string& what,
+                   const SourceOptions& o, const DecodeLimits& limits, std::uint32_t out_w,
+                   std::uint32_t out_h, Record& r) {
+  decode_image(bytes.data(), bytes.size(), o.channels, what, r.decoded, limits);
+  r.pixels = &r.decoded;
+  const Shape& s = r.decoded.shape;
+  if (out_w != s.width || out_h != s.height) {
+    r.resized.shape = Shape{out_h, out_w, o.channels};
+    r.resized.pixels.resize(r.resized.shape.bytes());
+    resize(r.decoded.pixels.data(), s.width, s.height, o.channels,
+           ResizeBox{0, 0, static_cast<float>(s.width), static_cast<float>(s.height)}, out_w,
+           out_h, r.resized.pixels.data(), ResampleFilter::Bilinear);
+    r.pixels = &r.resized;
+  }
+  r.shape = r.pixels->shape;
+}
+
+// Loads one file into r as the options ask. `validate`: always decode fully (skip_bad's
+// first pass), and keep nothing. Throws on bad input (the caller records the message).
+void load_record(const fs::path& path, const SourceOptions& o, bool validate, Record& r) {
+  const std::string what = path.string();
+  DecodeLimits limits;
+  limits.max_pixels = o.max_pixels;
+  std::vector<std::uint8_t> bytes = read_file(path);
+  const ImageInfo info = read_image_info(bytes.data(), bytes.size(), what, limits);
+  const auto [out_w, out_h] = target_size(info.width, info.height, o);
+  const bool untouched = out_w == info.width && out_h == info.height &&
+                         can_store_untouched(info, ImageKind::Jpeg, o.channels);
+  const bool want_payload = !o.need_pixels || o.keep_jpeg_payload;
+  r.pixels = nullptr;
+  r.payload.clear();
+  if (!validate && !o.need_pixels && untouched) {
+    // Pass-through: the header is checked; a body without its end marker is decoded to
+    // make sure it is not truncated (a truncated JPEG must not be stored).
+    if (!ends_with_eoi(bytes)) decode_image(bytes.data(), bytes.size(), o.channels, what,
+                                            r.decoded, limits);
+    r.shape = Shape{info.height, info.width, o.channels};
+    r.payload = std::move(bytes);
+    return;
+  }
+  decode_record(bytes, what, o, limits, validate ? info.width : out_w,
+                validate ? info.height : out_h, r);
+  if (validate || !want_payload) return;
+  if (untouched) {
+    r.payload = std::move(bytes);
+  } else {
+    encode_jpeg(r.pixels->pixels.data(), r.shape.width, r.shape.height, r.shape.channels,
+                o.jpeg_quality, r.payload);
+  }
+}
+
+// The reason alone: the message without the leading "<path>: " the codecs put there.
+std::string reason_of(const std::string& message, const std::string& path) {
+  const std::string prefix = path + ": ";
+  if (message.compare(0, prefix.size(), prefix) == 0) return message.substr(prefix.size());
+  return message;
+}
+
+// Runs f inside an arena of `threads` (0: TBB's default).
+template <class F>
+void in_arena(unsigned threads, F&& f) {
+  if (threads == 0) {
+    f();
+    return;
+  }
+  tbb::task_arena arena(static_cast<int>(threads));
+  arena.execute(f);
+}
+
+// Files are decoded kChunk at a time; a batch ends at max_records or once it holds
+// kBatchBytes (returning fewer records is allowed), so memory stays bounded even when a
+// caller asks for 1024 large photos.
+constexpr std::size_t kChunk = 64;
+constexpr std::size_t kBatchBytes = std::size_t{96} << 20;
+// A slot's buffers above this are freed after use, so one huge image does not pin memory.
+constexpr std::size_t kKeepCapacity = std::size_t{16} << 20;
+
+void release_if_large(std::vector<std::uint8_t>& v) {
+  if (v.capacity() > kKeepCapacity) std::vector<std::uint8_t>().swap(v);
+}
+
+class PhotoStream : public BatchStream {
+ public:
+  PhotoStream(const ImageSplit& split, const SourceOptions& options,
+              const std::vector<char>* bad)
+      : split_(split), options_(options), bad_(bad) {}
+  bool next(ImageBatch& out, std::size_t max_records) override;
+
+ private:
+  void load();
+  void begin(ImageBatch& out) const;
+  void append(ImageBatch& out);
+
+  const ImageSplit& split_;
+  const SourceOptions& options_;
+  const std::vector<char>* bad_;  // skip_bad: 1 for each file to leave out; else null
+  std::size_t cursor_ = 0;        // next file of the split
+  std::vector<std::size_t> files_;  // the chunk being loaded
+  std::vector<Record> records_;     // reused: one per file of the chunk
+};
+
+bool PhotoStream::next(ImageBatch& out, std::size_t max_records) {
+  max_records = std::max<std::size_t>(max_records, 1);
+  begin(out);
+  const std::size_t total = split_.files.size();
+  while (out.size() < max_records && cursor_ < total &&
+         out.pixels.size() + out.payload.size() < kBatchBytes) {
+    files_.clear();
+    const std::size_t want = std::min(kChunk, max_records - out.size());
+    while (cursor_ < total && files_.size() < want) {
+      if (!bad_ || !(*bad_)[cursor_]) files_.push_back(cursor_);
+      ++cursor_;
+    }
+    if (files_.empty()) break;
+    load();
+    append(out);
+  }
+  return out.size() > 0;
+}
+
+void PhotoStream::load() {
+  const std::size_t n = files_.size();
+  if (records_.size() < n) records_.resize(n);
+  in_arena(options_.threads, [&] {
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 1),
+                      [&](const tbb::blocked_range<std::size_t>& range) {
+                        for (std::size_t i = range.begin(); i != range.end(); ++i) {
+                          Record& r = records_[i];
+                          r.error.clear();
+                          try {
+                            load_record(split_.base / std::string(split_.files.path(files_[i])),
+                                        options_, false, r);
+                          } catch (const Error& e) {
+                            r.error = e.what();
+                          }
+                        }
+                      });
+  });
+  // The first bad file in order, whichever thread met it first.
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!records_[i].error.empty()) throw DataError(records_[i].error);
+  }
+}
+
+void PhotoStream::begin(ImageBatch& out) const {
+  const std::uint32_t c = options_.channels;
+  const bool fixed = options_.resize.has_value();
+  out.resize(fixed ? Shape{options_.resize->first, options_.resize->second, c} : Shape{0, 0, c},
+             0);
+  if (!options_.need_pixels || options_.keep_jpeg_payload) {
+    out.payload_encoding = Encoding::Jpeg;
+    out.payload_offsets.assign(1, 0);
+  }
+  if (!fixed && options_.need_pixels) out.offsets.assign(1, 0);
+}
+
+// Appends the loaded chunk to `out` (see docs/photos.md for what is filled when).
+void PhotoStream::append(ImageBatch& out) {
+  const bool fixed = options_.resize.has_value();
+  for (std::size_t i = 0; i < files_.size(); ++i) {
+    Record& r = records_[i];
+    out.labels.push_back(split_.files.label(files_[i]));
+    if (!fixed) out.shapes.push_back(r.shape);
+    if (options_.need_pixels) {
+      out.pixels.insert(out.pixels.end(), r.pixels->pixels.begin(), r.pixels->pixels.end());
+      if (!fixed) out.offsets.push_back(out.pixels.size());
+    }
+    if (out.payload_encoding) {
+      out.payload.insert(out.payload.end(), r.payload.begin(), r.payload.end());
+      out.payload_offsets.push_back(out.payload.size());
+    }
+    release_if_large(r.decoded.pixels);
+    release_if_large(r.resized.pixels);
+    release_if_large(r.payload);
+  }
+}
+
+class PhotoSource : public Source {
+ public:
+  PhotoSource(std::string description, ImageFileScan scan, const SourceOptions& options)
+      : description_(std::move(description)), scan_(std::move(scan)), options_(options) {
+    bad_.resize(scan_.splits.size());
+  }
+  std::string description() const override { return description_; }
+  std::vector<SplitInfo> splits() const override;
+  std::unique_ptr<BatchStream> open(const std::string& split) const override;
+  std::vector<SkippedInput> skipped_inputs() const override;
+  std::vector<std::pair<std::string, std::uint64_t>> ignored_entries() const override;
+
+ private:
+  void validate() const;
+  std::vector<char> validate_split(const ImageSplit& split,
+                                   std::vector<SkippedInput>& skipped) const;
+
+  std::string description_;
+  ImageFileScan scan_;
+  SourceOptions options_;
+  mutable std::mutex mutex_;
+  mutable bool validated_ = false;
+  mutable std::vector<std::vector<char>> bad_;  // per split, per file (skip_bad)
+  mutable std::vector<SkippedInput> skipped_;   // decode failures found by validate()
+};
+
+std::vector<char> PhotoSource::validate_split(const ImageSplit& split,
+                                              std::vector<SkippedInput>& skipped) const {
+  const std::size_t n = split.files.size();
+  std::vector<char> bad(n, 0);
+  // Only the bad files' messages are kept (a split may hold millions of good ones).
+  tbb::concurrent_vector<std::pair<std::size_t, std::string>> errors;
+  tbb::enumerable_thread_specific<Record> scratch;
+  // In chunks, so that progress (and an interrupt it may throw) runs on this thread.
+  constexpr std::size_t kValidateChunk = 1024;
+  if (options_.validate_progress) options_.validate_progress(split.name, 0, n);
+  for (std::size_t first = 0; first < n; first += kValidateChunk) {
+    const std::size_t last = std::min(n, first + kValidateChunk);
+    in_arena(options_.threads, [&] {
+      tbb::parallel_for(tbb::blocked_range<std::size_t>(first, last, 1),
+                        [&](const tbb::blocked_range<std::size_t>& range) {
+                          Record& r = scratch.local();
+                          for (std::size_t i = range.begin(); i != range.end(); ++i) {
+                            try {
+                              load_record(split.base / std::string(split.files.path(i)),
+                                          options_, true, r);
+                            } catch (const Error& e) {
+                              bad[i] = 1;
+                              errors.emplace_back(i, e.what());
+                            }
+                          }
+                        });
+    });
+    if (options_.validate_progress) options_.validate_progress(split.name, last, n);
+  }
+  std::vector<std::pair<std::size_t, std::string>> sorted(errors.begin(), errors.end());
+  std::sort(sorted.begin(), sorted.end());
+  for (const auto& [i, message] : sorted) {
+    const std::string path = (split.base / std::string(split.files.path(i))).string();
+    skipped.push_back(SkippedInput{path, reason_of(message, path)});
+  }
+  return bad;
+}
+
+// skip_bad: decodes every file once, so that counts are exact before anything is written.
+void PhotoSource::validate() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (validated_ || !options_.skip_bad) return;
+  for (std::size_t s = 0; s < scan_.splits.size(); ++s) {
+    bad_[s] = validate_split(scan_.splits[s], skipped_);
+  }
+  validated_ = true;
+}
+
+std::vector<SplitInfo> PhotoSource::splits() const {
+  validate();
+  std::vector<SplitInfo> out;
+  for (std::size_t s = 0; s < scan_.splits.size(); ++s) {
+    const ImageSplit& split = scan_.splits[s];
+    SplitInfo info;
+    info.name = split.name;
+    info.count = split.files.size();
+    if (!bad_[s].empty()) {
+      info.count -= static_cast<std::uint64_t>(std::count(bad_[s].begin(), bad_[s].end(), 1));
+    }
+    info.class_names = scan_.class_names;
+    info.variable_size = !options_.resize.has_value();
+    info.shape = options_.resize ? Shape{options_.resize->first, options_.resize->second,
+                                         options_.channels}
+                                 : Shape{0, 0, options_.channels};
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+std::unique_ptr<BatchStream> PhotoSource::open(const std::string& split) const {
+  validate();
+  for (std::size_t s = 0; s < scan_.splits.size(); ++s) {
+    if (scan_.splits[s].name != split) continue;
+    const std::vector<char>* bad = bad_[s].empty() ? nullptr : &bad_[s];
+    return std::make_unique<PhotoStream>(scan_.splits[s], options_, bad);
+  }
+  std::vector<std::string> names;
+  for (const auto& s : scan_.splits) names.push_back(s.name);
+  throw UsageError(fmt::format("{} has no split '{}' (it has: {})", description_, split,
+                               fmt::join(names, ", ")));
+}
+
+std::vector<SkippedInput> PhotoSource::skipped_inputs() const {
+  validate();
+  std::vector<SkippedInput> out;
+  for (const BadInput& b : scan_.bad) out.push_back(SkippedInput{b.path, reason_of(b.message, b.path)});
+  std::lock_guard<std::mutex> lock(mutex_);
+  out.insert(out.end(), skipped_.begin(), skipped_.end());
+  return out;
+}
+
+std::vector<std::pair<std::string, std::uint64_t>> PhotoSource::ignored_entries() const {
+  std::vector<std::pair<std::string, std::uint64_t>> out;
+  for (std::size_t i = 0; i < kSkipReasons; ++i) {
+    if (scan_.skipped[i] == 0) continue;
+    out.emplace_back(skip_reason_name(static_cast<SkipReason>(i)), scan_.skipped[i]);
+  }
+  return out;
+}
+
+// Checks the photo options once, for every photo source.
+void check_photo_options(const SourceOptions& o) {
+  if (o.channels != 1 && o.channels != 3) {
+    throw UsageError(fmt::format("photos convert to 1 (L) or 3 (RGB) channels, not {}",
+                                 o.channels));
+  }
+  const int resizes = int(o.resize.has_value()) + int(o.resize_short > 0) + int(o.max_side > 0);
+  if (resizes > 1) {
+    throw UsageError("choose one of resize, resize-short and max-side");
+  }
+  if (o.resize && (o.resize->first == 0 || o.resize->second == 0)) {
+    throw UsageError("resize needs a height and a width of at least 1");
+  }
+  if (o.jpeg_quality < 1 || o.jpeg_quality > 100) {
+    throw UsageError(fmt::format("JPEG quality {} is not in 1..100", o.jpeg_quality));
+  }
+  if (o.max_pixels == 0) throw UsageError("max-pixels must be at least 1");
+}
+
+ScanOptions scan_options(const SourceOptions& o) {
+  ScanOptions s;
+  s.skip_bad = o.skip_bad;
+  return s;
+}
+
+}  // namespace
+
+std::unique_ptr<Source> open_image_folder(const fs::path& root, const SourceOptions& options) {
+  check_photo_options(options);
+  return std::make_unique<PhotoSource>(fmt::format("image folder {}", quote(root)),
+                                       scan_image_folder(root, scan_options(options)), options);
+}
+
+std::unique_ptr<Source> open_image_list(const fs::path& csv, const SourceOptions& options) {
+  check_photo_options(options);
+  return std::make_unique<PhotoSource>(fmt::format("image list {}", quote(csv)),
+                                       read_image_list(csv, scan_options(options)), options);
+}
+
+}  // namespace imgstore::detail
