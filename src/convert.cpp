@@ -97,6 +97,7 @@ ConvertResult ConversionRun::add_split(const Source& source, const std::string& 
   spec.shape = info.shape;
   spec.class_names = info.class_names;
   spec.variable_size = info.variable_size;
+  spec.skipped_inputs = source.skipped_inputs();
 
   ConvertResult result;
   result.split = split;

@@ -94,6 +94,10 @@ Json describe(const StoreReader& reader) {
     j["min_width"] = m.min_width, j["max_width"] = m.max_width;
   }
   j["classes"] = m.class_names;
+  j["skipped_inputs"] = Json::array();
+  for (const auto& s : m.skipped_inputs) {
+    j["skipped_inputs"].push_back({{"path", s.path}, {"reason", s.reason}});
+  }
   j["bytes_on_disk"] = reader.bytes_on_disk();
   j["source"] = m.source;
   j["tool_version"] = m.tool_version;

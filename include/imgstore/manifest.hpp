@@ -33,6 +33,12 @@ struct ShardPosition {
 // older readers keep opening it. Readers accept 1..kFormatVersion.
 int format_version_for(bool variable_size, Encoding encoding);
 
+// An input file a source left out because it is bad (SourceOptions::skip_bad).
+struct SkippedInput {
+  std::string path;
+  std::string reason;  // "truncated JPEG ...", "empty file, not an image", ...
+};
+
 struct Manifest {
   static constexpr int kFormatVersion = 2;  // the newest this build reads and writes
 
@@ -52,6 +58,8 @@ struct Manifest {
   std::vector<std::uint64_t> checksums;  // record_checksum() of each record, in index order
   std::uint64_t content_digest = 0;      // ContentDigest over checksums
   std::optional<ShardPosition> shard;    // set in each shard of a sharded store, else empty
+  // Inputs of the source that --skip-bad left out (every split's), with the reason.
+  std::vector<SkippedInput> skipped_inputs;
 
   // Serialise / parse. `what` names the file or key in error messages.
   std::string to_json() const;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "imgstore/image.hpp"
+#include "imgstore/manifest.hpp"  // SkippedInput
 
 namespace imgstore {
 
@@ -30,11 +31,6 @@ class BatchStream {
   virtual bool next(ImageBatch& out, std::size_t max_records) = 0;
 };
 
-// An input file a source left out because it is bad (SourceOptions::skip_bad).
-struct SkippedInput {
-  std::string path;
-  std::string reason;  // "truncated JPEG ...", "empty file, not an image", ...
-};
 
 class Source {
  public:

@@ -142,6 +142,7 @@ struct StoreSpec {
   std::vector<std::string> class_names;
   // Records differ in height and width (format version 2); batches carry shapes/offsets.
   bool variable_size = false;
+  std::vector<SkippedInput> skipped_inputs;  // recorded in the manifest
   // Set by the sharded writer on each shard it writes: recorded in that shard's manifest.
   std::optional<ShardPosition> shard;
 };

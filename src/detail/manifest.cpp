@@ -179,6 +179,10 @@ std::string Manifest::to_json() const {
   j["content_digest"] = to_hex64(content_digest);
   auto& sums = j["checksums"] = nlohmann::ordered_json::array();
   for (auto c : checksums) sums.push_back(to_hex64(c));
+  if (!skipped_inputs.empty()) {  // optional, after the checksums: old readers ignore it
+    auto& list = j["skipped_inputs"] = nlohmann::ordered_json::array();
+    for (const auto& s : skipped_inputs) list.push_back({{"path", s.path}, {"reason", s.reason}});
+  }
   if (shard) {
     // After the checksums in the text, but an optional field: old readers ignore it.
     j["shard"] = {{"conversion_id", shard->conversion_id},
@@ -208,6 +212,14 @@ Manifest Manifest::from_json(const std::string& text, const std::string& what) {
     for (std::size_t i = 0; i < sums.size(); ++i) {
       m.checksums.push_back(
           parse_hex64(sums[i].get<std::string>(), fmt::format("{} checksum of record {}", what, i)));
+    }
+    if (j.contains("skipped_inputs")) {
+      const auto& list = j.at("skipped_inputs");
+      if (!list.is_array()) throw DataError(what + ": manifest 'skipped_inputs' is not an array");
+      for (const auto& e : list) {
+        if (!e.is_object()) throw DataError(what + ": a skipped input is not an object");
+        m.skipped_inputs.push_back({get_string(e, "path", what), get_string(e, "reason", what)});
+      }
     }
     if (j.contains("shard")) {
       const auto& s = j.at("shard");

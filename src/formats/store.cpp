@@ -248,6 +248,7 @@ void StoreWriter::commit() {
   m.class_names = spec_.class_names;
   m.encoding = encoding_;
   m.variable_size = spec_.variable_size;
+  m.skipped_inputs = spec_.skipped_inputs;
   m.format_version = format_version_for(m.variable_size, m.encoding);
   if (m.variable_size && m.count > 0) {
     m.min_height = min_shape_.height;

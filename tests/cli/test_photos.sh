@@ -76,6 +76,13 @@ names = [s["path"].rsplit("/", 1)[-1] for s in j["skipped"]]
 assert all(s["reason"] for s in j["skipped"]), j["skipped"]
 for f in ["truncated.jpg", "zero bytes.jpg", "text.jpg", "huge.jpg", "dangling.jpg"]:
     assert f in names, (f, names)' || fail "--json skipped list: $(cat skip.json)"
+# The store's manifest records the same skipped files with their reasons.
+"$CONVERT" info skip-json/train.h5 --json >skip-info.json
+$PY -c '
+import json
+summary = json.load(open("skip.json"))["skipped"]
+manifest = json.load(open("skip-info.json"))["skipped_inputs"]
+assert manifest == summary, (manifest, summary)' || fail "manifest skipped_inputs: $(cat skip-info.json)"
 echo "ok: --skip-bad"
 
 # A header over --max-pixels is refused, naming the file.
