@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "fixtures.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/source.hpp"
 #include "imgstore/store.hpp"
@@ -144,6 +145,34 @@ inline void drain_store(const StoreReader& reader, std::size_t max_records = 409
       fail("read_many pixels differ from read_one");
     }
   }
+}
+
+// The LMDB template of format version 2 (fuzz_lmdb_value's mode bit 4, and its seeds): three
+// records of differing sizes, JPEG-encoded by the writer from fixture pixels. Returns its path.
+inline std::filesystem::path write_lmdb_v2_template(const std::filesystem::path& dir) {
+  ImageBatch b;
+  b.shape = Shape{0, 0, 3};
+  b.offsets.push_back(0);
+  for (const Shape& s : {Shape{8, 5, 3}, Shape{3, 9, 3}, Shape{16, 16, 3}}) {
+    const ImageBatch one = fixtures::make_images(1, s, 10, 7 + s.height);
+    b.shapes.push_back(s);
+    b.pixels.insert(b.pixels.end(), one.pixels.begin(), one.pixels.end());
+    b.offsets.push_back(b.pixels.size());
+    b.labels.push_back(static_cast<std::int64_t>(b.labels.size()));
+  }
+  StoreSpec spec;
+  spec.split = "v2";
+  spec.count = b.size();
+  spec.shape = b.shape;
+  spec.variable_size = true;
+  WriterOptions options;
+  options.durable = false;
+  options.encoding = Encoding::Jpeg;
+  const std::filesystem::path path = dir / "v2.lmdb";
+  auto writer = create_store(Format::Lmdb, path, spec, options);
+  writer->write(b);
+  writer->commit();
+  return path;
 }
 
 }  // namespace imgstore::fuzz

@@ -1,6 +1,8 @@
 // LMDB store values. A valid 3-record store (raw or PNG payloads) is copied, one value in it
 // is replaced by the fuzz bytes, and the store is opened and read whole.
 // Input: byte 0 chooses  bit 0: template (0 raw, 1 png payloads)
+//                        bit 4: template of format version 2 instead (variable-size records,
+//                               JPEG payloads); bit 0 is then ignored
 //                        bits 1-2: value replaced (0..2: record key, 3: the manifest)
 //                        bit 3: fix up the payload xxh3 in the header (so the fuzzer gets
 //                               past the hash check into payload decoding)
@@ -21,6 +23,12 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::size_t kRecords = 3;
+
+// Format version 2: the shared template of fuzz_common.hpp, made once.
+const fs::path& variable_jpeg_template() {
+  static const fs::path path = fuzz::write_lmdb_v2_template(fuzz::fresh_dir("lmdb-v2-template"));
+  return path;
+}
 
 const fs::path& template_store(bool png) {
   static const std::array<fs::path, 2> paths = [] {
@@ -91,11 +99,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   // The template's data.mdb, read once. Copied through streams: std::filesystem::copy gives
   // up on EINTR, which libFuzzer's timer signals cause.
-  static const std::string templates[2] = {read_all(template_store(false) / "data.mdb"),
-                                           read_all(template_store(true) / "data.mdb")};
+  static const std::string templates[3] = {read_all(template_store(false) / "data.mdb"),
+                                           read_all(template_store(true) / "data.mdb"),
+                                           read_all(variable_jpeg_template() / "data.mdb")};
   const auto store = fuzz::fresh_dir("lmdb") / "train.lmdb";
   fs::create_directories(store);
-  fuzz::write_file(store / "data.mdb", templates[mode & 1]);
+  fuzz::write_file(store / "data.mdb", templates[(mode & 16) ? 2 : (mode & 1)]);
   put_value(store, which, std::move(value));
 
   for (bool verify : {true, false}) {

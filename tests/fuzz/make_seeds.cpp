@@ -163,11 +163,15 @@ int main(int argc, char** argv) {
   }
   {
     // LMDB: every value of the same template the fuzz target builds, with its mode byte.
-    for (int png = 0; png < 2; ++png) {
+    // Template 2 is format version 2 (mode bit 4): variable-size JPEG records.
+    for (int variant = 0; variant < 3; ++variant) {  // 0 raw, 1 png, 2 v2 jpeg
+      const bool png = variant == 1;
       WriterOptions o = quick;
       o.encoding = png ? Encoding::Png : Encoding::Raw;
-      const fs::path path = tmp / (png ? "png.lmdb" : "raw.lmdb");
-      store_many(Format::Lmdb, path, images, kNames10, o);
+      const bool v2 = variant == 2;
+      const fs::path path = v2 ? fuzz::write_lmdb_v2_template(tmp)
+                               : tmp / (png ? "png.lmdb" : "raw.lmdb");
+      if (!v2) store_many(Format::Lmdb, path, images, kNames10, o);
       MDB_env* env = nullptr;
       mdb_env_create(&env);
       mdb_env_set_maxdbs(env, 4);
@@ -186,11 +190,13 @@ int main(int argc, char** argv) {
           return 1;
         }
         const std::string value(static_cast<const char*>(v.mv_data), v.mv_size);
-        const unsigned mode = static_cast<unsigned>(png) | (which << 1);
-        const std::string name = std::string(png ? "png_" : "raw_") + key;
+        const unsigned mode = (v2 ? 16u : static_cast<unsigned>(png)) | (which << 1);
+        const std::string name = std::string(v2 ? "v2jpeg_" : png ? "png_" : "raw_") + key;
         seed("lmdb_value", name, std::string(1, static_cast<char>(mode)) + value);
         if (which != 3) {
           seed("lmdb_value", name + "_fixhash", std::string(1, static_cast<char>(mode | 8)) + value);
+        } else if (v2) {
+          seed("manifest", "lmdb_v2_manifest.json", value);
         } else if (!png) {
           seed("manifest", "lmdb_manifest.json", value);
         }
