@@ -9,7 +9,11 @@ every size, converted from the real-photo fixtures' list.csv without resizing.
   is (baseline or progressive YCbCr/gray, not CMYK) is stored byte for byte; the others decode to
   the same picture within a PSNR bound; every record's checksum is
   xxh3_64(payload, seed=label) as the manifest says;
-- the manifest's variable_size, bounds and format_version.
+- the manifest's variable_size, bounds and format_version;
+- --resize-short S and --max-side S: the sizes of torchvision's Resize(S) (long side
+  int(S * long / short)) and of a max-side cap (short side floor(short * S / long)), and the
+  pixels of Pillow's resize(size, BILINEAR) (antialiased), exactly for PNG sources and within
+  JPEG_TOLERANCE for JPEG ones; the PSNR is printed.
 """
 import csv
 import io
@@ -102,6 +106,10 @@ def main():
         for split in sorted({r["split"] for r in rows}):
             part = [r for r in rows if r["split"] == split]
             check_split(tmp, photos, split, part)
+        for flag, value in (("--resize-short", 48), ("--max-side", 64)):
+            out_dir = os.path.join(tmp, flag.strip("-"))
+            run(CONVERT, "convert", lst, "--to", "hdf5", flag, value, "--out", out_dir, "--quiet")
+            check_resized(out_dir, photos, rows, flag, value)
         # verify --against a lossy store measures instead of failing.
         out = run(CONVERT, "verify", os.path.join(tmp, "jpeg", "val.lmdb"), "--against",
                   os.path.join(tmp, "raw", "val.h5"), "--json")
@@ -111,6 +119,38 @@ def main():
     if failures:
         sys.exit(f"{len(failures)} failures")
     print("ok")
+
+
+def resized_size(w, h, flag, s):
+    lo, hi = min(w, h), max(w, h)
+    if flag == "--resize-short":
+        lo, hi = s, int(s * hi / min(w, h))
+    elif hi > s:
+        lo, hi = max(1, lo * s // hi), s
+    return (hi, lo) if w >= h else (lo, hi)
+
+
+def check_resized(out_dir, photos, rows, flag, value):
+    worst, lowest = 0, math.inf
+    for split in sorted({r["split"] for r in rows}):
+        part = [r for r in rows if r["split"] == split]
+        _, _, recs = h5_records(os.path.join(out_dir, f"{split}.h5"))
+        check(len(recs) == len(part), f"{flag}: {split} has {len(recs)} records")
+        for r, (shape, label, payload, _) in zip(part, recs):
+            with Image.open(os.path.join(photos, r["path"])) as im:
+                is_jpeg = im.format == "JPEG"
+                rgb = im.convert("RGB")
+            size = resized_size(rgb.width, rgb.height, flag, value)
+            want = np.asarray(rgb.resize(size, Image.BILINEAR))
+            got = pixels_of(payload, shape, False)
+            if got.shape != want.shape:
+                check(False, f"{flag} {r['path']}: shape {got.shape}, want {want.shape}")
+                continue
+            diff = int(np.abs(got.astype(int) - want).max())
+            check(diff <= (JPEG_TOLERANCE if is_jpeg else 0), f"{flag} {r['path']}: max diff {diff}")
+            worst, lowest = max(worst, diff), min(lowest, psnr(got, want))
+    print(f"{flag} {value}: pixels vs PIL resize(BILINEAR): max abs diff {worst}, "
+          f"lowest PSNR {lowest} dB")
 
 
 def check_split(tmp, photos, split, part):
