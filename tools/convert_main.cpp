@@ -131,7 +131,7 @@ struct ConvertArgs {
   std::string resize;  // "HxW"
   std::uint64_t max_pixels = SourceOptions{}.max_pixels;
   int jpeg_quality = 90;
-  bool skip_bad = false;
+  bool skip_bad = false, jpeg_dct_scaling = false;
   std::vector<std::string> splits;
   std::uint64_t limit = 0;
   std::uint32_t repeat = 1;
@@ -177,6 +177,7 @@ SourceOptions source_options_for(const ConvertArgs& a, const ConvertOptions& opt
   if (!a.resize.empty()) so.resize = parse_size(a.resize);
   so.resize_short = a.resize_short;
   so.max_side = a.max_side;
+  so.jpeg_dct_scaling = a.jpeg_dct_scaling;
   so.max_pixels = a.max_pixels;
   so.skip_bad = a.skip_bad;
   so.threads = a.threads;
@@ -409,6 +410,8 @@ void add_photo_options(CLI::App& convert, ConvertArgs& ca) {
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40))->capture_default_str();
   convert.add_option("--jpeg-quality", ca.jpeg_quality, "quality of JPEGs encoded here, 1..100")
       ->check(CLI::Range(1, 100))->capture_default_str();
+  convert.add_flag("--jpeg-dct-scaling", ca.jpeg_dct_scaling,
+                   "photos: shrink JPEGs by decoding at a DCT scale first (faster, not PIL-exact)");
   convert.add_flag("--skip-bad", ca.skip_bad,
                    "photos: skip bad files and list them (decodes every file twice)");
 }

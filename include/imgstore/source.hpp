@@ -68,6 +68,11 @@ struct SourceOptions {
   // Only images whose long side is above S shrink, to long side S and short side
   // floor(short * S / long) (at least 1), as FFCV's max_resolution.
   std::uint32_t max_side = 0;
+  // Resizes of JPEGs to half their size or less decode at libjpeg-turbo's DCT scale (1/2,
+  // 1/4, 1/8: PIL's Image.draft) that still covers the target, then resample that: several
+  // times faster on large photos, but no longer PIL's resize() bit for bit (PSNR in
+  // docs/photos.md). Off: full decode, then resize, exactly as PIL.
+  bool jpeg_dct_scaling = false;
   // Decoding refuses images of more pixels, from the header, before allocating (PIL's bomb
   // limit: twice Image.MAX_IMAGE_PIXELS).
   std::uint64_t max_pixels = kDefaultMaxPixels;

@@ -67,10 +67,35 @@ bool ends_with_eoi(const std::vector<std::uint8_t>& b) {
   return n >= 2 && b[n - 2] == 0xFF && b[n - 1] == 0xD9;
 }
 
+// SourceOptions::jpeg_dct_scaling: decodes the JPEG at the smallest DCT scale that still covers
+// out_w x out_h and resamples that. False (nothing done) when no scale below 1 qualifies.
+bool decode_scaled(const std::vector<std::uint8_t>& bytes, const std::string& what,
+                   const SourceOptions& o, const DecodeLimits& limits, std::uint32_t out_w,
+                   std::uint32_t out_h, Record& r) {
+  const ImageInfo info = read_image_info(bytes.data(), bytes.size(), what, limits);
+  if (choose_jpeg_scale(info.width, info.height, out_w, out_h) == 1) return false;
+  thread_local ScaledCrop scaled;
+  decode_jpeg_crop(bytes.data(), bytes.size(), CropRect{0, 0, info.width, info.height}, out_w,
+                   out_h, o.channels, what, scaled, limits);
+  const Shape& s = scaled.image.shape;
+  r.resized.shape = Shape{out_h, out_w, o.channels};
+  r.resized.pixels.resize(r.resized.shape.bytes());
+  resize(scaled.image.pixels.data(), s.width, s.height, o.channels,
+         ResizeBox{scaled.box[0], scaled.box[1], scaled.box[2], scaled.box[3]}, out_w, out_h,
+         r.resized.pixels.data(), ResampleFilter::Bilinear);
+  r.pixels = &r.resized;
+  r.shape = r.resized.shape;
+  return true;
+}
+
 // Decodes (and resizes to out_w x out_h) into r; r.pixels points at the result.
 void decode_record(const std::vector<std::uint8_t>& bytes, const std::string& what,
                    const SourceOptions& o, const DecodeLimits& limits, std::uint32_t out_w,
                    std::uint32_t out_h, Record& r) {
+  if (o.jpeg_dct_scaling && sniff_image(bytes.data(), bytes.size()) == ImageKind::Jpeg &&
+      decode_scaled(bytes, what, o, limits, out_w, out_h, r)) {
+    return;
+  }
   decode_image(bytes.data(), bytes.size(), o.channels, what, r.decoded, limits);
   r.pixels = &r.decoded;
   const Shape& s = r.decoded.shape;
