@@ -142,6 +142,10 @@ void in_arena(unsigned threads, F&& f) {
 // caller asks for 1024 large photos.
 constexpr std::size_t kChunk = 64;
 constexpr std::size_t kBatchBytes = std::size_t{96} << 20;
+// Batches of JPEG payloads only (--encoding jpeg) end sooner: their buffer is then reused while
+// still cached, instead of growing (and page-faulting) through a whole split of pass-through
+// files (imgstore-photo-convert-bench; 17 MiB split: 2x fewer page faults).
+constexpr std::size_t kPayloadBatchBytes = std::size_t{4} << 20;
 // A slot's buffers above this are freed after use, so one huge image does not pin memory.
 constexpr std::size_t kKeepCapacity = std::size_t{16} << 20;
 
@@ -173,8 +177,9 @@ bool PhotoStream::next(ImageBatch& out, std::size_t max_records) {
   max_records = std::max<std::size_t>(max_records, 1);
   begin(out);
   const std::size_t total = split_.files.size();
+  const std::size_t batch_bytes = options_.need_pixels ? kBatchBytes : kPayloadBatchBytes;
   while (out.size() < max_records && cursor_ < total &&
-         out.pixels.size() + out.payload.size() < kBatchBytes) {
+         out.pixels.size() + out.payload.size() < batch_bytes) {
     files_.clear();
     const std::size_t want = std::min(kChunk, max_records - out.size());
     while (cursor_ < total && files_.size() < want) {
