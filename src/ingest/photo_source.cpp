@@ -85,6 +85,13 @@ void decode_record(const std::vector<std::uint8_t>& bytes, const std::string& wh
   r.shape = r.pixels->shape;
 }
 
+// A slot's buffers above this are freed after use, so one huge image does not pin memory.
+constexpr std::size_t kKeepCapacity = std::size_t{16} << 20;
+
+void release_if_large(std::vector<std::uint8_t>& v) {
+  if (v.capacity() > kKeepCapacity) std::vector<std::uint8_t>().swap(v);
+}
+
 // Loads one file into r as the options ask. `validate`: always decode fully (skip_bad's
 // first pass), and keep nothing. Throws on bad input (the caller records the message).
 void load_record(const fs::path& path, const SourceOptions& o, bool validate, Record& r) {
@@ -108,14 +115,24 @@ void load_record(const fs::path& path, const SourceOptions& o, bool validate, Re
     r.payload = std::move(bytes);
     return;
   }
+  // Payload only (need_pixels false): the pixels are decoded, resized and encoded in this
+  // thread's scratch, which stays hot in cache, rather than in one of the stream's 64 slots
+  // (64 slots of decoded photos did not fit in cache and page-faulted on first use).
+  thread_local Record scratch;
+  Record& work = !validate && !o.need_pixels ? scratch : r;
   decode_record(bytes, what, o, limits, validate ? info.width : out_w,
-                validate ? info.height : out_h, r);
+                validate ? info.height : out_h, work);
+  r.shape = work.shape;
   if (validate || !want_payload) return;
   if (untouched) {
     r.payload = std::move(bytes);
   } else {
-    encode_jpeg(r.pixels->pixels.data(), r.shape.width, r.shape.height, r.shape.channels,
+    encode_jpeg(work.pixels->pixels.data(), r.shape.width, r.shape.height, r.shape.channels,
                 o.jpeg_quality, r.payload);
+  }
+  if (&work == &scratch) {  // one huge photo does not pin its buffers in every thread
+    release_if_large(scratch.decoded.pixels);
+    release_if_large(scratch.resized.pixels);
   }
 }
 
@@ -146,12 +163,6 @@ constexpr std::size_t kBatchBytes = std::size_t{96} << 20;
 // still cached, instead of growing (and page-faulting) through a whole split of pass-through
 // files (imgstore-photo-convert-bench; 17 MiB split: 2x fewer page faults).
 constexpr std::size_t kPayloadBatchBytes = std::size_t{4} << 20;
-// A slot's buffers above this are freed after use, so one huge image does not pin memory.
-constexpr std::size_t kKeepCapacity = std::size_t{16} << 20;
-
-void release_if_large(std::vector<std::uint8_t>& v) {
-  if (v.capacity() > kKeepCapacity) std::vector<std::uint8_t>().swap(v);
-}
 
 class PhotoStream : public BatchStream {
  public:
