@@ -18,7 +18,8 @@ $(cat out.txt)"
 }
 for r in "cat floor, no flush" "cat floor, fsync" "lmdb pass-through, --no-fsync" \
          "lmdb pass-through, fsync" "lmdb --resize-short 256" "hdf5 pass-through, --no-fsync" \
-         "hdf5 pass-through, fsync" "hdf5 --resize-short 256" "Python PIL loop, resize 256"; do
+         "hdf5 pass-through, fsync" "hdf5 --resize-short 256" "Python PIL loop, resize 256" \
+         "process start \(convert --help\)"; do
   row "$r"
 done
 grep -qE "^lmdb pass-through, --no-fsync .* $NUM+x \(>= 0\.5x: (met|MISSED)\)" out.txt || fail "no floor ratio: $(cat out.txt)"
@@ -40,7 +41,7 @@ for run in doc["floor_runs"]:
     assert run["bytes"] == total, (run, total)
     assert run["read_calls"] >= files and run["write_calls"] >= 1, run
 summary = {row["case"]: row for row in doc["summary"]}
-assert len(summary) == 9, list(summary)
+assert len(summary) == 10, list(summary)
 for name, row in summary.items():
     for key in ("median_seconds", "min_seconds", "max_seconds", "images_per_second", "bytes"):
         assert key in row, (name, key)
@@ -51,7 +52,7 @@ for name, row in summary.items():
     if row["experiment"] == "resize256" and row["variant"] != "pil":
         assert row["against"] == "Python PIL loop, resize 256" and "cpu_ratio" in row, row
 rows = list(csv.DictReader(open("b.csv")))
-assert len(rows) == 9, len(rows)
+assert len(rows) == 10, len(rows)
 assert all(int(r["n"]) == files for r in rows)
 EOF
 echo "ok: floor moved the data set's $bytes bytes of $files files; JSON and CSV complete"
