@@ -240,7 +240,9 @@ class Bench {
   void time_floor(Case& c, Flush flush);
   void time_convert(Case& c, bool resize, bool fsync);
   void time_startup(Case& c);
-  void run_python();
+  void write_peer_list() const;
+  void run_python_once();
+  bool python_failed_ = false;
   json summarize();
   void print_summary(const json& summary) const;
   void write_outputs(const json& summary) const;
@@ -310,38 +312,40 @@ void Bench::one_round(int round) {
     time_convert(get(fmt::format("{} pass-through, fsync", f)), false, true);
     time_convert(get(fmt::format("{} --resize-short 256", f)), true, false);
   }
+  run_python_once();
 }
 
-void Bench::run_python() {
-  const fs::path list = o_.out / "peer_files.txt";
-  {
-    std::ofstream out(list);
-    for (const auto& f : ds_.files) out << f.string() << '\n';
-  }
+void Bench::write_peer_list() const {
+  std::ofstream out(o_.out / "peer_files.txt");
+  for (const auto& f : ds_.files) out << f.string() << '\n';
+}
+
+// One run of the Python peer, in the same round as ours (so both see the same machine load).
+void Bench::run_python_once() {
+  if (o_.no_python || python_failed_) return;
   const std::string script = std::string(IMGSTORE_SOURCE_DIR) + "/bench/photo_convert_peer.py";
-  fmt::print("Python peer ({}): {} runs ...\n", o_.python, o_.runs);
-  const ChildRun r = run_child({o_.python, script, "--list", list.string(), "--out",
-                                (o_.out / "peer_out").string(), "--runs", std::to_string(o_.runs)},
+  const ChildRun r = run_child({o_.python, script, "--list", (o_.out / "peer_files.txt").string(),
+                                "--out", (o_.out / "peer_out").string(), "--runs", "1"},
                                true);
   if (!exited_ok(r)) {
-    fmt::print("Python peer failed (status {}): its rows are missing\n", r.status);
+    fmt::print("Python peer ({}) failed (status {}): its rows are missing\n", o_.python, r.status);
+    python_failed_ = true;
+    python_.reset();
     return;
   }
-  Case c{"Python PIL loop, resize 256", "resize256", "jpeg-files", "pil", {}, {}, {}, {}, 1};
+  if (!python_) python_ = Case{"Python PIL loop, resize 256", "resize256", "jpeg-files", "pil", {}, {}, {}, {}, 1};
   std::istringstream lines(r.out);
   for (std::string line; std::getline(lines, line);) {
     const json j = json::parse(line);
     if (j.contains("peak_rss_bytes")) {
-      python_rss_ = j["peak_rss_bytes"].get<std::uint64_t>();
+      python_rss_ = std::max(python_rss_, j["peak_rss_bytes"].get<std::uint64_t>());
       continue;
     }
-    c.seconds.push_back(j["seconds"].get<double>());
-    c.cpu_seconds.push_back(j["cpu_seconds"].get<double>());
-    c.bytes.push_back(j["bytes"].get<std::uint64_t>());
-    c.rss.push_back(0);
+    python_->seconds.push_back(j["seconds"].get<double>());
+    python_->cpu_seconds.push_back(j["cpu_seconds"].get<double>());
+    python_->bytes.push_back(j["bytes"].get<std::uint64_t>());
+    python_->rss.push_back(python_rss_);
   }
-  for (auto& x : c.rss) x = python_rss_;
-  python_ = c;
 }
 
 }  // namespace
@@ -487,11 +491,11 @@ int Bench::run() {
   imgstore::bench::read_floor(ds_.files, imgstore::bench::kFloorPiece);  // warm the page cache
   resident_ = imgstore::bench::resident_fraction(ds_.files);
   add_cases();
+  write_peer_list();
   for (int r = 1; r <= o_.runs; ++r) one_round(r);
   for (const auto& f : floor_runs_) {
     if (f.bytes != ds_.bytes) throw std::logic_error("the cat floor did not copy the data set's bytes");
   }
-  if (!o_.no_python) run_python();
   const json summary = summarize();
   print_summary(summary);
   write_outputs(summary);
