@@ -55,6 +55,8 @@ stage "== 6. photos: store the JPEGs untouched in LMDB and HDF5"
 stage "== 7. photos: RandomResizedCrop loading at 224, 112, 64 vs torchvision and the decode limit"
 "$bin/imgstore-photo-throughput" --stores "$PHOTOS/stores" --images "$PHOTOS/fixture/train" \
   --runs "${IMGSTORE_PHOTO_RUNS:-3}" --torchvision-limit 600 --out "$OUT/photo_throughput"
+/usr/bin/python3 "$IMGSTORE_ROOT/bench/plot_photo.py" --json "$OUT/photo_throughput/photo_throughput.json" \
+  --out "$OUT/photo_throughput"
 
 stage "== 8. photos: train the convnet on RandomResizedCrop 64 from LMDB-JPEG (2 epochs)"
 "$bin/imgstore-train" --train "$PHOTOS/stores/train.lmdb" --test "$PHOTOS/stores/val.lmdb" \
