@@ -96,8 +96,10 @@ double decode_rate(const std::vector<EncodedRecord>& recs, std::uint32_t size, i
       const int w = static_cast<int>((recs[i].shape.width + denom[i] - 1) / denom[i]);
       const int h = static_cast<int>((recs[i].shape.height + denom[i] - 1) / denom[i]);
       px.resize(std::size_t(w) * std::size_t(h) * 3);
-      tjDecompress2(tj, recs[i].bytes.data(), static_cast<unsigned long>(recs[i].bytes.size()),
-                    px.data(), w, 0, h, TJPF_RGB, TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS);
+      if (tjDecompress2(tj, recs[i].bytes.data(), static_cast<unsigned long>(recs[i].bytes.size()),
+                        px.data(), w, 0, h, TJPF_RGB, TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS) != 0) {
+        throw DataError(fmt::format("decode limit: record {} does not decode: {}", i, tjGetErrorStr2(tj)));
+      }
     }
     return static_cast<double>(recs.size()) / seconds_since(start);
   };
