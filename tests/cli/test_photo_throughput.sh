@@ -56,6 +56,10 @@ for r in rows:
 print("ok: photo_throughput.json has every figure for lmdb and hdf5 at 48 and 32")
 EOF
 
+"$PY" "$IMGSTORE_SOURCE_DIR/bench/plot_photo.py" --json out/photo_throughput.json --out out \
+  >/dev/null || fail "plot_photo.py failed"
+[ -s out/photo_throughput.png ] || fail "no photo_throughput.png"
+
 # Training on the photo store: RandomResizedCrop 32 for training, resize + centre crop for test.
 "$TRAIN" --train stores/train.lmdb --test stores/val.h5 --crop 32 --epochs 1 --batch-size 32 \
   --threads 1 --torch-threads 1 --json train.json >train.txt 2>&1 ||
