@@ -27,7 +27,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "examples/common.hpp"
+#include "bench/throughput_common.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/torch/dataset.hpp"
 #include "imgstore/torch/loader.hpp"
@@ -36,8 +36,8 @@ namespace {
 
 using namespace imgstore;
 using namespace imgstore::examples;
+using namespace imgstore::bench;
 namespace fs = std::filesystem;
-using Json = nlohmann::ordered_json;
 
 struct Args {
   std::string stores, split = "train", out = "throughput";
@@ -59,22 +59,7 @@ Json run_python_peer(const Args& a) {
       a.python, script, a.stores, a.split, a.batch_size, a.runs);
   fmt::print("\n== Python peer: {}\n", cmd);
   std::fflush(stdout);
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
-  if (!pipe) return nullptr;
-  std::string out;
-  char buf[4096];
-  while (std::size_t n = std::fread(buf, 1, sizeof buf, pipe.get())) out.append(buf, n);
-  const int status = ::pclose(pipe.release());
-  if (status != 0) {
-    fmt::print("  Python peer failed (exit status {}); skipped\n", status);
-    return nullptr;
-  }
-  try {
-    return Json::parse(out);
-  } catch (const std::exception& e) {
-    fmt::print("  Python peer printed no JSON ({}); skipped\n", e.what());
-    return nullptr;
-  }
+  return run_json_command(cmd, "Python peer");
 }
 
 // Best Python DataLoader rate for a format over its worker counts (0 if absent).
@@ -85,20 +70,6 @@ double python_best(const Json& peer, const std::string& format) {
     if (r.at("format") == format) best = std::max(best, r.at("median").get<double>());
   }
   return best;
-}
-
-// Median and spread of a repeated measurement of images/s.
-struct Rate {
-  double median = 0, min = 0, max = 0;
-  Json json() const { return {{"median", median}, {"min", min}, {"max", max}}; }
-};
-
-template <class F>
-Rate measure(int runs, F&& once) {
-  once();  // warm-up: page cache, buffers, thread pools
-  std::vector<double> v;
-  for (int r = 0; r < runs; ++r) v.push_back(once());
-  return {median(v), *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end())};
 }
 
 // Runs a and b alternately (after one warm-up pass each) so that drift in the machine's load
@@ -113,22 +84,6 @@ std::pair<Rate, Rate> measure_pair(int runs, A&& a, B&& b) {
                 *std::max_element(v.begin(), v.end())};
   };
   return {rate(va), rate(vb)};
-}
-
-double prefetch_epoch(PrefetchLoader& loader) {
-  std::size_t images = 0;
-  auto t = Clock::now();
-  for (auto& batch : loader) images += static_cast<std::size_t>(batch.data.size(0));
-  return images / seconds_since(t);
-}
-
-double stock_epoch(const StoreDataset& ds, std::size_t batch, std::size_t workers) {
-  auto loader = torch::data::make_data_loader(
-      ds, torch::data::DataLoaderOptions().batch_size(batch).workers(workers));
-  std::size_t images = 0;
-  auto t = Clock::now();
-  for (auto& b : *loader) images += static_cast<std::size_t>(b.data.size(0));
-  return images / seconds_since(t);
 }
 
 // LibTorch's usual pattern: a per-sample Dataset (get(i) -> one [C,H,W] Example) batched by
@@ -171,55 +126,6 @@ double single_thread_read_rate(const StoreReader& reader, std::size_t samples) {
   auto t = Clock::now();
   for (std::size_t i = 0; i < samples; ++i) reader.read_one(order[i], px.data());
   return samples / seconds_since(t);
-}
-
-// Training images/s over `steps` steps; `next` fills (x, y) and returns false at epoch end.
-template <class Next>
-std::pair<double, double> train_rate(const StoreReader& reader, int steps, Next&& next) {
-  torch::manual_seed(1);
-  const auto s = reader.shape();
-  ConvNet model(static_cast<int>(s.channels), static_cast<int>(s.height),
-                static_cast<int>(s.width), 10);
-  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
-  torch::Tensor x, y;
-  std::size_t images = 0;
-  double wait = 0;
-  // Two untimed warm-up steps (allocator, kernels), then `steps` timed ones.
-  for (int i = 0; i < 2; ++i) {
-    next(x, y);
-    opt.zero_grad();
-    torch::nn::functional::cross_entropy(model->forward(x), y).backward();
-    opt.step();
-  }
-  auto t = Clock::now();
-  for (int i = 0; i < steps; ++i) {
-    auto w = Clock::now();
-    next(x, y);
-    wait += seconds_since(w);
-    opt.zero_grad();
-    torch::nn::functional::cross_entropy(model->forward(x), y).backward();
-    opt.step();
-    images += static_cast<std::size_t>(x.size(0));
-  }
-  const double secs = seconds_since(t);
-  return {images / secs, wait / secs};
-}
-
-// Resident set size of this process in bytes.
-double rss_bytes() {
-  std::ifstream in("/proc/self/statm");
-  double pages = 0, resident = 0;
-  in >> pages >> resident;
-  return resident * static_cast<double>(sysconf(_SC_PAGE_SIZE));
-}
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown";
 }
 
 struct Row {
@@ -318,7 +224,7 @@ void measure_training(const Args& a, const std::shared_ptr<const StoreReader>& r
   };
   std::vector<double> fed, wait;
   for (int r = 0; r < a.runs; ++r) {
-    auto [rate, w] = train_rate(*reader, a.train_steps, from_loader);
+    auto [rate, w] = train_rate(reader->shape(), 10, a.train_steps, from_loader);
     fed.push_back(rate), wait.push_back(w);
   }
   it.reset();
@@ -333,7 +239,7 @@ void measure_training(const Args& a, const std::shared_ptr<const StoreReader>& r
     y = mem.labels.index_select(0, index);
   };
   std::vector<double> fed_memory;
-  for (int r = 0; r < a.runs; ++r) fed_memory.push_back(train_rate(*reader, a.train_steps, from_memory).first);
+  for (int r = 0; r < a.runs; ++r) fed_memory.push_back(train_rate(reader->shape(), 10, a.train_steps, from_memory).first);
   row.train = {median(fed), *std::min_element(fed.begin(), fed.end()), *std::max_element(fed.begin(), fed.end())};
   row.train_memory = {median(fed_memory), *std::min_element(fed_memory.begin(), fed_memory.end()),
                       *std::max_element(fed_memory.begin(), fed_memory.end())};

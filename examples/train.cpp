@@ -3,6 +3,10 @@
 // time the loop spent waiting for data.
 //
 //   imgstore-train --train out/train.lmdb --test out/test.lmdb --epochs 5 --loader prefetch
+//   imgstore-train --train photos/train.lmdb --test photos/val.lmdb --crop 64   # any-size photos
+// With --crop S (needed for stores of any image size): training batches are RandomResizedCrop(S)
+// + horizontal flip, evaluation is Resize(floor(S * 256 / 224)) + CenterCrop(S), both
+// normalised with ImageNet's mean and std.
 #include <cstdio>
 #include <iostream>
 
@@ -28,6 +32,7 @@ struct Args {
   double lr = 0.05, momentum = 0.9, weight_decay = 5e-4;
   std::uint64_t seed = 1;
   bool augment = false;
+  std::uint32_t crop = 0;  // >0: RandomResizedCrop to crop x crop (eval: resize + centre crop)
 };
 
 struct EpochStats {
@@ -44,18 +49,51 @@ double step(ConvNet& model, torch::optim::SGD& opt, const torch::Tensor& x, cons
   return loss.item<double>() * static_cast<double>(x.size(0));
 }
 
+// What the store and --crop decide: normalisation, the transforms, and the convnet's input.
+struct Inputs {
+  Normalize normalize;
+  CropTransform train_crop, eval_crop;  // kind None without --crop
+  Shape shape;                          // the batches' image shape
+};
+
+Inputs inputs_for(const Args& a, const StoreReader& train) {
+  Inputs in;
+  in.shape = train.shape();
+  if (a.crop == 0) {
+    if (train.variable_size()) {
+      throw UsageError(fmt::format("'{}' holds images of any size: pass --crop S", a.train));
+    }
+    auto [mean, stdev] = channel_stats(train);
+    in.normalize = Normalize::mean_std(mean, stdev);
+    return in;
+  }
+  if (a.augment) throw UsageError("--augment is for fixed-size stores; --crop flips already");
+  in.normalize = Normalize::mean_std({0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f});
+  in.train_crop = CropTransform::random_resized_crop(a.crop);
+  in.train_crop.flip_probability = 0.5;
+  in.eval_crop = CropTransform::resize_center_crop(a.crop);
+  in.shape.height = in.shape.width = a.crop;
+  return in;
+}
+
 int run(const Args& a) {
   if (a.torch_threads > 0) torch::set_num_threads(a.torch_threads);
   torch::manual_seed(a.seed);
   auto train_reader = std::shared_ptr<const StoreReader>(open_store(a.train));
-  auto [mean, stdev] = channel_stats(*train_reader);
-  const Normalize normalize = Normalize::mean_std(mean, stdev);
-  auto test = open_dataset(a.test, DatasetOptions{{}, normalize});
-  const auto shape = train_reader->shape();
-  ConvNet model = make_convnet(*train_reader);
+  const Inputs in = inputs_for(a, *train_reader);
+  const Normalize& normalize = in.normalize;
+  DatasetOptions test_options;
+  test_options.normalize = normalize;
+  test_options.transform = in.eval_crop;
+  auto test = open_dataset(a.test, test_options);
+  const auto shape = in.shape;
+  const auto& classes = train_reader->manifest().class_names;
+  ConvNet model(static_cast<int>(shape.channels), static_cast<int>(shape.height),
+                static_cast<int>(shape.width), classes.empty() ? 10 : static_cast<int>(classes.size()));
   torch::optim::SGD opt(model->parameters(), sgd_options(a.lr, a.momentum, a.weight_decay));
   fmt::print("train {} ({} x {}), test {} ({}), loader {}, batch {}, loader threads {}, "
-             "torch threads {}\n", a.train, train_reader->size(), to_string(shape), a.test,
+             "torch threads {}\n", a.train, train_reader->size(),
+             a.crop ? fmt::format("RandomResizedCrop {} + flip", a.crop) : to_string(shape), a.test,
              test.reader().size(), a.loader, a.batch_size,
              a.loader == "stock" ? a.workers : a.threads, torch::get_num_threads());
 
@@ -66,12 +104,15 @@ int run(const Args& a) {
   lo.seed = a.seed;
   lo.threads = a.threads;
   lo.normalize = normalize;
+  lo.transform = in.train_crop;
   if (a.augment) augment(lo, shape);
   std::unique_ptr<PrefetchLoader> prefetch;
   std::optional<MemoryStore> memory;
   if (a.loader == "prefetch") prefetch = std::make_unique<PrefetchLoader>(train_reader, lo);
+  else if (a.loader == "memory" && a.crop) throw UsageError("--loader memory needs a fixed-size store, without --crop");
   else if (a.loader == "memory") memory = MemoryStore::load(*train_reader);
   else if (a.loader != "stock") throw UsageError("--loader must be prefetch, stock or memory");
+  StoreDataset stock_ds(train_reader, normalize, in.train_crop, a.seed);
 
   nlohmann::json log = nlohmann::json::array();
   for (int epoch = 0; epoch < a.epochs; ++epoch) {
@@ -99,16 +140,16 @@ int run(const Args& a) {
       for (std::int64_t first = 0; first < n; first += static_cast<std::int64_t>(a.batch_size)) {
         auto t = Clock::now();
         auto index = perm.slice(0, first, std::min<std::int64_t>(n, first + a.batch_size));
-        auto x = normalise(memory->images.index_select(0, index), mean, stdev);
+        auto x = normalise(memory->images.index_select(0, index), normalize.mean, normalize.std);
         auto y = memory->labels.index_select(0, index);
         st.wait_seconds += seconds_since(t);
         st.loss += step(model, opt, x, y);
         st.images += static_cast<std::size_t>(x.size(0));
       }
     } else {
-      StoreDataset ds(train_reader, normalize);
+      stock_ds.set_epoch(static_cast<std::uint64_t>(epoch));
       auto loader = torch::data::make_data_loader(
-          ds, torch::data::DataLoaderOptions().batch_size(a.batch_size).workers(a.workers));
+          stock_ds, torch::data::DataLoaderOptions().batch_size(a.batch_size).workers(a.workers));
       train_on(*loader);
     }
     st.seconds = seconds_since(start);
@@ -127,7 +168,7 @@ int run(const Args& a) {
   if (!a.json.empty()) {
     std::ofstream out(a.json);
     out << nlohmann::json{{"loader", a.loader}, {"train", a.train}, {"test", a.test},
-                          {"batch_size", a.batch_size}, {"loader_threads", a.threads},
+                          {"batch_size", a.batch_size}, {"crop", a.crop}, {"loader_threads", a.threads},
                           {"torch_threads", torch::get_num_threads()}, {"epochs", log}}
                .dump(2)
         << "\n";
@@ -152,6 +193,8 @@ int main(int argc, char** argv) {
   app.add_option("--momentum", a.momentum)->capture_default_str();
   app.add_option("--seed", a.seed)->capture_default_str();
   app.add_flag("--augment", a.augment, "random crop with padding and horizontal flip");
+  app.add_option("--crop", a.crop, "RandomResizedCrop size for stores of any image size "
+                 "(evaluation: resize + centre crop)");
   app.add_option("--json", a.json, "write per-epoch figures to this file");
   return run_main(app, argc, argv, [&] { return run(a); });
 }
