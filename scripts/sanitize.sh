@@ -181,7 +181,8 @@ if [[ $MODE == asan || $MODE == all ]]; then
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=98:log_path=$logs/ubsan:log_exe_name=1"
   export LSAN_OPTIONS="exitcode=99:suppressions=$SUPP/lsan.supp:print_suppressions=0"
   # ASan's quarantine keeps up to 256 MiB of freed memory on purpose (to catch use after
-  # free), so cli.test_stress's RSS-growth bound (8 MiB) cannot hold; LSan checks leaks instead.
+  # free), so RSS-growth bounds (cli.test_stress, the crop loader's) cannot hold; LSan checks
+  # leaks instead.
   export IMGSTORE_STRESS_RSS_MIB="${IMGSTORE_STRESS_RSS_MIB:-320}"
   WRAP=()
   start=$SECONDS

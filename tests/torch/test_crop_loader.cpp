@@ -2,6 +2,8 @@
 // built from skimage's photos (the container formats come with the writer side).
 #include <doctest/doctest.h>
 
+#include <cstdlib>
+
 #include <fstream>
 #include <iterator>
 #include <set>
@@ -259,5 +261,10 @@ TEST_CASE("crop loader: memory stays flat over many epochs") {
   }
   const std::size_t after = imgstore::test::rss_bytes();
   MESSAGE("RSS after 5 epochs " << baseline / 1024 << " KiB, after 30 " << after / 1024 << " KiB");
-  CHECK(after <= baseline + 2 * 1024 * 1024);
+  // Under ASan (scripts/sanitize.sh sets IMGSTORE_STRESS_RSS_MIB) its quarantine holds up to
+  // 256 MiB of freed memory on purpose, libjpeg's per-decode allocations included, so RSS
+  // grows by design there; LSan checks for leaks instead.
+  const char* bound_mib = std::getenv("IMGSTORE_STRESS_RSS_MIB");
+  const std::size_t bound = (bound_mib ? std::strtoull(bound_mib, nullptr, 10) : 2) << 20;
+  CHECK(after <= baseline + bound);
 }
