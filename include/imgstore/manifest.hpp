@@ -65,6 +65,14 @@ struct Manifest {
   std::string to_json() const;
   static Manifest from_json(const std::string& text, const std::string& what);
 
+  // Whether a record of `s` belongs in this store: exactly `shape` when fixed-size; else the
+  // store's channels with H and W within the bounds. Readers check every record with it.
+  bool holds(const Shape& s) const {
+    if (!variable_size) return s == shape;
+    return s.channels == shape.channels && s.height >= min_height && s.height <= max_height &&
+           s.width >= min_width && s.width <= max_width;
+  }
+
   // Throws DataError naming `what` if the fields disagree with each other
   // (checksum count vs count, digest vs checksums, empty shape).
   void validate(const std::string& what) const;

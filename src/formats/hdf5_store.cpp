@@ -1228,11 +1228,7 @@ void check_ragged_index(const Inspection& in, const fs::path& path, std::uint64_
   }
   for (std::size_t i = 0; i < in.shapes.size(); ++i) {
     const Shape& s = in.shapes[i];
-    const bool shape_ok = m.variable_size
-                              ? s.channels == m.shape.channels && s.height >= m.min_height &&
-                                    s.height <= m.max_height && s.width >= m.min_width &&
-                                    s.width <= m.max_width
-                              : s == m.shape;
+    const bool shape_ok = m.holds(s);
     const bool range_ok = in.offsets[i + 1] >= in.offsets[i] &&
                           (!raw || in.offsets[i + 1] - in.offsets[i] == s.bytes());
     if (!shape_ok || !range_ok) {

@@ -731,16 +731,9 @@ class LmdbReader final : public StoreReader {
     return v;
   }
 
-  // Fixed-size stores: exactly the manifest's shape. Variable-size: the manifest's channels,
-  // H and W within its bounds.
   void check_shape(std::uint64_t index, const Shape& shape) const {
     const Manifest& m = manifest_;
-    const bool ok = m.variable_size
-                        ? shape.channels == m.shape.channels && shape.height >= m.min_height &&
-                              shape.height <= m.max_height && shape.width >= m.min_width &&
-                              shape.width <= m.max_width
-                        : shape == m.shape;
-    if (!ok) {
+    if (!m.holds(shape)) {
       throw corrupt(index, fmt::format("shape is {}, the store holds {}", to_string(shape),
                                        m.variable_size ? "other sizes" : to_string(m.shape)));
     }

@@ -383,8 +383,7 @@ class PngFolderReader final : public StoreReader {
     const ImageInfo info = read_image_info(bytes.data(), bytes.size(), what);
     const Shape s{info.height, info.width, manifest_.shape.channels};
     const Manifest& m = manifest_;
-    if (info.kind != ImageKind::Png || s.height < m.min_height || s.height > m.max_height ||
-        s.width < m.min_width || s.width > m.max_width) {
+    if (info.kind != ImageKind::Png || !m.holds(s)) {
       throw DataError(fmt::format("{}: a {} of {}x{} does not fit the store ({}..{} x {}..{})",
                                   what, image_kind_name(info.kind), info.height, info.width,
                                   m.min_height, m.max_height, m.min_width, m.max_width));
