@@ -63,6 +63,7 @@ std::string LoaderState::to_json() const {
   j["batches_consumed"] = batches_consumed;
   j["seed"] = seed;
   j["shuffle"] = shuffle;
+  j["shuffle_window"] = shuffle_window;
   j["drop_last"] = drop_last;
   j["whole_shards"] = whole_shards;
   j["batch_size"] = static_cast<std::uint64_t>(batch_size);
@@ -91,6 +92,8 @@ LoaderState LoaderState::from_json(const std::string& text, const std::string& w
   s.batches_consumed = unsigned_field(j, "batches_consumed", what);
   s.seed = unsigned_field(j, "seed", what);
   s.shuffle = bool_field(j, "shuffle", what);
+  // Optional: states saved before quasi-random order existed used the full shuffle.
+  if (j.contains("shuffle_window")) s.shuffle_window = unsigned_field(j, "shuffle_window", what);
   s.drop_last = bool_field(j, "drop_last", what);
   s.whole_shards = bool_field(j, "whole_shards", what);
   s.batch_size = size_field(j, "batch_size", what);

@@ -97,6 +97,7 @@ void check_compatible(const LoaderState& saved, const LoaderState& mine,
   differs("seed", saved.seed, mine.seed);
   differs("batch_size", saved.batch_size, mine.batch_size);
   differs("shuffle", saved.shuffle, mine.shuffle);
+  differs("shuffle_window", saved.shuffle_window, mine.shuffle_window);
   differs("drop_last", saved.drop_last, mine.drop_last);
   differs("whole_shards", saved.whole_shards, mine.whole_shards);
   differs("rank", saved.rank, mine.rank);
@@ -241,6 +242,7 @@ LoaderState PrefetchLoader::state() const {
   const LoaderOptions& o = st.options;
   s.seed = o.seed;
   s.shuffle = o.shuffle;
+  s.shuffle_window = o.shuffle_window;
   s.drop_last = o.drop_last;
   s.whole_shards = o.whole_shards;
   s.batch_size = o.batch_size;

@@ -12,6 +12,27 @@
 
 namespace imgstore::detail {
 
+void shuffled_order(std::uint64_t first, std::size_t n, std::size_t window, std::uint64_t seed,
+                    std::uint64_t* out) {
+  if (window == 0 || window >= n) {
+    std::iota(out, out + n, first);
+    shuffle(out, n, SplitMix(seed));
+    return;
+  }
+  const std::size_t windows = (n + window - 1) / window;
+  std::vector<std::size_t> order(windows);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  shuffle(order.data(), windows, SplitMix(seed));
+  std::uint64_t* next = out;
+  for (std::size_t w : order) {
+    const std::size_t begin = w * window, size = std::min(window, n - begin);
+    std::iota(next, next + size, first + begin);
+    // Seeded by the window's number, so its order does not depend on where it lands.
+    shuffle(next, size, SplitMix(mix_seed(seed, w + 1)));
+    next += size;
+  }
+}
+
 // ---- SamplingPlan ----
 
 std::size_t SamplingPlan::samples_per_rank() const {
@@ -27,8 +48,11 @@ std::size_t SamplingPlan::batches() const {
 
 std::vector<std::uint64_t> SamplingPlan::indices(std::uint64_t epoch) const {
   std::vector<std::uint64_t> order(static_cast<std::size_t>(count));
-  std::iota(order.begin(), order.end(), std::uint64_t{0});
-  if (shuffle) detail::shuffle(order.data(), order.size(), SplitMix(mix_seed(seed, epoch)));
+  if (shuffle) {
+    shuffled_order(0, order.size(), shuffle_window, mix_seed(seed, epoch), order.data());
+  } else {
+    std::iota(order.begin(), order.end(), std::uint64_t{0});
+  }
   const std::size_t per_rank = samples_per_rank();
   std::vector<std::uint64_t> mine(per_rank);
   for (std::size_t k = 0; k < per_rank; ++k) {
@@ -44,6 +68,7 @@ std::vector<std::uint64_t> SamplingPlan::indices(std::uint64_t epoch) const {
 Sampler::Sampler(const StoreReader& reader, const LoaderOptions& o) {
   plan_.count = reader.size();
   plan_.shuffle = o.shuffle;
+  plan_.shuffle_window = o.shuffle_window;
   plan_.seed = o.seed;
   plan_.drop_last = o.drop_last;
   plan_.rank = o.rank;
@@ -79,11 +104,15 @@ std::vector<std::uint64_t> Sampler::shard_indices(std::uint64_t epoch) const {
   seq.reserve(own_);
   for (std::size_t i : order) {
     const std::size_t first = seq.size();
-    for (std::uint64_t r = shards_[i].begin; r < shards_[i].end; ++r) seq.push_back(r);
+    const Shard& shard = shards_[i];
+    const auto size = static_cast<std::size_t>(shard.end - shard.begin);
+    seq.resize(first + size);
     if (plan_.shuffle) {
       // Seeded by the shard's global number, so its order does not depend on the world size.
-      shuffle(seq.data() + first, seq.size() - first,
-              SplitMix(mix_seed(epoch_seed, shards_[i].id + 1)));
+      shuffled_order(shard.begin, size, plan_.shuffle_window,
+                     mix_seed(epoch_seed, shard.id + 1), seq.data() + first);
+    } else {
+      std::iota(seq.begin() + static_cast<std::ptrdiff_t>(first), seq.end(), shard.begin);
     }
   }
   const std::size_t n = samples();

@@ -12,12 +12,20 @@
 
 namespace imgstore::detail {
 
+// The epoch's order of records first, first + 1, ..., first + n - 1, written to out[0, n):
+// window == 0 (or >= n): one seeded permutation of them all. Otherwise quasi-random: windows
+// of `window` consecutive records (the last may be shorter) in a seeded order, each window's
+// records in its own seeded order, so records of one window are read close together.
+void shuffled_order(std::uint64_t first, std::size_t n, std::size_t window, std::uint64_t seed,
+                    std::uint64_t* out);
+
 // DistributedSampler semantics over `count` records for one epoch: seeded permutation (or
-// identity), padded by repeating its start to a multiple of world_size (or cut when drop_last),
+// quasi-random windows, or identity), padded by repeating its start to a multiple of world_size (or cut when drop_last),
 // then rank's positions rank, rank + world_size, ...
 struct SamplingPlan {
   std::uint64_t count = 0;
   bool shuffle = true;
+  std::size_t shuffle_window = 0;
   std::uint64_t seed = 0;
   bool drop_last = false;
   std::size_t rank = 0;

@@ -22,6 +22,7 @@
 using namespace imgstore;
 using imgstore::test::indexed_images;
 using imgstore::test::MemoryReader;
+using imgstore::test::ShardedMemoryReader;
 
 namespace {
 
@@ -71,18 +72,6 @@ LoaderOptions options(unsigned threads, std::size_t prefetch, std::size_t rank =
   o.horizontal_flip = true;
   return o;
 }
-
-class ShardedMemoryReader : public MemoryReader {
- public:
-  ShardedMemoryReader(ImageBatch b, std::vector<std::pair<std::uint64_t, std::uint64_t>> r)
-      : MemoryReader(std::move(b)), ranges_(std::move(r)) {}
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> shard_ranges() const override {
-    return ranges_;
-  }
-
- private:
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges_;
-};
 
 // Runs epoch 0 and `k` batches of epoch 1 (holding the k-th, with the pipeline given time to
 // prefetch more), then returns the state as JSON, as a checkpoint would hold it.
@@ -184,6 +173,21 @@ TEST_CASE("resume: drop_last, unshuffled, and whole shards") {
   check_resume(sharded, 1, 2, w);
 }
 
+TEST_CASE("resume: quasi-random order (shuffle_window), plain and whole shards") {
+  auto reader = std::make_shared<MemoryReader>(indexed_images(61, 8, 8, 3));
+  LoaderOptions o = options(1, 2);
+  o.shuffle_window = 8;
+  check_resume(reader, 0, 1, o);
+  check_resume(reader, 1, 2, o);
+
+  auto sharded = std::make_shared<ShardedMemoryReader>(
+      indexed_images(70, 6, 6, 3), std::vector<std::pair<std::uint64_t, std::uint64_t>>{
+                                       {0, 20}, {20, 31}, {31, 52}, {52, 70}});
+  o.whole_shards = true;
+  o.shuffle_window = 6;
+  check_resume(sharded, 0, 2, o);
+}
+
 TEST_CASE("resume: state() reports the consumer's position") {
   auto reader = test::memory_reader(30);
   LoaderOptions o = options(2, 3);
@@ -259,6 +263,9 @@ TEST_CASE("resume: restore() refuses a state from another store, seed or layout"
   s.shuffle = false;
   refused(s, "shuffle false vs true");
   s = good;
+  s.shuffle_window = 16;
+  refused(s, "shuffle_window 16 vs 0");
+  s = good;
   s.drop_last = true;
   refused(s, "drop_last true vs false");
   s = good;
@@ -295,6 +302,7 @@ TEST_CASE("LoaderState JSON: round trip, and malformed text is a DataError namin
   s.batches_consumed = 345;
   s.seed = 0xfedcba9876543210ULL;
   s.shuffle = false;
+  s.shuffle_window = 4096;
   s.drop_last = true;
   s.whole_shards = true;
   s.batch_size = 256;
@@ -307,6 +315,7 @@ TEST_CASE("LoaderState JSON: round trip, and malformed text is a DataError namin
   CHECK(r.batches_consumed == s.batches_consumed);
   CHECK(r.seed == s.seed);
   CHECK(r.shuffle == s.shuffle);
+  CHECK(r.shuffle_window == s.shuffle_window);
   CHECK(r.drop_last == s.drop_last);
   CHECK(r.whole_shards == s.whole_shards);
   CHECK(r.batch_size == s.batch_size);
@@ -327,11 +336,19 @@ TEST_CASE("LoaderState JSON: round trip, and malformed text is a DataError namin
   bad("[1, 2]", "expected a JSON object");
   const nlohmann::json good = nlohmann::json::parse(s.to_json());
   for (auto& [key, value] : good.items()) {
+    if (key == "shuffle_window") continue;  // optional, below
     nlohmann::json j = good;
     j.erase(key);
     bad(j.dump(), "missing field '" + key + "'");
   }
+  // States saved before quasi-random order existed read as the full shuffle.
   nlohmann::json j = good;
+  j.erase("shuffle_window");
+  CHECK(LoaderState::from_json(j.dump()).shuffle_window == 0);
+  j = good;
+  j["shuffle_window"] = -3;
+  bad(j.dump(), "field 'shuffle_window' must be a non-negative integer");
+  j = good;
   j["epoch"] = -1;
   bad(j.dump(), "field 'epoch' must be a non-negative integer");
   j = good;

@@ -20,18 +20,8 @@ using imgstore::test::MemoryReader;
 
 namespace {
 
-using Ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
-
-// An in-memory store that reports itself as sharded, as a sharded LMDB/HDF5 store would.
-class ShardedMemoryReader : public MemoryReader {
- public:
-  ShardedMemoryReader(std::size_t count, Ranges ranges)
-      : MemoryReader(indexed_images(count, 4, 4, 1)), ranges_(std::move(ranges)) {}
-  Ranges shard_ranges() const override { return ranges_; }
-
- private:
-  Ranges ranges_;
-};
+using imgstore::test::ShardedMemoryReader;
+using Ranges = ShardedMemoryReader::Ranges;
 
 // Consecutive shards of the given sizes.
 std::shared_ptr<ShardedMemoryReader> sharded(const std::vector<std::uint64_t>& sizes) {
@@ -41,7 +31,7 @@ std::shared_ptr<ShardedMemoryReader> sharded(const std::vector<std::uint64_t>& s
     r.emplace_back(at, at + s);
     at += s;
   }
-  return std::make_shared<ShardedMemoryReader>(static_cast<std::size_t>(at), r);
+  return std::make_shared<ShardedMemoryReader>(indexed_images(static_cast<std::size_t>(at), 4, 4, 1), r);
 }
 
 LoaderOptions sharding_options(std::size_t rank, std::size_t world, bool drop_last,

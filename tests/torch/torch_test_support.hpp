@@ -9,6 +9,8 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -68,6 +70,19 @@ class MemoryReader : public StoreReader {
   }
 
   ImageBatch images_;
+};
+
+// A MemoryReader that reports itself as sharded over `ranges`, as a sharded LMDB/HDF5 store
+// would.
+class ShardedMemoryReader : public MemoryReader {
+ public:
+  using Ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+  ShardedMemoryReader(ImageBatch images, Ranges ranges)
+      : MemoryReader(std::move(images)), ranges_(std::move(ranges)) {}
+  Ranges shard_ranges() const override { return ranges_; }
+
+ private:
+  Ranges ranges_;
 };
 
 // count deterministic images of h x w x c whose label is their index.

@@ -69,6 +69,12 @@ namespace imgstore {
 struct LoaderOptions {
   std::size_t batch_size = 64;
   bool shuffle = true;
+  // Quasi-random order (as FFCV's QUASI_RANDOM), for stores larger than memory: 0 shuffles all
+  // records at once; W > 0 cuts the store into windows of W consecutive records, shuffles the
+  // windows' order and the records within each window. Each window is then read within a
+  // short stretch of the epoch, so the page cache and readahead serve it instead of one random
+  // disk read per record. Same determinism, sharding and resume as the full shuffle.
+  std::size_t shuffle_window = 0;
   std::uint64_t seed = 0;
   bool drop_last = false;          // drop the last partial batch (and uneven shard tail)
   std::size_t prefetch_depth = 4;  // batches in flight or ready; bounds memory (>= 1)
@@ -103,6 +109,7 @@ struct LoaderState {
   // What the position means; restore() refuses a state that disagrees with the loader.
   std::uint64_t seed = 0;
   bool shuffle = true;
+  std::uint64_t shuffle_window = 0;    // 0 in state files written before it existed
   bool drop_last = false;
   bool whole_shards = false;
   std::size_t batch_size = 0;
@@ -165,7 +172,7 @@ class PrefetchLoader {
   LoaderState state() const;
   // Makes the next begin() resume at state's epoch and batch. Throws UsageError, naming the
   // field, if the state was taken with another store (count or digest), seed, batch size,
-  // shuffle, drop_last, whole_shards, rank or world size. Cancels any running pass.
+  // shuffle, shuffle_window, drop_last, whole_shards, rank or world size. Cancels any running pass.
   void restore(const LoaderState& state);
 
   const LoaderOptions& options() const;
