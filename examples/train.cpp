@@ -31,6 +31,7 @@ struct Args {
   unsigned threads = 1, workers = 2;
   double lr = 0.05, momentum = 0.9, weight_decay = 5e-4;
   std::uint64_t seed = 1;
+  std::size_t shuffle_window = 0;  // >0: quasi-random order (prefetch loader only)
   bool augment = false;
   std::uint32_t crop = 0;  // >0: RandomResizedCrop to crop x crop (eval: resize + centre crop)
 };
@@ -92,15 +93,18 @@ int run(const Args& a) {
                 static_cast<int>(shape.width), classes.empty() ? 10 : static_cast<int>(classes.size()));
   torch::optim::SGD opt(model->parameters(), sgd_options(a.lr, a.momentum, a.weight_decay));
   fmt::print("train {} ({} x {}), test {} ({}), loader {}, batch {}, loader threads {}, "
-             "torch threads {}\n", a.train, train_reader->size(),
+             "torch threads {}, order {}\n", a.train, train_reader->size(),
              a.crop ? fmt::format("RandomResizedCrop {} + flip", a.crop) : to_string(shape), a.test,
              test.reader().size(), a.loader, a.batch_size,
-             a.loader == "stock" ? a.workers : a.threads, torch::get_num_threads());
+             a.loader == "stock" ? a.workers : a.threads, torch::get_num_threads(),
+             a.shuffle_window ? fmt::format("quasi-random, windows of {}", a.shuffle_window)
+                              : std::string("shuffled"));
 
   // Each loader kind yields float batches; only the feeding differs.
   LoaderOptions lo;
   lo.batch_size = a.batch_size;
   lo.shuffle = true;
+  lo.shuffle_window = a.shuffle_window;
   lo.seed = a.seed;
   lo.threads = a.threads;
   lo.normalize = normalize;
@@ -108,6 +112,9 @@ int run(const Args& a) {
   if (a.augment) augment(lo, shape);
   std::unique_ptr<PrefetchLoader> prefetch;
   std::optional<MemoryStore> memory;
+  if (a.shuffle_window > 0 && a.loader != "prefetch") {
+    throw UsageError("--shuffle-window needs --loader prefetch");
+  }
   if (a.loader == "prefetch") prefetch = std::make_unique<PrefetchLoader>(train_reader, lo);
   else if (a.loader == "memory" && a.crop) throw UsageError("--loader memory needs a fixed-size store, without --crop");
   else if (a.loader == "memory") memory = MemoryStore::load(*train_reader);
@@ -168,7 +175,8 @@ int run(const Args& a) {
   if (!a.json.empty()) {
     std::ofstream out(a.json);
     out << nlohmann::json{{"loader", a.loader}, {"train", a.train}, {"test", a.test},
-                          {"batch_size", a.batch_size}, {"crop", a.crop}, {"loader_threads", a.threads},
+                          {"batch_size", a.batch_size}, {"crop", a.crop},
+                          {"shuffle_window", a.shuffle_window}, {"loader_threads", a.threads},
                           {"torch_threads", torch::get_num_threads()}, {"epochs", log}}
                .dump(2)
         << "\n";
@@ -192,6 +200,10 @@ int main(int argc, char** argv) {
   app.add_option("--lr", a.lr)->capture_default_str();
   app.add_option("--momentum", a.momentum)->capture_default_str();
   app.add_option("--seed", a.seed)->capture_default_str();
+  app.add_option("--shuffle-window", a.shuffle_window,
+                 "quasi-random order for stores larger than memory: shuffle windows of W "
+                 "consecutive records and the records within them (0: full shuffle)")
+      ->capture_default_str();
   app.add_flag("--augment", a.augment, "random crop with padding and horizontal flip");
   app.add_option("--crop", a.crop, "RandomResizedCrop size for stores of any image size "
                  "(evaluation: resize + centre crop)");

@@ -31,7 +31,8 @@ std::shared_ptr<ShardedMemoryReader> sharded(const std::vector<std::uint64_t>& s
     r.emplace_back(at, at + s);
     at += s;
   }
-  return std::make_shared<ShardedMemoryReader>(indexed_images(static_cast<std::size_t>(at), 4, 4, 1), r);
+  return std::make_shared<ShardedMemoryReader>(
+      indexed_images(static_cast<std::size_t>(at), 4, 4, 1), r);
 }
 
 LoaderOptions sharding_options(std::size_t rank, std::size_t world, bool drop_last,
@@ -248,10 +249,11 @@ TEST_CASE("whole shards: refused when there are fewer shards than ranks, or bad 
   // Without whole_shards the same store shards by slices.
   CHECK_NOTHROW(PrefetchLoader(reader, sharding_options(3, 4, false, false)));
 
-  auto beyond = std::make_shared<ShardedMemoryReader>(10, Ranges{{0, 5}, {5, 1000000000000}});
+  auto beyond = std::make_shared<ShardedMemoryReader>(indexed_images(10, 4, 4, 1),
+                                                      Ranges{{0, 5}, {5, 1000000000000}});
   CHECK_THROWS_WITH_AS(PrefetchLoader(beyond, sharding_options(0, 1, false, true)),
                        doctest::Contains("shard 1 has records [5, 1000000000000)"), DataError);
-  auto overlap = std::make_shared<ShardedMemoryReader>(10, Ranges{{0, 6}, {5, 10}});
+  auto overlap = std::make_shared<ShardedMemoryReader>(indexed_images(10, 4, 4, 1), Ranges{{0, 6}, {5, 10}});
   CHECK_THROWS_AS(PrefetchLoader(overlap, sharding_options(0, 1, false, true)), DataError);
 
   // A rank whose shards are empty cannot pad; with drop_last every rank simply gets nothing.
