@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "codecs/crop_transform.hpp"
+#include "detail/isa_clones.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore::detail {
@@ -67,17 +68,6 @@ Augmentation BatchWriter::draw(std::uint64_t seed, std::uint64_t epoch,
 #endif
 
 namespace {
-
-// The hot loop, cloned per x86-64 ISA level and picked once at load time: the portable
-// baseline cannot vectorise stride-C byte loads well, AVX2/AVX-512 clones run it 6-20x faster.
-// Not under TSan: the clones' IFUNC resolvers are instrumented and run during relocation,
-// before the TSan runtime is up, which crashes every program linking imgstore_torch.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
-#define IMGSTORE_ISA_CLONES \
-  __attribute__((target_clones("default", "arch=x86-64-v2", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define IMGSTORE_ISA_CLONES
-#endif
 
 // n pixels of interleaved `src` into the channel planes at `out` (plane elements apart):
 // out[ch*plane + i] = f(src pixel i). kC: channels if known at compile time, 0 for any count.

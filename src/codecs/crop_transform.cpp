@@ -180,12 +180,31 @@ void apply_crop(const CropPlan& plan, const EncodedRecord& rec, std::uint8_t* ou
   if (plan.flip) flip_rows(out, plan.out_h, plan.out_w, s.channels);
 }
 
-void flip_rows(std::uint8_t* hwc, std::uint32_t h, std::uint32_t w, std::uint32_t c) {
+namespace {
+
+// Pixels of C bytes swapped whole (C known at compile time: no per-byte loop).
+template <std::uint32_t C>
+void flip_pixels(std::uint8_t* hwc, std::uint32_t h, std::uint32_t w) {
   for (std::uint32_t y = 0; y < h; ++y) {
-    std::uint8_t* row = hwc + std::size_t{y} * w * c;
+    std::uint8_t* row = hwc + std::size_t{y} * w * C;
     for (std::uint32_t a = 0, b = w - 1; a < b; ++a, --b) {
-      for (std::uint32_t k = 0; k < c; ++k) std::swap(row[a * c + k], row[b * c + k]);
+      std::uint8_t t[C];
+      std::memcpy(t, row + a * C, C);
+      std::memcpy(row + a * C, row + b * C, C);
+      std::memcpy(row + b * C, t, C);
     }
+  }
+}
+
+}  // namespace
+
+void flip_rows(std::uint8_t* hwc, std::uint32_t h, std::uint32_t w, std::uint32_t c) {
+  switch (c) {
+    case 1: return flip_pixels<1>(hwc, h, w);
+    case 2: return flip_pixels<2>(hwc, h, w);
+    case 3: return flip_pixels<3>(hwc, h, w);
+    case 4: return flip_pixels<4>(hwc, h, w);
+    default: throw UsageError(fmt::format("flip_rows: {} channels (1 to 4)", c));
   }
 }
 

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/isa_clones.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore::detail {
@@ -87,26 +88,31 @@ inline std::uint8_t clip8(std::int32_t ss) {
 
 constexpr std::int32_t kHalf = 1 << (kPrecisionBits - 1);
 
-// The taps' arrays are read through local pointers: the output is uint8_t, which may alias
-// anything, so the compiler would otherwise reload every vector's data pointer per store.
-template <int C>
-void horizontal_pass(const std::uint8_t* src, std::size_t stride, int row0, int rows,
-                     const Taps& t, int out_w, std::uint8_t* dst) {
-  const std::int32_t* const coeffs = t.coeffs.data();
-  const int* const first = t.first.data();
-  const int* const count = t.count.data();
-  const std::size_t ksize = static_cast<std::size_t>(t.ksize);
+// Sums for every output pixel of `rows` rows. K > 0: exactly K taps per output, known at
+// compile time so the loops unroll; `first` has then been moved left where first + K would
+// pass the row's end, its coefficients moved right to match, and taps past an output's count
+// weigh 0, so the sums equal the reference's (integer sums in any order). K == 0: the
+// reference, count[xx] taps from first[xx], coefficient rows ksize apart.
+// The arrays come in as restrict pointers: the output is uint8_t, which may alias anything,
+// so the compiler would otherwise reload them per store.
+template <int C, int K>
+IMGSTORE_ISA_CLONES void horizontal_taps(const std::uint8_t* __restrict src, std::size_t stride,
+                                         int row0, int rows, const int* __restrict first,
+                                         const int* __restrict count,
+                                         const std::int32_t* __restrict coeffs,
+                                         std::size_t ksize, int out_w,
+                                         std::uint8_t* __restrict dst) {
   for (int y = 0; y < rows; ++y) {
     const std::uint8_t* in = src + static_cast<std::size_t>(row0 + y) * stride;
     std::uint8_t* out = dst + static_cast<std::size_t>(y) * out_w * C;
     for (int xx = 0; xx < out_w; ++xx) {
-      const std::int32_t* k = coeffs + static_cast<std::size_t>(xx) * ksize;
+      const std::int32_t* k = coeffs + static_cast<std::size_t>(xx) * (K ? K : ksize);
       const std::uint8_t* p = in + static_cast<std::size_t>(first[xx]) * C;
-      const int n = count[xx];
+      const int n = K ? K : count[xx];
       std::int32_t ss[C];
       for (int c = 0; c < C; ++c) ss[c] = kHalf;
-      for (int x = 0; x < n; ++x, p += C) {
-        for (int c = 0; c < C; ++c) ss[c] += p[c] * k[x];
+      for (int x = 0; x < n; ++x) {
+        for (int c = 0; c < C; ++c) ss[c] += p[x * C + c] * k[x];
       }
       for (int c = 0; c < C; ++c) out[xx * C + c] = clip8(ss[c]);
     }
@@ -116,8 +122,9 @@ void horizontal_pass(const std::uint8_t* src, std::size_t stride, int row0, int 
 // Rows are summed one tap at a time over the whole row (cache-friendly; integer sums are
 // order-independent). The accumulator is a thread_local vector reached through a local
 // restrict pointer, so the inner loops vectorise and never call __tls_get_addr.
-void vertical_pass(const std::uint8_t* src, std::size_t stride, std::size_t row_len,
-                   const Taps& t, int out_h, std::uint8_t* dst) {
+IMGSTORE_ISA_CLONES void vertical_pass(const std::uint8_t* src, std::size_t stride,
+                                       std::size_t row_len, const Taps& t, int out_h,
+                                       std::uint8_t* dst) {
   thread_local std::vector<std::int32_t> acc_buffer;
   acc_buffer.resize(row_len);
   std::int32_t* __restrict acc = acc_buffer.data();
@@ -138,13 +145,46 @@ void vertical_pass(const std::uint8_t* src, std::size_t stride, std::size_t row_
   }
 }
 
-void horizontal(const std::uint8_t* src, std::size_t stride, int row0, int rows, int channels,
-                const Taps& t, int out_w, std::uint8_t* dst) {
+// Taps as exactly K per output (K = t.ksize): false if the row is shorter than K.
+bool fixed_taps(const Taps& t, int in_size, std::vector<int>& first,
+                std::vector<std::int32_t>& coeffs) {
+  const int k = t.ksize;
+  if (in_size < k) return false;
+  const std::size_t n = t.first.size();
+  first.assign(t.first.begin(), t.first.end());
+  coeffs.assign(t.coeffs.begin(), t.coeffs.end());
+  for (std::size_t i = 0; i < n; ++i) {
+    const int shift = first[i] + k - in_size;
+    if (shift <= 0) continue;
+    // Read the K inputs ending at the row's end; the taps move right by `shift`.
+    std::int32_t* c = &coeffs[i * static_cast<std::size_t>(k)];
+    for (int x = k - 1; x >= 0; --x) c[x] = x >= shift ? c[x - shift] : 0;
+    first[i] -= shift;
+  }
+  return true;
+}
+
+template <int C>
+void horizontal_channels(const std::uint8_t* src, std::size_t stride, int in_w, int row0,
+                         int rows, const Taps& t, int out_w, std::uint8_t* dst, bool generic) {
+  thread_local std::vector<int> first;
+  thread_local std::vector<std::int32_t> coeffs;
+  if (!generic && (t.ksize == 3 || t.ksize == 5) && fixed_taps(t, in_w, first, coeffs)) {
+    // 3 taps: any bilinear upscale; 5: bilinear downscales up to 2x, bicubic upscales.
+    auto* fixed = t.ksize == 3 ? horizontal_taps<C, 3> : horizontal_taps<C, 5>;
+    return fixed(src, stride, row0, rows, first.data(), nullptr, coeffs.data(), 0, out_w, dst);
+  }
+  horizontal_taps<C, 0>(src, stride, row0, rows, t.first.data(), t.count.data(),
+                        t.coeffs.data(), static_cast<std::size_t>(t.ksize), out_w, dst);
+}
+
+void horizontal(const std::uint8_t* src, std::size_t stride, int in_w, int row0, int rows,
+                int channels, const Taps& t, int out_w, std::uint8_t* dst, bool generic) {
   switch (channels) {
-    case 1: return horizontal_pass<1>(src, stride, row0, rows, t, out_w, dst);
-    case 2: return horizontal_pass<2>(src, stride, row0, rows, t, out_w, dst);
-    case 3: return horizontal_pass<3>(src, stride, row0, rows, t, out_w, dst);
-    default: return horizontal_pass<4>(src, stride, row0, rows, t, out_w, dst);
+    case 1: return horizontal_channels<1>(src, stride, in_w, row0, rows, t, out_w, dst, generic);
+    case 2: return horizontal_channels<2>(src, stride, in_w, row0, rows, t, out_w, dst, generic);
+    case 3: return horizontal_channels<3>(src, stride, in_w, row0, rows, t, out_w, dst, generic);
+    default: return horizontal_channels<4>(src, stride, in_w, row0, rows, t, out_w, dst, generic);
   }
 }
 
@@ -154,6 +194,13 @@ void resize(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
             std::uint32_t channels, const ResizeBox& box, std::uint32_t out_w,
             std::uint32_t out_h, std::uint8_t* dst, ResampleFilter filter,
             std::size_t src_stride) {
+  resize_with(src, width, height, channels, box, out_w, out_h, dst, filter, src_stride, false);
+}
+
+void resize_with(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
+                 std::uint32_t channels, const ResizeBox& box, std::uint32_t out_w,
+                 std::uint32_t out_h, std::uint8_t* dst, ResampleFilter filter,
+                 std::size_t src_stride, bool generic_kernels) {
   if (channels < 1 || channels > 4 || width == 0 || height == 0 || out_w == 0 || out_h == 0 ||
       width > (1u << 30) || height > (1u << 30) || out_w > (1u << 30) || out_h > (1u << 30)) {
     throw UsageError(fmt::format("resize: cannot resample {}x{}x{} to {}x{}", height, width,
@@ -200,8 +247,8 @@ void resize(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
       hdst = temp.data();
       for (int& f : vert.first) f -= first;
     }
-    horizontal(src, stride, row0, rows, static_cast<int>(channels), horiz,
-               static_cast<int>(out_w), hdst);
+    horizontal(src, stride, static_cast<int>(width), row0, rows, static_cast<int>(channels),
+               horiz, static_cast<int>(out_w), hdst, generic_kernels);
     if (!need_vertical) return;
     cur = temp.data();
     cur_stride = out_row;

@@ -27,4 +27,12 @@ void resize(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
             std::uint32_t out_h, std::uint8_t* dst,
             ResampleFilter filter = ResampleFilter::Bilinear, std::size_t src_stride = 0);
 
+// resize(), with generic_kernels choosing the reference horizontal loop (each output's own
+// tap count) over the fixed-tap kernels resize() picks when it can: for the tests, which
+// check the two agree byte for byte.
+void resize_with(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
+                 std::uint32_t channels, const ResizeBox& box, std::uint32_t out_w,
+                 std::uint32_t out_h, std::uint8_t* dst, ResampleFilter filter,
+                 std::size_t src_stride, bool generic_kernels);
+
 }  // namespace imgstore::detail
