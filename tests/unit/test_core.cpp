@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include <nlohmann/json.hpp>
+
 #include "detail/fs_util.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
@@ -54,6 +56,30 @@ TEST_CASE("manifest JSON round-trips") {
   CHECK(back.class_names == m.class_names);
   CHECK(back.checksums == m.checksums);
   CHECK(back.content_digest == m.content_digest);
+}
+
+TEST_CASE("manifest JSON: the checksums are written in dump(1)'s own layout") {
+  // to_json writes the checksums array by hand (memory); the text must be exactly what
+  // nlohmann's dump(1) makes of the same document, for 0, 1 and many checksums, and a class
+  // named like the placeholder must not confuse it.
+  for (std::size_t n : {0u, 1u, 3u, 1000u}) {
+    Manifest m = sample_manifest();
+    m.count = n;
+    m.checksums.clear();
+    ContentDigest d;
+    for (std::size_t i = 0; i < n; ++i) {
+      m.checksums.push_back(0x9e3779b97f4a7c15ull * (i + 1));
+      d.add(m.checksums.back());
+    }
+    m.content_digest = d.value();
+    m.class_names = {"@imgstore-checksums@", "checksums\": \"x"};
+    const std::string text = m.to_json();
+    CAPTURE(n);
+    CHECK(nlohmann::ordered_json::parse(text).dump(1) == text);
+    const Manifest back = Manifest::from_json(text, "test");
+    CHECK(back.checksums == m.checksums);
+    CHECK(back.class_names == m.class_names);
+  }
 }
 
 TEST_CASE("manifest rejects inconsistent or malformed content") {
