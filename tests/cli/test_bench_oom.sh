@@ -45,12 +45,17 @@ for f in lmdb hdf5; do
   expect_rows run.txt "^target $f full shuffle >= 0\.7x random-read limit: ${NUM}x, (met|MISSED)$" 1
   expect_rows run.txt "^target $f quasi-random window_(512|2048) >= 3x full shuffle: ${NUM}x, (met|MISSED)$" 2
 done
+# HDF5's diagnostic: the full shuffle read with pread() instead of the mapping.
+expect_rows run.txt "^hdf5 +full shuffle, pread +$NUM +$NUM\.\.$NUM +$NUM +$NUM +${NUM}x random-read limit " 1
+expect_rows run.txt "^diagnostic hdf5 full shuffle reading with pread\(\): ${NUM}x random-read limit$" 1
+expect_rows run.txt "^lmdb +full shuffle, pread" 0
 expect_rows run.txt "limit $LIMIT_MIB MiB \(cgroup v[12] memory controller" 1
-# measurements.csv: one row per pass (1 run x 2 stores x 5 passes).
+# measurements.csv: one row per pass (1 run: 5 passes per store, and HDF5's pread diagnostic).
 expect_rows "$OUT/measurements.csv" "^experiment,impl,format,variant,n,threads,cache,order,run,seconds,images_per_s,bytes$" 1
 for fv in "lmdb,raw" "hdf5,contiguous"; do
   expect_rows "$OUT/measurements.csv" "^limit_randread,limit,$fv,[0-9]+,[0-9]+,out_of_memory,shuffled,1,$NUM,$NUM,[1-9][0-9]*$" 1
   expect_rows "$OUT/measurements.csv" "^oom_epoch,prefetch,$fv,[0-9]+,[0-9]+,out_of_memory,(shuffled|window_512|window_2048),1,$NUM,$NUM,[0-9]+$" 3
+  expect_rows "$OUT/measurements.csv" "^oom_epoch,prefetch_pread,$fv,.*,shuffled,1," "$([ "$fv" = hdf5,contiguous ] && echo 1 || echo 0)"
   expect_rows "$OUT/measurements.csv" "^limit_seqread,limit,$fv,[0-9]+,1,out_of_memory,sequential,1,$NUM,$NUM,[1-9][0-9]*$" 1
 done
 
@@ -64,7 +69,7 @@ assert oom["limit_bytes"] == limit, oom
 for s in oom["stores"]:
     assert s["bytes"] >= 4 * limit, f"store {s['path']} is {s['bytes']} bytes, under 4x the limit"
 passes = j["passes"]
-assert len(passes) == 10, len(passes)
+assert len(passes) == 11, len(passes)
 sums = {}
 for p in passes:
     what = f"{p['format']} {p['experiment']} {p['order']}"
@@ -85,7 +90,8 @@ assert sorted(sums) == ["hdf5", "lmdb"] and all(len(v) == 1 for v in sums.values
 assert sums["hdf5"] == sums["lmdb"], "LMDB and HDF5 epochs delivered different records"
 rows = {(s["experiment"], s["format"], s["order"]): s for s in j["summary"]}
 for f in ("lmdb", "hdf5"):
-    full = rows[("oom_epoch", f, "shuffled")]
+    full = [s for s in j["summary"] if s["experiment"] == "oom_epoch" and s["format"] == f
+            and s["order"] == "shuffled" and s["impl"] == "prefetch"][0]
     assert full["limit"].startswith("limit_randread") and full["ratio_to_limit"] > 0, full
     for w in ("window_512", "window_2048"):
         q = rows[("oom_epoch", f, w)]
