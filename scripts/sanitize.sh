@@ -184,12 +184,15 @@ if [[ $MODE == asan || $MODE == all ]]; then
   # free), so RSS-growth bounds (cli.test_stress, the crop loader's) cannot hold; LSan checks
   # leaks instead.
   export IMGSTORE_STRESS_RSS_MIB="${IMGSTORE_STRESS_RSS_MIB:-320}"
+  # cli.test_bench_oom runs its children in a 32 MiB memory cgroup; ASan's shadow memory and
+  # quarantine (capped there at 8 MiB) need more room, or the kernel OOM-kills a child.
+  export IMGSTORE_OOM_LIMIT_MIB="${IMGSTORE_OOM_LIMIT_MIB:-96}"
   WRAP=()
   start=$SECONDS
   if run_ctest "$build" "$logs" "$@"; then result="ok"; else result="FAILED"; status=1; fi
   ran=$(grep -c '^[0-9]*/[0-9]* Testing:' "$build/Testing/Temporary/LastTest.log" || true)
   summary+=("asan+ubsan: $result, $ran tests, build ${built}s, tests $((SECONDS - start))s, reports: $(find "$logs" -type f | wc -l)")
-  unset ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS IMGSTORE_STRESS_RSS_MIB
+  unset ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS IMGSTORE_STRESS_RSS_MIB IMGSTORE_OOM_LIMIT_MIB
 fi
 
 if [[ $MODE == tsan || $MODE == all ]]; then

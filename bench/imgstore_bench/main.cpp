@@ -34,6 +34,7 @@
 #include "experiments.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/source.hpp"
+#include "out_of_memory.hpp"
 
 namespace imgstore::bench {
 namespace {
@@ -782,7 +783,11 @@ int main(int argc, char** argv) {
   using namespace imgstore::bench;
   CLI::App app{"imgstore-bench: the tutorial's store/read experiments per format, with limits "
                "and peers (CSV, JSON, plots, report)"};
+  // The out-of-memory experiment's children: one measured pass inside a memory cgroup.
+  if (argc == 3 && std::string(argv[1]) == "--oom-child") return run_oom_child(argv[2]);
   Options o;
+  OomOptions oom;
+  bool out_of_memory = false;
   std::string out;
   app.add_option("--out", out, "output directory (default imgstore-bench-out)");
   auto* src = app.add_option("--source", o.source,
@@ -814,6 +819,17 @@ int main(int argc, char** argv) {
   app.add_flag("--no-plots", o.no_plots, "do not run bench/plot_report.py");
   app.add_flag("--keep", o.keep, "keep the stores in OUT/stores");
   app.add_flag("--quiet,-q", o.quiet, "no progress on stderr");
+  app.add_flag("--out-of-memory", out_of_memory,
+               "only the out-of-memory experiment (needs root and a cgroup memory controller): "
+               "shuffled and quasi-random epochs of LMDB and HDF5 stores larger than a memory "
+               "cgroup's limit, against the disk's random and sequential reads");
+  app.add_option("--oom-limit-mib", oom.limit_mib, "out-of-memory: the children's memory limit (default 64)");
+  app.add_option("--oom-factor", oom.factor, "out-of-memory: store size over the limit (default 4.5, at least 4)");
+  app.add_option("--oom-windows", oom.windows,
+                 "out-of-memory: comma-separated shuffle_window sizes in records (default: "
+                 "windows of limit/16 and limit/4 bytes)");
+  app.add_option("--oom-threads", oom.threads, "out-of-memory: loader threads (default: cores)");
+  app.add_option("--oom-image", oom.image, "out-of-memory: synthetic image HxWxC (default 32x32x3)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -827,6 +843,15 @@ int main(int argc, char** argv) {
     if (app.count("--runs") && o.runs == 0) throw UsageError("--runs 0: must be at least 1");
     if (app.count("--max-n") && o.max_n == 0) throw UsageError("--max-n 0: must be at least 1");
     if (app.count("--epoch-n") && o.epoch_n == 0) throw UsageError("--epoch-n 0: must be at least 1");
+    if (out_of_memory) {
+      oom.out = o.out;
+      oom.runs = o.runs ? o.runs : (o.quick ? 3 : 5);
+      oom.batch = o.batch;
+      oom.seed = o.seed;
+      oom.keep = o.keep;
+      oom.quiet = o.quiet;
+      return run_out_of_memory(oom);
+    }
     Bench bench(make_config(o));
     return bench.run();
   } catch (const UsageError& e) {

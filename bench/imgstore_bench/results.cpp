@@ -128,6 +128,15 @@ std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows, bool dur
       if (k.impl == "prefetch") {
         peer = find("epoch", "stock", k.format, k.variant, k.n, k.threads, k.cache, k.order);
       }
+    } else if (k.experiment == "oom_epoch") {
+      // --out-of-memory: the disk's random reads at the same concurrency bound the full
+      // shuffle; a quasi-random order is compared with the full shuffle of the same store.
+      limit = find("limit_randread", "limit", k.format, k.variant, k.n, k.threads, k.cache,
+                   "shuffled");
+      if (k.order != "shuffled") {
+        peer = find("oom_epoch", "prefetch", k.format, k.variant, k.n, k.threads, k.cache,
+                    "shuffled");
+      }
     } else if (k.experiment == "store_many") {
       // The same bytes written sequentially, and for a PNG folder the same files created from
       // one thread, with the stores' flush; the slower of the two is the tighter bound.

@@ -26,3 +26,13 @@ assert_empty_dir() {
   local left; left="$(ls -A "$1")"
   [ -z "$left" ] || fail "$1 should be empty but holds: $left"
 }
+
+# require_torch_program PATH TARGET: PATH is built, or the build has no LibTorch (then the
+# test ends here, ok, saying so); a missing program in a LibTorch build is a failure.
+require_torch_program() {
+  [ -x "$1" ] && return 0
+  if grep -q '^IMGSTORE_BUILD_TORCH:BOOL=OFF' "${IMGSTORE_BUILD_DIR:-}/CMakeCache.txt" 2>/dev/null; then
+    echo "note: built without LibTorch, $(basename "$1") not checked"; exit 0
+  fi
+  fail "missing $1 (build target $2)"
+}
