@@ -33,8 +33,9 @@ struct ReaderOptions {
   // Recompute each record's checksum on read and throw DataError on mismatch.
   bool verify_checksums = true;
   // For shuffled reads of stores larger than RAM: read only the pages asked for. LMDB opens
-  // with MDB_NORDAHEAD and skips its cursor walk at open; HDF5 maps /images with MADV_RANDOM.
-  // PNG folders read whole small files and ignore it.
+  // with MDB_NORDAHEAD and skips its cursor walk at open; HDF5 reads with pread() and
+  // POSIX_FADV_RANDOM instead of mapping the file (mapped pages are slow to reclaim under
+  // memory pressure). PNG folders read whole small files and ignore it.
   bool no_readahead = false;
 };
 
