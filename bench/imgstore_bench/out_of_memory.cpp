@@ -50,7 +50,6 @@ struct Pass {
   std::size_t window = 0;
   bool no_readahead = true;
   unsigned threads = 1;
-  bool hdf5_pread = false;  // diagnostic: HDF5 reads with pread() instead of its mapping
 };
 
 struct ChildRun {
@@ -238,17 +237,14 @@ std::vector<Pass> OomBench::passes() const {
   std::vector<Pass> v;
   v.push_back({"limit_randread", "limit", "shuffled", "randread", 0, true, threads_});
   // The full shuffle as the docs advise for stores larger than RAM: no readahead (LMDB
-  // MDB_NORDAHEAD, HDF5 MADV_RANDOM), so a record costs its own pages and nothing more.
+  // MDB_NORDAHEAD; HDF5 reads with pread() and POSIX_FADV_RANDOM instead of its mapping), so
+  // a record costs its own pages and nothing more.
   v.push_back({"oom_epoch", "prefetch", "shuffled", "epoch", 0, true, threads_});
   // Quasi-random with readahead on: a window's neighbours are wanted soon, so reading ahead
   // turns many small random reads into fewer large ones.
   for (auto w : windows_) {
     v.push_back({"oom_epoch", "prefetch", fmt::format("window_{}", w), "epoch", w, false, threads_});
   }
-  // Diagnostic (HDF5 only): the full shuffle again, reading with pread() instead of page
-  // faults on the mapping. Under the limit, reclaiming mapped pages (unmap, TLB shootdowns)
-  // is what makes faults slower than the disk; unmapped page cache is cheap to reclaim.
-  v.push_back({"oom_epoch", "prefetch_pread", "shuffled", "epoch", 0, true, threads_, true});
   v.push_back({"limit_seqread", "limit", "sequential", "seqread", 0, false, 1});
   return v;
 }
@@ -257,7 +253,7 @@ Json OomBench::spec_for(const StoreCase& s, const Pass& p, int run) const {
   Json spec{{"kind", p.kind}, {"threads", p.threads}, {"seed", o_.seed}};
   if (p.kind == "epoch") {
     spec.update({{"store", s.store.string()}, {"batch", o_.batch}, {"window", p.window},
-                 {"no_readahead", p.no_readahead}, {"epoch", run}, {"hdf5_pread", p.hdf5_pread}});
+                 {"no_readahead", p.no_readahead}, {"epoch", run}});
   } else if (p.kind == "randread") {
     spec.update({{"file", s.data_file.string()}, {"request", s.request}, {"count", n_},
                  {"seed", o_.seed * 1000 + static_cast<std::uint64_t>(run)}});
@@ -366,9 +362,8 @@ void OomBench::report(const std::vector<SummaryRow>& summary) const {
       std::string name = p.experiment == "limit_randread"
                              ? fmt::format("random-read limit {}K", s.request / 1024)
                          : p.experiment == "limit_seqread" ? "sequential read"
-                         : p.window     ? fmt::format("quasi-random W={}", p.window)
-                         : p.hdf5_pread ? "full shuffle, pread"
-                                        : "full shuffle";
+                         : p.window ? fmt::format("quasi-random W={}", p.window)
+                                    : "full shuffle";
       std::string ratio = "-";
       if (row->ratio_to_peer) {
         ratio = fmt::format("{:.2f}x full shuffle", *row->ratio_to_peer);
@@ -393,10 +388,7 @@ void OomBench::report(const std::vector<SummaryRow>& summary) const {
   for (const auto& r : summary) {
     const auto& k = r.key;
     if (k.experiment != "oom_epoch") continue;
-    if (k.impl != "prefetch" && r.ratio_to_limit) {
-      fmt::print("diagnostic {} full shuffle reading with pread(): {:.2f}x random-read limit\n",
-                 k.format, *r.ratio_to_limit);
-    } else if (!r.peer && r.ratio_to_limit) {
+    if (!r.peer && r.ratio_to_limit) {
       fmt::print("target {} full shuffle >= 0.7x random-read limit: {:.2f}x, {}\n", k.format,
                  *r.ratio_to_limit, *r.ratio_to_limit >= 0.7 ? "met" : "MISSED");
     } else if (r.ratio_to_peer) {
@@ -457,9 +449,7 @@ int OomBench::run() {
   // machine moves all of them alike.
   for (int run = 1; run <= o_.runs; ++run) {
     for (const auto& s : stores_) {
-      for (const auto& p : passes()) {
-        if (!p.hdf5_pread || s.format == "hdf5") measure(s, p, run);
-      }
+      for (const auto& p : passes()) measure(s, p, run);
     }
   }
   double end_load[3] = {0, 0, 0};

@@ -24,7 +24,6 @@
 #include "common/floors.hpp"
 #include "detail/fs_util.hpp"
 #include "detail/random.hpp"
-#include "detail/testing.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/torch/loader.hpp"
@@ -45,7 +44,6 @@ Json epoch_pass(const Json& s) {
   o.shuffle = true;
   o.shuffle_window = s.at("window").get<std::size_t>();
   o.reader.no_readahead = s.at("no_readahead").get<bool>();
-  detail::testing::set_hdf5_mmap_disabled(s.value("hdf5_pread", false));
   PrefetchLoader loader(fs::path(s.at("store").get<std::string>()), o);
   const auto epoch = s.at("epoch").get<std::uint64_t>();
   auto order = loader.epoch_indices(epoch);

@@ -6,14 +6,18 @@
 # against the manifest's). No timing is asserted. It needs root and a cgroup memory
 # controller, as CI has: without them it FAILS, saying what is missing.
 # IMGSTORE_OOM_LIMIT_MIB sets the limit (scripts/sanitize.sh raises it under ASan, whose shadow
-# memory and quarantine grow the children).
+# memory, quarantine and fake stacks grow the children).
 source "$(dirname "$0")/lib.sh"
 BUILD="${IMGSTORE_BUILD_DIR:?set by ctest}"
 BENCH="$BUILD/imgstore-bench"
 require_torch_program "$BENCH" imgstore-bench
 LIMIT_MIB="${IMGSTORE_OOM_LIMIT_MIB:-32}"
-# Under ASan, keep the quarantine (256 MiB by default) well inside the children's limit.
-[ -z "${ASAN_OPTIONS:-}" ] || export ASAN_OPTIONS="$ASAN_OPTIONS:quarantine_size_mb=8"
+# Under ASan, keep its own memory well inside the children's limit: the quarantine (256 MiB by
+# default) and the fake stacks of detect_stack_use_after_return (about 20 MiB over the
+# loader's threads here). With them, an epoch child's anonymous memory charged to its group
+# peaked at 71 MiB of a 96 MiB limit; without, 52 MiB. Every other test runs with both on.
+[ -z "${ASAN_OPTIONS:-}" ] ||
+  export ASAN_OPTIONS="$ASAN_OPTIONS:quarantine_size_mb=4:thread_local_quarantine_size_kb=256:detect_stack_use_after_return=0"
 
 # Not root: a clear refusal, before anything is written.
 if command -v setpriv >/dev/null && [ "$(id -u)" -eq 0 ]; then
@@ -45,17 +49,12 @@ for f in lmdb hdf5; do
   expect_rows run.txt "^target $f full shuffle >= 0\.7x random-read limit: ${NUM}x, (met|MISSED)$" 1
   expect_rows run.txt "^target $f quasi-random window_(512|2048) >= 3x full shuffle: ${NUM}x, (met|MISSED)$" 2
 done
-# HDF5's diagnostic: the full shuffle read with pread() instead of the mapping.
-expect_rows run.txt "^hdf5 +full shuffle, pread +$NUM +$NUM\.\.$NUM +$NUM +$NUM +${NUM}x random-read limit " 1
-expect_rows run.txt "^diagnostic hdf5 full shuffle reading with pread\(\): ${NUM}x random-read limit$" 1
-expect_rows run.txt "^lmdb +full shuffle, pread" 0
 expect_rows run.txt "limit $LIMIT_MIB MiB \(cgroup v[12] memory controller" 1
-# measurements.csv: one row per pass (1 run: 5 passes per store, and HDF5's pread diagnostic).
+# measurements.csv: one row per pass (1 run: 5 passes per store).
 expect_rows "$OUT/measurements.csv" "^experiment,impl,format,variant,n,threads,cache,order,run,seconds,images_per_s,bytes$" 1
 for fv in "lmdb,raw" "hdf5,contiguous"; do
   expect_rows "$OUT/measurements.csv" "^limit_randread,limit,$fv,[0-9]+,[0-9]+,out_of_memory,shuffled,1,$NUM,$NUM,[1-9][0-9]*$" 1
   expect_rows "$OUT/measurements.csv" "^oom_epoch,prefetch,$fv,[0-9]+,[0-9]+,out_of_memory,(shuffled|window_512|window_2048),1,$NUM,$NUM,[0-9]+$" 3
-  expect_rows "$OUT/measurements.csv" "^oom_epoch,prefetch_pread,$fv,.*,shuffled,1," "$([ "$fv" = hdf5,contiguous ] && echo 1 || echo 0)"
   expect_rows "$OUT/measurements.csv" "^limit_seqread,limit,$fv,[0-9]+,1,out_of_memory,sequential,1,$NUM,$NUM,[1-9][0-9]*$" 1
 done
 
@@ -69,7 +68,7 @@ assert oom["limit_bytes"] == limit, oom
 for s in oom["stores"]:
     assert s["bytes"] >= 4 * limit, f"store {s['path']} is {s['bytes']} bytes, under 4x the limit"
 passes = j["passes"]
-assert len(passes) == 11, len(passes)
+assert len(passes) == 10, len(passes)
 sums = {}
 for p in passes:
     what = f"{p['format']} {p['experiment']} {p['order']}"
