@@ -113,6 +113,7 @@ struct PrefetchLoader::State {
   CropTransform transform;  // options.transform with horizontal_flip folded in
   detail::BatchWriter writer;
   detail::Position position;
+  detail::WindowHints hints;
   // The pass being run: set before the pipeline starts, read-only while it runs.
   std::uint64_t epoch = 0;
   std::vector<std::uint64_t> indices;
@@ -129,6 +130,7 @@ struct PrefetchLoader::State {
         transform(effective_transform(o)),
         writer(detail::output_shape(*reader, o.transform), o.normalize, o.crop_padding,
                o.horizontal_flip && !o.transform.enabled()),
+        hints(o),
         pool(o.prefetch_depth),
         pipeline(o.threads, o.prefetch_depth, pool, [this](detail::Slot& s) { fill(s); }) {}
 
@@ -150,6 +152,7 @@ struct PrefetchLoader::State {
     const detail::Position::Pass pass = position.begin_pass(batches);
     epoch = pass.epoch;
     indices = sampler.indices(epoch);
+    hints.reset();
     pipeline.start(pass.first_batch, batches);
   }
 
@@ -171,6 +174,7 @@ struct PrefetchLoader::State {
       const std::size_t first = s.batch * options.batch_size;
       s.n = std::min(options.batch_size, indices.size() - first);
       const std::uint64_t* idx = indices.data() + first;
+      hints.before_batch(*reader, indices, first, s.n);
       std::int64_t* labels = s.target.data_ptr<std::int64_t>();
       if (transform.enabled()) {
         tbb::this_task_arena::isolate([&] {

@@ -3,6 +3,7 @@
 #include "sampler.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 
 #include <fmt/format.h>
@@ -191,6 +192,43 @@ void Position::restore(std::uint64_t epoch, std::uint64_t batches_consumed, std:
     next_epoch_ = epoch;
     next_offset_ = static_cast<std::size_t>(batches_consumed);
   }
+}
+
+// ---- WindowHints ----
+
+WindowHints::WindowHints(const LoaderOptions& o) {
+  if (o.shuffle && o.shuffle_window > 0 && (o.world_size == 1 || o.whole_shards)) {
+    window_ = o.shuffle_window;
+  }
+  reset();
+}
+
+void WindowHints::reset() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  recent_.fill(std::numeric_limits<std::uint64_t>::max());
+  next_ = 0;
+}
+
+bool WindowHints::first_sight(std::uint64_t window) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (std::find(recent_.begin(), recent_.end(), window) != recent_.end()) return false;
+  recent_[next_++ % recent_.size()] = window;
+  return true;
+}
+
+void WindowHints::before_batch(const StoreReader& reader, const std::vector<std::uint64_t>& indices,
+                               std::size_t first, std::size_t n) {
+  if (!enabled() || first >= indices.size()) return;
+  // This batch's positions and the next batch's: windows are runs of consecutive positions
+  // (at least a batch long), so sampling every n/8-th position and the last finds them all.
+  const std::size_t end = std::min(indices.size(), first + 2 * n);
+  const std::size_t step = std::max<std::size_t>(1, n / 8);
+  auto hint = [&](std::size_t position) {
+    const std::uint64_t w = indices[position] / window_;
+    if (first_sight(w)) reader.will_need(w * window_, window_);
+  };
+  for (std::size_t p = first; p < end; p += step) hint(p);
+  hint(end - 1);
 }
 
 }  // namespace imgstore::detail

@@ -2,8 +2,10 @@
 // and where in that sequence of epochs the loader stands (for checkpoints and resume).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -63,6 +65,32 @@ class Sampler {
   std::vector<Shard> shards_;  // this rank's shards, ascending
   std::size_t own_ = 0;        // records in them
   std::size_t per_rank_ = 0;   // samples per rank before drop_last's batch cut
+};
+
+// Quasi-random order over a store larger than memory: the first batch to reach a window of
+// records asks the reader to read the whole window ahead (StoreReader::will_need), and so
+// does the window the next batch reaches, so the window arrives in large requests instead of
+// one page fault per record. Off for the full shuffle, and for ranks that read every
+// world_size-th record (they would each read the whole window); whole shards keep it.
+// Called from the loader's threads at once.
+class WindowHints {
+ public:
+  explicit WindowHints(const LoaderOptions& options);
+  bool enabled() const { return window_ != 0; }
+  // A new pass: every window may be hinted again.
+  void reset();
+  // Before the batch of positions [first, first + n) of `indices` (this pass's order) is read.
+  void before_batch(const StoreReader& reader, const std::vector<std::uint64_t>& indices,
+                    std::size_t first, std::size_t n);
+
+ private:
+  // True the first time `window` is seen among the last few (this call should hint it).
+  bool first_sight(std::uint64_t window);
+
+  std::uint64_t window_ = 0;  // records per window; 0: off
+  std::mutex mutex_;
+  std::array<std::uint64_t, 8> recent_{};  // windows hinted lately, a ring
+  std::size_t next_ = 0;
 };
 
 // Where the loader stands in its sequence of passes: the next pass's epoch and first batch,

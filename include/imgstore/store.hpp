@@ -84,6 +84,13 @@ class StoreReader {
     return {{0, static_cast<std::uint64_t>(size())}};
   }
 
+  // A hint that records [first, first + count) will be read soon: readers that know where they
+  // lie on disk start reading them into the page cache in one large request and return at
+  // once (LMDB, HDF5 without filters); others ignore it. The loader sends it for each window
+  // of a quasi-random order (LoaderOptions::shuffle_window), so a store larger than memory is
+  // read window by window in large requests, not one page fault per record.
+  virtual void will_need(std::uint64_t /*first*/, std::uint64_t /*count*/) const {}
+
  protected:
   StoreReader(std::filesystem::path path, Manifest manifest, ReaderOptions options)
       : path_(std::move(path)), manifest_(std::move(manifest)), options_(options) {}

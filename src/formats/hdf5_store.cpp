@@ -620,6 +620,19 @@ class Hdf5Reader final : public StoreReader {
 
   bool mapped() const { return static_cast<bool>(map_); }
 
+  // The records' bytes are at known file offsets: one WILLNEED over their span starts the
+  // kernel reading it (asynchronously, in large requests). Skipped when the span is much
+  // larger than the records (chunks not stored in record order).
+  void will_need(std::uint64_t first, std::uint64_t count) const override {
+    if (access_ != Access::Direct || count == 0 || first >= size()) return;
+    const std::uint64_t last = std::min<std::uint64_t>(first + count, size()) - 1;
+    const std::uint64_t begin = record_span(first).first, end = record_span(last).second;
+    const std::uint64_t records = (last - first + 1) * image_bytes();
+    if (end <= begin || end - begin > 2 * records + (std::uint64_t{1} << 20)) return;
+    ::posix_fadvise(fd_.get(), static_cast<off_t>(begin), static_cast<off_t>(end - begin),
+                    POSIX_FADV_WILLNEED);
+  }
+
   // Tutorial layout: computes the checksums the file does not carry, reading it in blocks.
   void derive_checksums() {
     const std::size_t bytes = image_bytes();
@@ -714,6 +727,15 @@ class Hdf5Reader final : public StoreReader {
 
  private:
   // Where uncompressed record `index` lies in the mapping (Direct access, mapped).
+  // The file bytes [begin, end) holding record `index` (its whole chunk when compressed).
+  std::pair<std::uint64_t, std::uint64_t> record_span(std::uint64_t index) const {
+    const std::uint64_t c = index / chunk_records_;
+    const ChunkLoc& loc = chunks_[c];
+    if (loc.compressed) return {loc.addr, loc.addr + loc.size};
+    const std::uint64_t at = loc.addr + (index - c * chunk_records_) * image_bytes();
+    return {at, at + image_bytes()};
+  }
+
   const std::uint8_t* mapped_record(std::uint64_t index) const {
     const std::uint64_t c = index / chunk_records_;
     return map_.data() + chunks_[c].addr + (index - c * chunk_records_) * image_bytes();

@@ -29,6 +29,7 @@
 //     key "manifest" = Manifest::to_json() (count, shape, class names, per-record checksums).
 //   So the main database holds manifest.count + 1 entries.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -627,6 +628,29 @@ class LmdbReader final : public StoreReader {
 
   Shape record_shape(std::uint64_t index) const override { return locate(index).shape; }
 
+  // Values of consecutive keys lie in key order in data.mdb (written with MDB_APPEND), so
+  // the span from the first value to the end of the last holds them all: one WILLNEED on it
+  // starts the kernel reading it, even in a map opened with MDB_NORDAHEAD. Skipped if the
+  // span is much larger than the values (a store not laid out in key order). A hint: any
+  // failure here is left for the reads to report.
+  void will_need(std::uint64_t first, std::uint64_t count) const override {
+    if (count == 0 || first >= size()) return;
+    const std::uint64_t last = std::min<std::uint64_t>(first + count, size()) - 1;
+    MDB_val a{}, b{};
+    try {
+      if (!find_value(first, a) || !find_value(last, b)) return;
+    } catch (const std::exception&) {
+      return;
+    }
+    const auto lo = reinterpret_cast<std::uintptr_t>(a.mv_data);
+    const auto hi = reinterpret_cast<std::uintptr_t>(b.mv_data) + b.mv_size;
+    const std::uint64_t per_value = std::max(a.mv_size, b.mv_size) + 4096;
+    if (hi <= lo || hi - lo > 2 * (last - first + 1) * per_value + (std::uint64_t{1} << 20)) return;
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const std::uintptr_t start = lo & ~(page - 1);
+    ::madvise(reinterpret_cast<void*>(start), hi - start, MADV_WILLNEED);
+  }
+
   // The payload as stored (PNG is decoded: nothing downstream takes PNG bytes).
   void read_record(std::uint64_t index, EncodedRecord& out) const override {
     const Value v = locate(index);
@@ -683,6 +707,21 @@ class LmdbReader final : public StoreReader {
         parse_value(index, static_cast<const std::uint8_t*>(value.mv_data), value.mv_size);
     shared_->remember(index, value);  // only once its header has validated
     return v;
+  }
+
+  // Where record `index`'s value lies in the map, without reading it (LMDB computes an
+  // overflow value's address from its page number); false if the key is missing.
+  bool find_value(std::uint64_t index, MDB_val& value) const {
+    const std::uint8_t* data = nullptr;
+    std::size_t size = 0;
+    if (shared_->recall(index, data, size)) {
+      value = MDB_val{size, const_cast<std::uint8_t*>(data)};
+      return true;
+    }
+    char key[32];
+    MDB_val k = lmdb::make_val(key, format_key(index, key));
+    TxnLease txn(*shared_, read_what());
+    return ::mdb_get(txn.get(), shared_->main.get(), &k, &value) == 0 && shared_->plausible(value);
   }
 
   std::int64_t fetch_into(MDB_txn* txn, std::uint64_t index, std::uint8_t* out) const {

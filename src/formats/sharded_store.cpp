@@ -250,6 +250,17 @@ class ShardedStoreReader final : public StoreReader {
     return ranges;
   }
 
+  // Forwarded to each shard the range overlaps, in that shard's own numbering.
+  void will_need(std::uint64_t first, std::uint64_t count) const override {
+    const std::uint64_t end = std::min<std::uint64_t>(first + count, size());
+    for (std::size_t s = 0; s < shards_.size() && first < end; ++s) {
+      const std::uint64_t lo = firsts_[s], hi = lo + shards_[s]->size();
+      if (first >= hi || end <= lo) continue;
+      const std::uint64_t from = std::max(first, lo);
+      shards_[s]->will_need(from - lo, std::min(end, hi) - from);
+    }
+  }
+
  private:
   // Per-call working memory, recycled through a small pool rather than thread-local storage:
   // a format's read_many may wait on TBB, and the waiting thread may then run another read.

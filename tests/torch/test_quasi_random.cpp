@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <mutex>
 #include <set>
 #include <vector>
 
@@ -186,5 +187,78 @@ TEST_CASE("quasi-random with whole shards: each shard's records in windows of th
     CHECK(shards_seen.size() == 2);
     loader.set_epoch(2);
     CHECK(pass_targets(loader) == idx);
+  }
+}
+
+namespace {
+
+// Records the reader's will_need hints and, for each record read, whether its window had
+// been hinted by then.
+class HintRecordingReader : public MemoryReader {
+ public:
+  HintRecordingReader(ImageBatch images, std::size_t window)
+      : MemoryReader(std::move(images)), window_(window) {}
+
+  void will_need(std::uint64_t first, std::uint64_t count) const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    hints.emplace_back(first, count);
+    hinted_.insert(first);
+  }
+  std::int64_t read_one(std::uint64_t index, std::uint8_t* out) const override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const std::uint64_t start = window_ ? index / window_ * window_ : 0;
+      if (hinted_.count(start) == 0) ++reads_before_hint;
+    }
+    return MemoryReader::read_one(index, out);
+  }
+  void new_epoch() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    hints.clear();
+    hinted_.clear();
+    reads_before_hint = 0;
+  }
+
+  mutable std::vector<std::pair<std::uint64_t, std::uint64_t>> hints;
+  mutable std::size_t reads_before_hint = 0;
+
+ private:
+  std::size_t window_;
+  mutable std::mutex mutex_;
+  mutable std::set<std::uint64_t> hinted_;
+};
+
+}  // namespace
+
+TEST_CASE("quasi-random: the loader hints each window to the reader before reading from it") {
+  const std::size_t n = 200, window = 16;
+  auto reader = std::make_shared<HintRecordingReader>(indexed_images(n), window);
+  for (std::uint64_t epoch : {0u, 1u}) {
+    CAPTURE(epoch);
+    reader->new_epoch();
+    PrefetchLoader loader(reader, windowed(window));
+    loader.set_epoch(epoch);
+    CHECK(pass_targets(loader).size() == n);
+    CHECK(reader->reads_before_hint == 0);
+    // Whole windows, aligned, each hinted (about) once: 13 windows of 16 (the last 8 long).
+    std::set<std::uint64_t> starts;
+    for (const auto& [first, count] : reader->hints) {
+      CHECK(first % window == 0);
+      CHECK(count == window);
+      starts.insert(first);
+    }
+    CHECK(starts.size() == (n + window - 1) / window);
+    CHECK(reader->hints.size() <= 2 * starts.size());
+  }
+  SUBCASE("no hints for the full shuffle, or when ranks take every world_size-th record") {
+    reader->new_epoch();
+    PrefetchLoader full(reader, windowed(0));
+    CHECK(pass_targets(full).size() == n);
+    LoaderOptions sliced = windowed(window);
+    sliced.world_size = 2;
+    sliced.rank = 1;
+    PrefetchLoader rank(reader, sliced);
+    CHECK(pass_targets(rank).size() == n / 2);
+    CHECK(reader->hints.empty());
   }
 }
