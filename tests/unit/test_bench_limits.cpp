@@ -47,7 +47,7 @@ std::pair<std::vector<std::uint8_t>, std::vector<std::vector<std::uint8_t>>> noi
 
 }  // namespace
 
-TEST_CASE("gather_run copies every record exactly once, whole, in batches, on every thread count") {
+TEST_CASE("gather_run copies every record exactly once, whole, in batches, on any thread count") {
   const std::size_t n = 1000, rb = 28 * 28, batch = 256;  // 1000 = 3 full batches + 232
   const auto records = numbered_records(n, rb);
   std::uint64_t first_bytes = 0;
@@ -80,7 +80,7 @@ TEST_CASE("gather_run follows the order it is given: a repeated record is copied
   CHECK(run.landed_sum == 2u * records[3 * rb] + records[0]);
 }
 
-TEST_CASE("gather_limit is images per second of whole gathers; bad arguments are refused") {
+TEST_CASE("gather_limit is images per second of whole gathers, and refuses bad arguments") {
   const auto records = numbered_records(300, 64);
   CHECK(gather_limit(records.data(), 300, 64, 256, 2, 3, 1) > 0);
   CHECK_THROWS_AS(gather_limit(records.data(), 0, 64, 256, 2, 3, 1), UsageError);
@@ -125,7 +125,7 @@ TEST_CASE("png_folder_sample reads the PNG folder's own files, a seeded sample o
   CHECK_THROWS_AS(png_folder_sample(dir.path(), 7, 100, 9), IoError);
 }
 
-TEST_CASE("a ratio above 1 is a beaten limit, flagged loudly; 1 or below is not") {
+TEST_CASE("a ratio above 1 is a beaten limit, flagged loudly, and 1 or below is not") {
   CHECK_FALSE(compare_to_limit(90, 100).beaten);
   CHECK_FALSE(compare_to_limit(100, 100).beaten);
   CHECK(compare_to_limit(105, 100).beaten);
