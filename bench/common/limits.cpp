@@ -100,7 +100,8 @@ GatherRun gather_run(const std::uint8_t* records, std::size_t record_bytes,
 }
 
 double gather_limit(const std::uint8_t* records, std::size_t count, std::size_t record_bytes,
-                    std::size_t batch, unsigned threads, int runs, std::uint64_t seed) {
+                    std::size_t batch, unsigned threads, int runs, std::uint64_t seed,
+                    double min_run_seconds) {
   if (count == 0 || runs < 1) throw UsageError("a gather limit needs a record and a run");
   std::vector<std::uint64_t> order(count);
   std::iota(order.begin(), order.end(), 0);
@@ -110,8 +111,14 @@ double gather_limit(const std::uint8_t* records, std::size_t count, std::size_t 
   std::vector<double> rates;
   for (int r = 0; r < runs; ++r) {
     std::shuffle(order.begin(), order.end(), rng);  // outside the clock
-    const GatherRun run = gather_run(records, record_bytes, order, batch, threads);
-    rates.push_back(static_cast<double>(run.records) / run.seconds);
+    // An epoch of a small store takes a few ms, less than a scheduler's time slice on a
+    // shared machine: a run repeats it until min_run_seconds have passed.
+    double seconds = 0, images = 0;
+    while (seconds < min_run_seconds || images == 0) {
+      const GatherRun run = gather_run(records, record_bytes, order, batch, threads);
+      seconds += run.seconds, images += static_cast<double>(run.records);
+    }
+    rates.push_back(images / seconds);
   }
   return median_of(rates);
 }

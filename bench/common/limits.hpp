@@ -35,10 +35,12 @@ GatherRun gather_run(const std::uint8_t* records, std::size_t record_bytes,
                      const std::vector<std::uint64_t>& order, std::size_t batch, unsigned threads,
                      bool keep_delivered = false);
 
-// The RAM gather limit in images/s: the median of `runs` gather_run()s (after one warm-up),
-// each over a new seeded shuffle of the `count` records.
+// The RAM gather limit in images/s: the median of `runs` runs (after one warm-up gather), each
+// over a new seeded shuffle of the `count` records, gathered whole as many times as it takes
+// to last at least `min_run_seconds`.
 double gather_limit(const std::uint8_t* records, std::size_t count, std::size_t record_bytes,
-                    std::size_t batch, unsigned threads, int runs, std::uint64_t seed);
+                    std::size_t batch, unsigned threads, int runs, std::uint64_t seed,
+                    double min_run_seconds = 0.05);
 
 // The PNG decode limit: the fastest full decoder of detail::time_png_decoders (imgstore's lean
 // path, libpng, libpng's simplified API; each checked against decode_png on every PNG) on one
