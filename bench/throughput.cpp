@@ -3,8 +3,11 @@
 //   (a) shuffled epoch read throughput of the prefetching loader;
 //   (b) the same through LibTorch's stock DataLoader (workers 0 and 2) over the same Dataset's
 //       get_batch, and over its per-sample view with Stack<> (LibTorch's usual pattern);
-//   (c) the in-memory limit: gathering the same bytes from one RAM tensor into batches
-//       (and, for PNG, threads x the single-thread decode rate);
+//   (c) the limit, measured in this run on the same bytes (bench/common/limits.hpp): LMDB and
+//       HDF5, a RAM gather of the records into batches on the loader's thread count; PNG, the
+//       fastest full PNG decoder on one thread x the loader's thread count. A loader that beats
+//       its limit is flagged (LIMIT BEATEN): the limit would be wrong. Also LibTorch's
+//       index_select from one RAM tensor, one thread (the memory figure training uses);
 //   (d) training images/s fed by the prefetching loader, against training fed from memory.
 // With --checksums both, (a) is measured with record checksum checking on and off, in
 // alternating runs, and the cost of checking is printed as their ratio.
@@ -28,6 +31,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/throughput_common.hpp"
+#include "common/limits.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/torch/dataset.hpp"
 #include "imgstore/torch/loader.hpp"
@@ -116,25 +120,19 @@ double memory_epoch(const MemoryStore& mem, std::size_t batch, std::uint64_t see
   return n / seconds_since(t);
 }
 
-// Single-thread decode rate of a store: read_one in shuffled order on this thread.
-double single_thread_read_rate(const StoreReader& reader, std::size_t samples) {
-  samples = std::min(samples, reader.size());
-  std::vector<std::uint64_t> order(reader.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), std::mt19937_64(7));
-  std::vector<std::uint8_t> px(reader.image_bytes());
-  auto t = Clock::now();
-  for (std::size_t i = 0; i < samples; ++i) reader.read_one(order[i], px.data());
-  return samples / seconds_since(t);
-}
-
 struct Row {
   std::string format;
   std::size_t images = 0;
   Rate prefetch, prefetch_unchecked, stock0, stock2, sample0, sample2, memory, train,
       train_memory;
   double limit = 0, wait_share = 0, single_decode = 0, rss_growth = 0, rss_bound = 0;
+  std::string limit_kind, png_decoder;  // "gather" or "decode"; the fastest PNG decoder
+  unsigned limit_threads = 0;
 };
+
+// PNGs sampled for the decode limit: enough for a stable median, few enough to time every
+// decoder on them in a few seconds.
+constexpr std::size_t kDecodeLimitSample = 2000;
 
 // (a) The prefetch loader's rate (checked against unchecked records when --checksums both),
 // then its memory: RSS growth over 10 more epochs, against the bound of prefetch_depth batches.
@@ -186,22 +184,32 @@ void measure_stock(const Args& a, const std::shared_ptr<const StoreReader>& read
   std::fflush(stdout);
 }
 
-// (c) Gathering batches from memory, and the PNG folder's single-thread decode rate x threads:
-// the limit a loader is compared with. Returns the in-memory copy for (d).
+// (c) The limit the prefetch loader is compared with, at its thread count: for a PNG folder
+// the fastest decoder x threads, else a RAM gather of the same records (the bytes the loader
+// moves, without reading, decoding or checking them). Also LibTorch's one-thread gather from
+// memory. Returns the in-memory copy for (d).
 MemoryStore measure_memory(const Args& a, Format f, const StoreReader& reader, unsigned threads, Row& row) {
   auto mem = MemoryStore::load(reader);
   std::uint64_t seed = 1;
   row.memory = measure(a.runs, [&] { return memory_epoch(mem, a.batch_size, seed++); });
-  row.limit = row.memory.median;
+  row.limit_threads = threads;
   if (f == Format::PngFolder) {
-    row.single_decode = single_thread_read_rate(reader, 4000);
-    row.limit = std::min(row.limit, row.single_decode * threads);
-    fmt::print("  (c) memory gather        {:>10.0f} img/s; PNG decode 1 thread {:.0f} img/s x {} "
-               "threads = {:.0f} img/s\n", row.memory.median, row.single_decode, threads,
-               row.single_decode * threads);
+    const auto pngs = png_folder_sample(reader.path(), reader.size(), kDecodeLimitSample, 7);
+    const DecodeLimit d = png_decode_limit(pngs, reader.shape(), threads, std::max(a.runs, 3));
+    row.limit_kind = "decode", row.png_decoder = d.decoder;
+    row.single_decode = d.single_thread_ips, row.limit = d.ips;
+    fmt::print("  (c) limit: PNG decode    {:>10.0f} img/s = fastest decoder ({}, {} PNGs) {:.0f} "
+               "img/s x {} threads\n", row.limit, d.decoder, d.images, d.single_thread_ips, threads);
   } else {
-    fmt::print("  (c) memory gather        {:>10.0f} img/s\n", row.memory.median);
+    row.limit_kind = "gather";
+    row.limit = gather_limit(mem.images.data_ptr<std::uint8_t>(), reader.size(),
+                             reader.image_bytes(), a.batch_size, threads, a.runs, 11);
+    fmt::print("  (c) limit: RAM gather    {:>10.0f} img/s (memcpy of the records into batches, "
+               "{} threads)\n", row.limit, threads);
   }
+  fmt::print("      index_select, 1 thread {:>8.0f} img/s (LibTorch, from one RAM tensor)\n"
+             "      prefetch / limit = {}\n",
+             row.memory.median, format_ratio(compare_to_limit(row.prefetch.median, row.limit)));
   std::fflush(stdout);
   return mem;
 }
@@ -260,11 +268,13 @@ Json write_results(const Args& a, const std::vector<Row>& rows, const Json& peer
          "stock_per_sample_w2_ips,memory_ips,limit_ips,png_single_thread_decode_ips,"
          "prefetch_vs_limit,prefetch_vs_best_stock,prefetch_vs_best_per_sample,train_ips,"
          "train_memory_ips,train_vs_memory,train_data_wait_share,python_dataloader_ips,"
-         "prefetch_vs_python,checksums,prefetch_checksums_off_ips,prefetch_checksums_on_vs_off\n";
+         "prefetch_vs_python,checksums,prefetch_checksums_off_ips,prefetch_checksums_on_vs_off,"
+         "limit_kind,limit_threads,png_decoder,limit_beaten\n";
   for (const auto& r : rows) {
     const double best_stock = std::max(r.stock0.median, r.stock2.median);
     const double best_sample = std::max(r.sample0.median, r.sample2.median);
-    const double vs_limit = r.prefetch.median / r.limit;
+    const LimitRatio lr = compare_to_limit(r.prefetch.median, r.limit);
+    const double vs_limit = lr.ratio;
     const double vs_stock = best_stock > 0 ? r.prefetch.median / best_stock : 0;
     const double vs_sample = best_sample > 0 ? r.prefetch.median / best_sample : 0;
     const double train_ratio = r.train_memory.median > 0 ? r.train.median / r.train_memory.median : 0;
@@ -272,15 +282,18 @@ Json write_results(const Args& a, const std::vector<Row>& rows, const Json& peer
         r.prefetch_unchecked.median > 0 ? r.prefetch.median / r.prefetch_unchecked.median : 0;
     const double py = python_best(peer, r.format);
     const double vs_python = py > 0 ? r.prefetch.median / py : 0;
-    fmt::print("{:<5} {:>11.0f} {:>11.0f} {:>11.0f} {:>11.0f} {:>8.2f}x {:>8.1f}x {:>9.1f}x {:>10.0f} {:>8.1f}x {:>9.0f} {:>10.0f} {:>8.2f}x\n",
+    fmt::print("{:<5} {:>11.0f} {:>11.0f} {:>11.0f} {:>11.0f} {:>8.2f}x {:>8.1f}x {:>9.1f}x {:>10.0f} {:>8.1f}x {:>9.0f} {:>10.0f} {:>8.2f}x{}\n",
                r.format, r.prefetch.median, best_stock, best_sample, r.limit, vs_limit, vs_stock,
-               vs_sample, py, vs_python, r.train.median, r.train_memory.median, train_ratio);
-    csv << fmt::format("{},{},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.3f},{:.3f},{:.3f},{:.0f},{:.0f},{:.3f},{:.3f},{:.0f},{:.3f},{},{:.0f},{:.3f}\n",
+               vs_sample, py, vs_python, r.train.median, r.train_memory.median, train_ratio,
+               lr.beaten ? "  " + beaten_flag() : "");
+    csv << fmt::format("{},{},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.0f},{:.3f},{:.3f},{:.3f},{:.0f},{:.0f},{:.3f},{:.3f},{:.0f},{:.3f},{},{:.0f},{:.3f},{},{},{},{}\n",
                        r.format, r.images, r.prefetch.median, r.stock0.median, r.stock2.median,
                        r.sample0.median, r.sample2.median, r.memory.median, r.limit,
                        r.single_decode, vs_limit, vs_stock, vs_sample, r.train.median,
                        r.train_memory.median, train_ratio, r.wait_share, py, vs_python,
-                       a.checksums, r.prefetch_unchecked.median, on_vs_off);
+                       a.checksums, r.prefetch_unchecked.median, on_vs_off, r.limit_kind,
+                       r.limit_threads, r.png_decoder.empty() ? "-" : r.png_decoder,
+                       lr.beaten ? 1 : 0);
     jrows.push_back({{"format", r.format}, {"images", r.images}, {"prefetch", r.prefetch.json()},
                      {"stock_workers0", r.stock0.json()}, {"stock_workers2", r.stock2.json()},
                      {"stock_per_sample_workers0", r.sample0.json()},
@@ -288,8 +301,11 @@ Json write_results(const Args& a, const std::vector<Row>& rows, const Json& peer
                      {"prefetch_vs_best_per_sample", vs_sample},
                      {"python_dataloader_best", py}, {"prefetch_vs_python", vs_python},
                      {"memory_gather", r.memory.json()}, {"limit", r.limit},
+                     {"limit_kind", r.limit_kind}, {"limit_threads", r.limit_threads},
                      {"png_single_thread_decode", r.single_decode},
-                     {"prefetch_vs_limit", vs_limit}, {"prefetch_vs_best_stock", vs_stock},
+                     {"png_decoder", r.png_decoder.empty() ? Json(nullptr) : Json(r.png_decoder)},
+                     {"prefetch_vs_limit", vs_limit}, {"limit_beaten", lr.beaten},
+                     {"prefetch_vs_best_stock", vs_stock},
                      {"train_fed_by_loader", r.train.json()}, {"train_fed_from_memory", r.train_memory.json()},
                      {"train_vs_memory", train_ratio}, {"train_data_wait_share", r.wait_share},
                      {"rss_growth_10_epochs_bytes", r.rss_growth},
@@ -362,7 +378,9 @@ int run(const Args& a) {
                  r.prefetch.median / r.prefetch_unchecked.median);
     }
   }
-  fmt::print("limit: memory gather (LMDB, HDF5) or PNG single-thread decode x threads. stock: "
+  fmt::print("limit, measured in this run at the loader's thread count: a RAM gather of the "
+             "records into batches (LMDB, HDF5), or the fastest full PNG decoder on one thread x "
+             "threads (PNG); LIMIT BEATEN flags a loader faster than its limit. stock: "
              "LibTorch's DataLoader over our Dataset's get_batch; per-sample: the same Dataset's "
              "samples() + Stack<>; python: PyTorch's DataLoader in Python over the same store; all the "
              "better of workers 0 and 2\n");

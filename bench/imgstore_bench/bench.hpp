@@ -50,6 +50,7 @@ struct SummaryRow {
   std::uint64_t bytes = 0;
   std::optional<std::string> limit, peer;
   std::optional<double> ratio_to_limit, ratio_to_peer;
+  bool limit_beaten = false;  // ratio_to_limit > 1: faster than its limit, so the limit is wrong
 };
 
 // A store layout under test: the container plus what is inside it.

@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -13,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "common/floors.hpp"
+#include "common/limits.hpp"
 #include "detail/png_codec.hpp"
 #include "detail/random.hpp"
 #include "experiments.hpp"
@@ -77,28 +77,7 @@ double time_seqread(const fs::path& store, std::uint64_t& bytes) {
 
 double time_gather(const ImageBatch& data, const std::vector<std::uint64_t>& order,
                    std::size_t batch, unsigned threads) {
-  const std::size_t ib = data.shape.bytes();
-  const std::size_t n = order.size();
-  const std::size_t batches = (n + batch - 1) / batch;
-  // One batch buffer per arena slot, allocated and touched before the clock starts.
-  std::vector<std::vector<std::uint8_t>> buffers(threads, std::vector<std::uint8_t>(batch * ib, 1));
-  std::atomic<std::uint64_t> sink{0};  // keeps the copies observable
-  tbb::task_arena arena(static_cast<int>(threads));
-  const auto t0 = Clock::now();
-  arena.execute([&] {
-    tbb::parallel_for(std::size_t{0}, batches, [&](std::size_t b) {
-      const int slot = tbb::this_task_arena::current_thread_index();
-      auto& buf = buffers[static_cast<std::size_t>(std::max(slot, 0)) % buffers.size()];
-      const std::size_t first = b * batch, last = std::min(n, first + batch);
-      for (std::size_t i = first; i < last; ++i) {
-        std::memcpy(buf.data() + (i - first) * ib, data.image(order[i]), ib);
-      }
-      sink.fetch_add(buf[(last - first - 1) * ib], std::memory_order_relaxed);
-    });
-  });
-  const double s = seconds_since(t0);
-  if (sink.load() == ~0ull) std::fputc(' ', stderr);  // never true; defeats dead-code removal
-  return s;
+  return gather_run(data.pixels.data(), data.shape.bytes(), order, batch, threads).seconds;
 }
 
 std::vector<std::vector<std::uint8_t>> encode_pngs(const ImageBatch& data, std::size_t n,
@@ -110,14 +89,17 @@ std::vector<std::vector<std::uint8_t>> encode_pngs(const ImageBatch& data, std::
   return out;
 }
 
-double time_decode(const std::vector<std::vector<std::uint8_t>>& pngs, std::size_t n,
-                   const Shape& shape) {
-  std::vector<std::uint8_t> px(shape.bytes());
-  const auto t0 = Clock::now();
-  for (std::size_t i = 0; i < n; ++i) {
-    detail::decode_png(pngs[i].data(), pngs[i].size(), shape, px.data(), "in-memory PNG");
-  }
-  return seconds_since(t0);
+std::vector<std::vector<std::uint8_t>> decode_sample(const std::vector<std::vector<std::uint8_t>>& pngs,
+                                                     std::size_t n) {
+  const auto m = static_cast<std::ptrdiff_t>(std::min({n, pngs.size(), kDecodeLimitSample}));
+  return {pngs.begin(), pngs.begin() + m};
+}
+
+double time_decode_limit(const std::vector<std::vector<std::uint8_t>>& sample, std::size_t n,
+                         const Shape& shape, std::string& decoder) {
+  const DecodeLimit limit = png_decode_limit(sample, shape, 1, 1);
+  decoder = limit.decoder;
+  return static_cast<double>(n) / limit.single_thread_ips;
 }
 
 double time_epoch_prefetch(const fs::path& store, std::size_t batch, unsigned threads,

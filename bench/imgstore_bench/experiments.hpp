@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "bench.hpp"
@@ -21,13 +22,20 @@ double time_read_one(const fs::path& path, std::uint64_t index);
 double time_read_many(const fs::path& path, const std::vector<std::uint64_t>& order);
 // Sequential read() of every file of the store; bytes receives what was read.
 double time_seqread(const fs::path& store, std::uint64_t& bytes);
-// memcpy of data's images in `order` into batch buffers, `threads` threads.
+// memcpy of data's images in `order` into batch buffers, `threads` threads (gather_run of
+// bench/common/limits.hpp).
 double time_gather(const ImageBatch& data, const std::vector<std::uint64_t>& order,
                    std::size_t batch, unsigned threads);
-// PNG files of data's first n images (not timed), and one thread decoding the first n.
+// PNG files of data's first n images (not timed).
 std::vector<std::vector<std::uint8_t>> encode_pngs(const ImageBatch& data, std::size_t n, int level);
-double time_decode(const std::vector<std::vector<std::uint8_t>>& pngs, std::size_t n,
-                   const Shape& shape);
+// The first min(n, kDecodeLimitSample) of `pngs`: what the decode limit is timed on.
+constexpr std::size_t kDecodeLimitSample = 2000;
+std::vector<std::vector<std::uint8_t>> decode_sample(const std::vector<std::vector<std::uint8_t>>& pngs,
+                                                     std::size_t n);
+// One thread's seconds to decode n PNGs with the fastest full decoder (png_decode_limit of
+// bench/common/limits.hpp on `sample`, scaled to n); decoder receives its name.
+double time_decode_limit(const std::vector<std::vector<std::uint8_t>>& sample, std::size_t n,
+                         const Shape& shape, std::string& decoder);
 // One shuffled epoch; images receives the count delivered.
 double time_epoch_prefetch(const fs::path& store, std::size_t batch, unsigned threads,
                            std::uint64_t seed, std::uint64_t epoch, std::uint64_t& images);

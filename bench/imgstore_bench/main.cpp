@@ -235,6 +235,7 @@ class Bench {
   std::string source_desc_;
   std::vector<Variant> variants_;
   std::vector<std::vector<std::uint8_t>> pngs_;
+  std::set<std::string> decoders_;  // the fastest PNG decoders of the decode limit's runs
   ColdMethod cold_ = ColdMethod::None;
   double max_resident_ = 0;
   Json machine_, libraries_;
@@ -536,10 +537,13 @@ void Bench::bench_limits(int first_run, const std::string& label) {
     if (decode) {
       std::uint64_t png_bytes = 0;
       for (std::size_t i = 0; i < n; ++i) png_bytes += pngs_[i].size();
-      time_decode(pngs_, n, data_.shape);
+      const auto sample = decode_sample(pngs_, n);
+      std::string decoder;
       for (int run = first_run; run < first_run + R; ++run) {
-        const double s = time_decode(pngs_, n, data_.shape);
-        // One thread's rate times the thread count: the bound for a loader with t threads.
+        const double s = time_decode_limit(sample, n, data_.shape, decoder);
+        decoders_.insert(decoder);
+        // The fastest decoder's one-thread rate times the thread count: the bound for a
+        // loader with t threads.
         for (unsigned t : c_.threads) {
           rows_.push_back({"limit_decode", "limit", "memory", "png", n, t, "warm", "-", run,
                            s / t, png_bytes});
@@ -717,8 +721,10 @@ int Bench::run() {
   c_.notes.push_back(fmt::format("HDF5 chunked/deflate: {} images per chunk, deflate level {}; "
                                  "PNG level {}",
                                  c_.opt.hdf5_chunk, c_.opt.deflate, c_.opt.png_level));
-  c_.notes.push_back("bytes: apparent file sizes (as the tutorial peer reports them); limit_decode "
-                     "is one thread's time divided by the thread count; the memory limits run "
+  c_.notes.push_back("bytes: apparent file sizes (as the tutorial peer reports them); limit_gather "
+                     "is a memcpy of the records into batches on the loader's thread count; "
+                     "limit_decode is the fastest full PNG decoder's one-thread time (timed on up "
+                     "to 2000 of the n PNGs) divided by the thread count; the memory limits run "
                      "before and after the stores (twice the runs); limit_seqread is one thread's "
                      "sequential read, a reference rather than a hard bound when the cache is cold");
 
@@ -739,6 +745,9 @@ int Bench::run() {
   bench_limits(1, "limits (before)");
   for (const auto& v : variants_) bench_variant(v);
   bench_limits(c_.runs + 1, "limits (after)");
+  std::string decoders;
+  for (const auto& d : decoders_) decoders += (decoders.empty() ? "" : ", ") + d;
+  if (!decoders.empty()) c_.notes.push_back("limit_decode's fastest full PNG decoder: " + decoders);
   double load[3] = {0, 0, 0};
   if (::getloadavg(load, 3) > 0) {
     const auto& start = machine_["load_avg_start"];

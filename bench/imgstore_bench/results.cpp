@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "bench.hpp"
+#include "common/limits.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore::bench {
@@ -153,7 +154,9 @@ std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows, bool dur
     }
     if (limit) {
       s.limit = name_of(limit->key);
-      s.ratio_to_limit = s.images_per_s / limit->images_per_s;
+      const LimitRatio r = compare_to_limit(s.images_per_s, limit->images_per_s);
+      s.ratio_to_limit = r.ratio;
+      s.limit_beaten = r.beaten;
     }
     if (peer) {
       s.peer = name_of(peer->key);
@@ -188,6 +191,7 @@ Json summary_json(const SummaryRow& s) {
               {"min_s", s.min_s},           {"max_s", s.max_s},
               {"images_per_s", s.images_per_s}, {"bytes", s.bytes},
               {"limit", opt_str(s.limit)},  {"ratio_to_limit", opt_num(s.ratio_to_limit)},
+              {"limit_beaten", s.limit_beaten},
               {"peer", opt_str(s.peer)},    {"ratio_to_peer", opt_num(s.ratio_to_peer)}};
 }
 
@@ -233,6 +237,17 @@ std::string ratio(const std::optional<double>& r, const std::optional<std::strin
   return fmt::format("{:.3g}x {}", *r, name ? *name : "");
 }
 
+// Every figure that beat its limit, named: each means that limit is wrong.
+void print_beaten(const std::vector<SummaryRow>& summary) {
+  for (const auto& s : summary) {
+    if (!s.limit_beaten) continue;
+    const auto& k = s.key;
+    fmt::print("{}: {} {} {} {} n={} threads={} {} {} is {:.3g}x {}\n", beaten_flag(),
+               k.experiment, k.impl, k.format, k.variant, k.n, k.threads, k.cache, k.order,
+               *s.ratio_to_limit, *s.limit);
+  }
+}
+
 }  // namespace
 
 void print_table(const std::vector<SummaryRow>& summary) {
@@ -248,15 +263,17 @@ void print_table(const std::vector<SummaryRow>& summary) {
       last = k.experiment;
     }
     const bool du = k.experiment == "disk_usage";
-    fmt::print("{:<14} {:<8} {:<6} {:<10} {:>7} {:>3} {:<16} {:<10} {:>11} {:>21} {:>9} {:<34} {}\n",
+    fmt::print("{:<14} {:<8} {:<6} {:<10} {:>7} {:>3} {:<16} {:<10} {:>11} {:>21} {:>9} {:<34} {}{}\n",
                k.experiment, k.impl, k.format, k.variant, k.n, k.threads, k.cache, k.order,
                du ? human_bytes(s.bytes) : fmt::format("{:.4g} s", s.median_s),
                du ? "" : fmt::format("{:.3g}..{:.3g}", s.min_s, s.max_s),
                du ? "" : human_rate(s.images_per_s), ratio(s.ratio_to_limit, s.limit),
-               ratio(s.ratio_to_peer, s.peer));
+               ratio(s.ratio_to_peer, s.peer), s.limit_beaten ? "  " + beaten_flag() : "");
   }
   fmt::print("{:-<150}\n", "");
-  fmt::print("vs limit: images/s over the tightest bound's (<= 1: slower than the bound). "
+  print_beaten(summary);
+  fmt::print("vs limit: images/s over the tightest bound's (<= 1: slower than the bound; above 1 "
+             "is flagged LIMIT BEATEN: the bound is wrong). "
              "vs peer: images/s over the peer's (> 1: imgstore faster); disk_usage: peer bytes "
              "over ours (> 1: ours smaller).\n");
 }

@@ -81,6 +81,9 @@ for r in s:
 # Every read_many and epoch row is compared with a limit; prefetch epochs with the stock loader.
 for r in pick(experiment="read_many", impl="imgstore") + pick(experiment="epoch"):
     assert r["limit"] and r["ratio_to_limit"] > 0, r
+# A figure above its limit is flagged: the limit would be wrong.
+for r in s:
+    assert r["limit_beaten"] == (r["ratio_to_limit"] is not None and r["ratio_to_limit"] > 1), r
 for r in pick(experiment="epoch", impl="prefetch"):
     assert r["peer"].startswith("stock ") and r["ratio_to_peer"] > 0, r
 raw = pick(experiment="read_many", impl="imgstore", format="lmdb", variant="raw", n=24, order="shuffled")
@@ -98,6 +101,8 @@ print("ok: results.json schema, %d measurements, %d summary rows" % (len(rows), 
 PYEOF
 grep -q "vs limit" "$WORK/stdout.txt" || fail "stdout has no ratio table"
 grep -q "limit_decode memory png" "$WORK/stdout.txt" || fail "stdout table lacks limit names"
+grep -q "limit_decode's fastest full PNG decoder: " "$WORK/out/results.json" ||
+  fail "results.json notes do not name the decode limit's decoder"
 if [ "$have_py_libs" = 1 ]; then
   grep -q '^store_many,tutorial,lmdb,pickle,24,' "$CSV" || fail "no tutorial rows"
   echo "ok: tutorial peer rows"

@@ -18,12 +18,15 @@ want="format,images,prefetch_ips,stock_w0_ips,stock_w2_ips,stock_per_sample_w0_i
 stock_per_sample_w2_ips,memory_ips,limit_ips,png_single_thread_decode_ips,prefetch_vs_limit,\
 prefetch_vs_best_stock,prefetch_vs_best_per_sample,train_ips,train_memory_ips,train_vs_memory,\
 train_data_wait_share,python_dataloader_ips,prefetch_vs_python,checksums,\
-prefetch_checksums_off_ips,prefetch_checksums_on_vs_off"
+prefetch_checksums_off_ips,prefetch_checksums_on_vs_off,limit_kind,limit_threads,png_decoder,\
+limit_beaten"
 [ "$(head -1 "$CSV")" = "$want" ] || fail "bad CSV header: $(head -1 "$CSV")"
 [ "$(tail -n +2 "$CSV" | cut -d, -f1,2 | tr '\n' ' ')" = "png,300 lmdb,300 hdf5,300 " ] ||
   fail "CSV rows: $(cat "$CSV")"
 grep -q "stock, per-sample .* with samples() + Stack<>" stdout.txt ||
   fail "no per-sample line in: $(cat stdout.txt)"
+[ "$(grep -c "prefetch / limit = " stdout.txt)" -eq 3 ] ||
+  fail "no prefetch / limit line per format in: $(cat stdout.txt)"
 
 "$PY" - out/throughput.json <<'EOF'
 import json, sys
@@ -38,6 +41,15 @@ for r in rows:
         assert r[k]["median"] > 0, (r["format"], k, r[k])
     assert r["prefetch_vs_best_per_sample"] > 0, r
     assert r["python_dataloader_best"] > 0, r
+    # The limit: measured in this run, at the loader's 2 threads; a decode limit for PNG (by a
+    # full decoder), a RAM gather for the others; limit_beaten says whether the loader beat it.
+    assert r["limit"] > 0 and r["limit_threads"] == 2, r
+    assert r["limit_kind"] == ("decode" if r["format"] == "png" else "gather"), r
+    if r["format"] == "png":
+        assert r["png_decoder"] in ("imgstore", "libpng", "libpng-simplified"), r
+    else:
+        assert r["png_decoder"] is None, r
+    assert r["limit_beaten"] == (r["prefetch_vs_limit"] > 1), r
 peer = j["python_peer"]
 assert peer is not None, "the Python peer did not run"
 got = {(x["format"], x["workers"]) for x in peer["results"]}
