@@ -13,10 +13,16 @@
 
 namespace imgstore::detail {
 
-// Encodes HWC uint8 pixels (1 = gray, 2 = gray+alpha, 3 = RGB, 4 = RGBA) at zlib `level`.
-// Appends to `out` (cleared first), reusing its capacity.
+// Encodes HWC uint8 pixels (1 = gray, 2 = gray+alpha, 3 = RGB, 4 = RGBA) at zlib `level`:
+// libpng's filter choice, one IDAT compressed by libdeflate. Replaces `out`'s contents,
+// reusing its capacity.
 void encode_png(const std::uint8_t* pixels, const Shape& shape, int level,
                 std::vector<std::uint8_t>& out);
+
+// The same through libpng and zlib: the same filtered rows, in libpng's IDAT chunks (the
+// reference encode_png is tested against, and the benchmarks' libpng figure).
+void encode_png_with_libpng(const std::uint8_t* pixels, const Shape& shape, int level,
+                            std::vector<std::uint8_t>& out);
 
 // Decodes a PNG that must have exactly `expected` shape, 8-bit, into `out` (expected.bytes()).
 // Throws DataError "<what>: <problem>" on any malformed, truncated or mismatching input.
