@@ -201,28 +201,35 @@ class HintRecordingReader : public MemoryReader {
 
   void will_need(std::uint64_t first, std::uint64_t count) const override {
     std::lock_guard<std::mutex> lock(mutex_);
-    hints.emplace_back(first, count);
+    hints_.emplace_back(first, count);
     hinted_.insert(first);
   }
   std::int64_t read_one(std::uint64_t index, std::uint8_t* out) const override {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       const std::uint64_t start = window_ ? index / window_ * window_ : 0;
-      if (hinted_.count(start) == 0) ++reads_before_hint;
+      if (hinted_.count(start) == 0) ++reads_before_hint_;
     }
     return MemoryReader::read_one(index, out);
   }
   void new_epoch() {
     std::lock_guard<std::mutex> lock(mutex_);
-    hints.clear();
+    hints_.clear();
     hinted_.clear();
-    reads_before_hint = 0;
+    reads_before_hint_ = 0;
+  }
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> hints() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return hints_;
+  }
+  std::size_t reads_before_hint() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return reads_before_hint_;
   }
 
-  mutable std::vector<std::pair<std::uint64_t, std::uint64_t>> hints;
-  mutable std::size_t reads_before_hint = 0;
-
  private:
+  mutable std::vector<std::pair<std::uint64_t, std::uint64_t>> hints_;
+  mutable std::size_t reads_before_hint_ = 0;
   std::size_t window_;
   mutable std::mutex mutex_;
   mutable std::set<std::uint64_t> hinted_;
@@ -239,16 +246,17 @@ TEST_CASE("quasi-random: the loader hints each window to the reader before readi
     PrefetchLoader loader(reader, windowed(window));
     loader.set_epoch(epoch);
     CHECK(pass_targets(loader).size() == n);
-    CHECK(reader->reads_before_hint == 0);
+    CHECK(reader->reads_before_hint() == 0);
     // Whole windows, aligned, each hinted (about) once: 13 windows of 16 (the last 8 long).
     std::set<std::uint64_t> starts;
-    for (const auto& [first, count] : reader->hints) {
+    const auto hints = reader->hints();
+    for (const auto& [first, count] : hints) {
       CHECK(first % window == 0);
       CHECK(count == window);
       starts.insert(first);
     }
     CHECK(starts.size() == (n + window - 1) / window);
-    CHECK(reader->hints.size() <= 2 * starts.size());
+    CHECK(hints.size() <= 2 * starts.size());
   }
   SUBCASE("no hints for the full shuffle, or when ranks take every world_size-th record") {
     reader->new_epoch();
@@ -259,6 +267,6 @@ TEST_CASE("quasi-random: the loader hints each window to the reader before readi
     sliced.rank = 1;
     PrefetchLoader rank(reader, sliced);
     CHECK(pass_targets(rank).size() == n / 2);
-    CHECK(reader->hints.empty());
+    CHECK(reader->hints().empty());
   }
 }
