@@ -224,10 +224,7 @@ int choose_filter(const std::uint8_t* row, const std::uint8_t* prev, std::size_t
     sub += cost(static_cast<unsigned>(x - a));
     up += cost(static_cast<unsigned>(x - b));
     avg += cost(static_cast<unsigned>(x - (a + b) / 2));
-    const int p = b - c, q = a - c;
-    const int pa = p < 0 ? -p : p, pb = q < 0 ? -q : q, pc = (p + q) < 0 ? -(p + q) : p + q;
-    const int pred = (pa <= pb && pa <= pc) ? a : (pb <= pc ? b : c);
-    paeth += cost(static_cast<unsigned>(x - pred));
+    paeth += cost(static_cast<unsigned>(x - paeth_predictor(a, b, c)));
   }
   int best = PNG_FILTER_NONE;
   unsigned mins = none;
@@ -408,10 +405,7 @@ void apply_filter(int filter, const std::uint8_t* row, const std::uint8_t* prev,
     case PNG_FILTER_PAETH:
       out[0] = 4;
       for (std::size_t i = 0; i < n; ++i) {
-        const int a = left(i), b = prev[i], c = up_left(i);
-        const int p = b - c, q = a - c;
-        const int pa = p < 0 ? -p : p, pb = q < 0 ? -q : q, pc = (p + q) < 0 ? -(p + q) : p + q;
-        f[i] = static_cast<std::uint8_t>(row[i] - ((pa <= pb && pa <= pc) ? a : (pb <= pc ? b : c)));
+        f[i] = static_cast<std::uint8_t>(row[i] - paeth_predictor(left(i), prev[i], up_left(i)));
       }
       return;
     default:
@@ -458,13 +452,12 @@ void encode_png(const std::uint8_t* pixels, const Shape& shape, int level,
                 std::vector<std::uint8_t>& out) {
   const int color_type = check_encode_request(shape, level);
   const std::size_t stride = std::size_t{shape.width} * shape.channels, bpp = shape.channels;
-  thread_local std::vector<std::uint8_t> filtered, zeros;
+  thread_local std::vector<std::uint8_t> filtered;
   filtered.resize(shape.height * (stride + 1));
-  zeros.assign(stride, 0);  // the row above the first
   const bool choose = shape.height > 1 && shape.width > 1;
   for (std::uint32_t y = 0; y < shape.height; ++y) {
     const std::uint8_t* row = pixels + y * stride;
-    const std::uint8_t* prev = y ? row - stride : zeros.data();
+    const std::uint8_t* prev = y ? row - stride : zero_row(stride);
     // 1-pixel-wide or -high images: no filter (libpng weighs a subset of filters for them;
     // any filter is valid PNG).
     const int filter = choose ? choose_filter(row, prev, stride, bpp) : PNG_FILTER_NONE;

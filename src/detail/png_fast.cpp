@@ -49,24 +49,12 @@ libdeflate_decompressor* thread_decompressor() {
   return decompressor.get();
 }
 
-// A row of zeros: the "previous row" of row 0. Grows, never written.
-const std::uint8_t* zero_row(std::size_t n) {
-  thread_local std::vector<std::uint8_t> zeros;
-  if (zeros.size() < n) zeros.resize(n);
-  return zeros.data();
-}
 
 // ---- unfiltering: dst = src + predictor(a = left in dst, b = above in prev, c = above left) --
 
 void unfilter_up(std::uint8_t* dst, const std::uint8_t* src, const std::uint8_t* prev,
                  std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<std::uint8_t>(src[i] + prev[i]);
-}
-
-std::uint8_t paeth_predictor(int a, int b, int c) {
-  const int p = b - c, q = a - c;
-  const int pa = p < 0 ? -p : p, pb = q < 0 ? -q : q, pc = (p + q) < 0 ? -(p + q) : p + q;
-  return static_cast<std::uint8_t>((pa <= pb && pa <= pc) ? a : (pb <= pc ? b : c));
 }
 
 // Any bytes per pixel (1 and 2 in practice).
@@ -199,6 +187,12 @@ bool unfilter_row(std::uint8_t filter, std::uint8_t* dst, const std::uint8_t* sr
 constexpr std::uint8_t kColorType[5] = {0xff, 0, 4, 2, 6};
 
 }  // namespace
+
+const std::uint8_t* zero_row(std::size_t n) {
+  thread_local std::vector<std::uint8_t> zeros;
+  if (zeros.size() < n) zeros.resize(n);
+  return zeros.data();
+}
 
 bool decode_png_fast(const std::uint8_t* data, std::size_t size, const Shape& expected,
                      std::uint8_t* out) {

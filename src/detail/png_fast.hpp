@@ -24,4 +24,15 @@ namespace imgstore::detail {
 bool decode_png_fast(const std::uint8_t* data, std::size_t size, const Shape& expected,
                      std::uint8_t* out);
 
+// Shared with the encoder (png_codec.cpp), which filters with the same predictors.
+// PNG's Paeth predictor from a = left, b = above, c = above left.
+inline std::uint8_t paeth_predictor(int a, int b, int c) {
+  const int p = b - c, q = a - c;
+  const int pa = p < 0 ? -p : p, pb = q < 0 ? -q : q, pc = (p + q) < 0 ? -(p + q) : p + q;
+  return static_cast<std::uint8_t>((pa <= pb && pa <= pc) ? a : (pb <= pc ? b : c));
+}
+
+// This thread's row of at least `n` zeros: the "previous row" of row 0. Grows, never written.
+const std::uint8_t* zero_row(std::size_t n);
+
 }  // namespace imgstore::detail
