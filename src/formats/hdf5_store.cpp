@@ -726,19 +726,22 @@ class Hdf5Reader final : public StoreReader {
   }
 
  private:
-  // Where uncompressed record `index` lies in the mapping (Direct access, mapped).
-  // The file bytes [begin, end) holding record `index` (its whole chunk when compressed).
-  std::pair<std::uint64_t, std::uint64_t> record_span(std::uint64_t index) const {
+  // Where uncompressed record `index` starts in the file (Direct access).
+  std::uint64_t record_offset(std::uint64_t index) const {
     const std::uint64_t c = index / chunk_records_;
-    const ChunkLoc& loc = chunks_[c];
-    if (loc.compressed) return {loc.addr, loc.addr + loc.size};
-    const std::uint64_t at = loc.addr + (index - c * chunk_records_) * image_bytes();
-    return {at, at + image_bytes()};
+    return chunks_[c].addr + (index - c * chunk_records_) * image_bytes();
   }
 
+  // The file bytes [begin, end) holding record `index` (its whole chunk when compressed).
+  std::pair<std::uint64_t, std::uint64_t> record_span(std::uint64_t index) const {
+    const ChunkLoc& loc = chunks_[index / chunk_records_];
+    if (loc.compressed) return {loc.addr, loc.addr + loc.size};
+    return {record_offset(index), record_offset(index) + image_bytes()};
+  }
+
+  // Where uncompressed record `index` lies in the mapping (Direct access, mapped).
   const std::uint8_t* mapped_record(std::uint64_t index) const {
-    const std::uint64_t c = index / chunk_records_;
-    return map_.data() + chunks_[c].addr + (index - c * chunk_records_) * image_bytes();
+    return map_.data() + record_offset(index);
   }
 
   // Reads records [first, first+n) into out, unchecked.
@@ -752,9 +755,9 @@ class Hdf5Reader final : public StoreReader {
         if (chunks_[c].compressed) {
           std::memcpy(out, load_chunk(c) + within * bytes, piece * bytes);
         } else if (map_) {
-          std::memcpy(out, map_.data() + chunks_[c].addr + within * bytes, piece * bytes);
+          std::memcpy(out, mapped_record(i), piece * bytes);
         } else {
-          pread_full(chunks_[c].addr + within * bytes, piece * bytes, out,
+          pread_full(record_offset(i), piece * bytes, out,
                      [&] { return record_range(i, piece); });
         }
         out += piece * bytes;
