@@ -39,6 +39,7 @@
 #include "codecs/image_codec.hpp"
 #include "common/floors.hpp"
 #include "common/limits.hpp"
+#include "common/median.hpp"
 #include "common/scratch.hpp"
 #include "imgstore/error.hpp"
 #include "ingest/image_files.hpp"
@@ -50,6 +51,7 @@ using Clock = std::chrono::steady_clock;
 using json = nlohmann::ordered_json;
 using imgstore::bench::beaten_flag;
 using imgstore::bench::Flush;
+using imgstore::bench::median;
 using imgstore::bench::FloorRun;
 
 constexpr double kMiB = 1024.0 * 1024.0;
@@ -87,13 +89,6 @@ struct Case {
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
 }
 
 std::string self_dir() {

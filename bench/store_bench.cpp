@@ -40,6 +40,7 @@
 
 #include "common/floors.hpp"
 #include "common/limits.hpp"
+#include "common/median.hpp"
 #include "common/scratch.hpp"
 #include "detail/png_codec.hpp"
 #include "imgstore/convert.hpp"
@@ -56,6 +57,7 @@ using json = nlohmann::json;
 using imgstore::Format;
 using imgstore::bench::beaten_flag;
 using imgstore::bench::Flush;
+using imgstore::bench::median;
 using imgstore::bench::remove_tree;
 using imgstore::bench::set_aside;
 
@@ -360,13 +362,6 @@ std::pair<double, double> cpu_seconds() {
   getrusage(RUSAGE_SELF, &ru);
   auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
   return {sec(ru.ru_utime), sec(ru.ru_stime)};
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 json case_json(const Case& c, std::uint64_t count) {

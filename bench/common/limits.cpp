@@ -16,6 +16,7 @@
 
 #include "detail/png_decode_limit.hpp"
 #include "imgstore/error.hpp"
+#include "median.hpp"
 
 namespace imgstore::bench {
 
@@ -62,12 +63,6 @@ void gather_thread(GatherJob& job, GatherTally& tally) {
     tally.bytes += (last - first) * rb;
     ++tally.batches;
   }
-}
-
-double median_of(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
 }
 
 }  // namespace
@@ -120,7 +115,7 @@ double gather_limit(const std::uint8_t* records, std::size_t count, std::size_t 
     }
     rates.push_back(images / seconds);
   }
-  return median_of(rates);
+  return median(rates);
 }
 
 DecodeLimit png_decode_limit(const std::vector<std::vector<std::uint8_t>>& pngs, const Shape& shape,

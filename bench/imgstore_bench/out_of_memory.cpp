@@ -23,6 +23,7 @@
 #include "bench.hpp"
 #include "cgroup.hpp"
 #include "cli_common.hpp"
+#include "common/median.hpp"
 #include "detail/fs_util.hpp"
 #include "imgstore/convert.hpp"
 #include "imgstore/error.hpp"
@@ -332,12 +333,6 @@ std::map<std::string, PassMemory> memory_by_pass(const Json& passes) {
     e.mbps.push_back(p.at("bytes").get<double>() / p.at("seconds").get<double>() / 1e6);
   }
   return m;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
 std::string mib(std::uint64_t b) { return fmt::format("{:.1f}", b / double(1 << 20)); }

@@ -10,6 +10,7 @@
 
 #include "bench.hpp"
 #include "common/limits.hpp"
+#include "common/median.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore::bench {
@@ -21,12 +22,6 @@ using Key = std::tuple<std::string, std::string, std::string, std::string, std::
 
 Key key_of(const Measurement& m) {
   return {m.experiment, m.impl, m.format, m.variant, m.n, m.threads, m.cache, m.order};
-}
-
-double median_of(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t k = v.size() / 2;
-  return v.size() % 2 ? v[k] : (v[k - 1] + v[k]) / 2;
 }
 
 // "limit_gather memory", "limit_decode memory png", "stock lmdb raw", "tutorial lmdb pickle".
@@ -74,7 +69,7 @@ std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows, bool dur
     auto& s = out[i];
     const auto& v = secs[i];
     s.runs = static_cast<int>(v.size());
-    s.median_s = median_of(v);
+    s.median_s = median(v);
     s.min_s = *std::min_element(v.begin(), v.end());
     s.max_s = *std::max_element(v.begin(), v.end());
     s.images_per_s = s.median_s > 0 ? static_cast<double>(s.key.n) / s.median_s : 0;
