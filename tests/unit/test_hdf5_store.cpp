@@ -34,12 +34,7 @@ const std::vector<std::string> kClasses{"cat", "dog", "emu", "yak"};
 // Writes `images` in batches of `batch` records (so chunks and batches do not line up).
 void write_store(const fs::path& path, const ImageBatch& images, const WriterOptions& options,
                  std::size_t batch = 7) {
-  StoreSpec spec;
-  spec.split = "train";
-  spec.source = "hdf5 unit test";
-  spec.count = images.size();
-  spec.shape = images.shape;
-  spec.class_names = kClasses;
+  const StoreSpec spec = test::spec_for(images, kClasses, "train", "hdf5 unit test");
   test::write_in_batches(*create_store(Format::Hdf5, path, spec, options), images, batch);
 }
 

@@ -38,12 +38,7 @@ const std::vector<std::string> kClasses{"a", "b", "c", "d", "e", "f", "g", "h", 
 
 void write_store(const fs::path& path, const ImageBatch& images, WriterOptions options = {},
                  std::size_t batch_size = 0) {
-  StoreSpec spec;
-  spec.split = path.stem().string();
-  spec.source = "unit test";
-  spec.count = images.size();
-  spec.shape = images.shape;
-  spec.class_names = kClasses;
+  const StoreSpec spec = test::spec_for(images, kClasses, path.stem().string());
   test::write_in_batches(*detail::create_lmdb_store(path, spec, options), images, batch_size);
 }
 

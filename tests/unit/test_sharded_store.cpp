@@ -35,13 +35,7 @@ const std::vector<Format> kFormats = all_formats();
 doctest::Contains has(const std::string& text) { return doctest::Contains(text.c_str()); }
 
 StoreSpec spec_for(const ImageBatch& images, const std::string& split = "train") {
-  StoreSpec spec;
-  spec.split = split;
-  spec.source = "unit test";
-  spec.count = images.size();
-  spec.shape = images.shape;
-  spec.class_names = kClasses;
-  return spec;
+  return test::spec_for(images, kClasses, split);
 }
 
 // Writes `images` as a store of `format` in `shards` shards, in batches of `batch` records.

@@ -57,6 +57,20 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// The spec of a store holding `images` (count, shape, fixed or variable size) as `split`.
+inline StoreSpec spec_for(const ImageBatch& images, const std::vector<std::string>& classes,
+                          const std::string& split = "train",
+                          const std::string& source = "unit test") {
+  StoreSpec spec;
+  spec.split = split;
+  spec.source = source;
+  spec.count = images.size();
+  spec.shape = images.shape;
+  spec.class_names = classes;
+  spec.variable_size = images.variable_size();
+  return spec;
+}
+
 // Writes `images` through `writer` in batches of `batch` records (0: one batch), then commits.
 inline void write_in_batches(StoreWriter& writer, const ImageBatch& images, std::size_t batch) {
   if (batch == 0) batch = std::max<std::size_t>(1, images.size());

@@ -75,14 +75,7 @@ ImageBatch photo_crops(std::size_t n, bool jpeg_payload) {
 }
 
 StoreSpec spec_for(const ImageBatch& b, const std::string& split) {
-  StoreSpec spec;
-  spec.split = split;
-  spec.source = "unit test photo crops";
-  spec.count = b.size();
-  spec.shape = b.shape;
-  spec.class_names = kClasses;
-  spec.variable_size = b.variable_size();
-  return spec;
+  return test::spec_for(b, kClasses, split, "unit test photo crops");
 }
 
 // The formats that hold variable-size and JPEG records.

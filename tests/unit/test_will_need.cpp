@@ -84,12 +84,7 @@ std::size_t wait_resident(const fs::path& file, std::size_t want) {
 
 void write_store(Format format, const fs::path& path, const ImageBatch& images,
                  std::uint32_t shards = 1) {
-  StoreSpec spec;
-  spec.split = "train";
-  spec.source = "will_need unit test";
-  spec.count = images.size();
-  spec.shape = images.shape;
-  spec.class_names = {"a", "b", "c", "d"};
+  const StoreSpec spec = test::spec_for(images, {"a", "b", "c", "d"}, "train", "will_need unit test");
   WriterOptions options;
   options.shards = shards;
   test::write_in_batches(*create_store(format, path, spec, options), images, 256);
