@@ -152,16 +152,22 @@ std::vector<std::uint8_t> inflated(const std::vector<std::uint8_t>& packed, std:
 }
 
 TEST_CASE("encode_png filters each row as libpng's default adaptive filtering does") {
-  // Smooth content makes every filter type win some rows. encode_png_with_libpng goes through
+  // Smooth content makes every filter type win some rows; widths of 37 leave the vector loop
+  // a tail at every channel count. encode_png_with_libpng goes through
   // libpng's writer with the same choice: byte-identical to libpng's own default output.
   // encode_png compresses with libdeflate instead, so its IDAT differs in bytes, but inflates
   // to the same filtered rows.
   for (std::uint32_t c = 1; c <= 4; ++c) {
-    for (Shape s : {Shape{32, 32, c}, Shape{9, 13, c}, Shape{2, 2, c}}) {
+    for (Shape s : {Shape{32, 32, c}, Shape{9, 13, c}, Shape{2, 2, c}, Shape{12, 37, c}}) {
       CAPTURE(to_string(s));
       std::vector<std::uint8_t> px(s.bytes());
       for (std::size_t i = 0; i < px.size(); ++i) {
         px[i] = static_cast<std::uint8_t>((i * 7) / (c + 2) + (i % 5) * (i % 3) + (i / 97) * 13);
+      }
+      // The lower half: a random walk, so rows' sums differ by small amounts.
+      std::mt19937 rng(c);
+      for (std::size_t i = px.size() / 2; i < px.size(); ++i) {
+        px[i] = static_cast<std::uint8_t>(px[i - 1] + static_cast<int>(rng() % 9) - 4);
       }
       const auto theirs = encode_with_simplified_api(px.data(), s);
       std::vector<std::uint8_t> via_libpng;
@@ -170,6 +176,34 @@ TEST_CASE("encode_png filters each row as libpng's default adaptive filtering do
       const std::size_t rows = s.height * (1 + std::size_t{s.width} * c);
       const auto ours = encode(px.data(), s, 6);
       CHECK(inflated(idat_data(ours), rows) == inflated(idat_data(theirs), rows));
+    }
+  }
+}
+
+TEST_CASE("encode_png picks libpng's filter on rows where the filters' costs are close") {
+  // Random walks with steps of +-s: at small s several filters cost nearly the same, so an
+  // off-by-one in any filter's cost (the average's rounding, Paeth's ties) changes the choice.
+  std::mt19937 rng(11);
+  for (std::uint32_t c = 1; c <= 4; ++c) {
+    for (int step : {1, 2, 3, 6, 20}) {
+      for (int trial = 0; trial < 8; ++trial) {
+        const Shape s{24, 19 + static_cast<std::uint32_t>(trial) * 5, c};
+        CAPTURE(to_string(s));
+        CAPTURE(step);
+        std::vector<std::uint8_t> px(s.bytes());
+        int v = static_cast<int>(rng() % 256);
+        for (auto& p : px) {
+          v += static_cast<int>(rng() % (2 * step + 1)) - step;
+          p = static_cast<std::uint8_t>(v);
+        }
+        const auto theirs = encode_with_simplified_api(px.data(), s);
+        std::vector<std::uint8_t> via_libpng;
+        detail::encode_png_with_libpng(px.data(), s, 6, via_libpng);
+        CHECK(idat_data(via_libpng) == idat_data(theirs));
+        const std::size_t rows = s.height * (1 + std::size_t{s.width} * c);
+        CHECK(inflated(idat_data(encode(px.data(), s, 6)), rows) ==
+              inflated(idat_data(theirs), rows));
+      }
     }
   }
 }
