@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include <fmt/format.h>
@@ -187,6 +188,13 @@ FloorRun file_creation_floor(const fs::path& dir, const std::vector<std::uint64_
   if (::mkdir(dir.c_str(), 0755) != 0) throw_io("create directory", dir, errno);
   Fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir_fd.get() < 0) throw_io("open directory", dir, errno);
+  // Durable: written back in the background while files are created, then one syncfs() for
+  // the whole directory, then the directory and its parent: what a durable PNG folder does
+  // (src/formats/png_folder.cpp; flush_staged in src/detail/fs_util.cpp).
+  std::optional<imgstore::detail::BackgroundFlusher> flusher;
+  if (flush == Flush::Fsync) {
+    flusher.emplace(dir_fd.get(), dir, imgstore::detail::kBackgroundFlushBytes);
+  }
   char name[32];
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     // As a PNG folder names its files: zero-padded index (8 digits), ".png".
@@ -194,11 +202,11 @@ FloorRun file_creation_floor(const fs::path& dir, const std::vector<std::uint64_
     Fd fd = create_file(dir_fd.get(), name, dir / name);
     write_counted(fd.get(), buf.data(), static_cast<std::size_t>(sizes[i]), dir / name, run);
     if (fd.close() != 0) throw_io("close", dir / name, errno);
+    if (flusher) flusher->note_written(sizes[i]);
     ++run.files;
   }
   if (flush == Flush::Fsync) {
-    // One syncfs() for the whole directory, then the directory and its parent: what a
-    // durable PNG folder commit does (src/detail/fs_util.cpp, flush_staged).
+    flusher->finish();
     if (::syncfs(dir_fd.get()) != 0) throw_io("flush", dir, errno);
     fsync_or_throw(dir_fd.get(), dir);
     fsync_parent(dir);

@@ -6,7 +6,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -79,6 +83,77 @@ void fsync_path(const fs::path& path) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) throw_errno("open", path);
   if (::fsync(fd.get()) != 0 && errno != EINVAL) throw_errno("fsync", path);
+}
+
+struct BackgroundFlusher::State {
+  int dir_fd;
+  fs::path dir;
+  std::uint64_t period;
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::uint64_t unflushed = 0;  // bytes noted since the last syncfs began
+  bool stop = false;
+  int error = 0;  // errno of the first failed syncfs
+  std::thread thread;
+
+  void run() {
+    std::unique_lock<std::mutex> lock(mutex);
+    for (;;) {
+      wake.wait(lock, [&] { return stop || unflushed >= period; });
+      // A period that filled up before finish() is still flushed: finish() means "no more".
+      if (unflushed < period) return;
+      unflushed = 0;
+      lock.unlock();
+      const int rc = ::syncfs(dir_fd);
+      const int err = rc != 0 ? errno : 0;
+      lock.lock();
+      if (err != 0 && error == 0) error = err;
+    }
+  }
+};
+
+BackgroundFlusher::BackgroundFlusher(int dir_fd, fs::path dir_for_errors,
+                                     std::uint64_t period_bytes)
+    : state_(std::make_unique<State>()) {
+  state_->dir_fd = dir_fd;
+  state_->dir = std::move(dir_for_errors);
+  state_->period = std::max<std::uint64_t>(period_bytes, 1);
+  state_->thread = std::thread([s = state_.get()] { s->run(); });
+}
+
+BackgroundFlusher::~BackgroundFlusher() {
+  if (!state_->thread.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->stop = true;
+  }
+  state_->wake.notify_one();
+  state_->thread.join();
+}
+
+void BackgroundFlusher::note_written(std::uint64_t bytes) {
+  bool due;
+  {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->unflushed += bytes;
+    due = state_->unflushed >= state_->period;
+  }
+  if (due) state_->wake.notify_one();
+}
+
+void BackgroundFlusher::finish() {
+  if (state_->thread.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(state_->mutex);
+      state_->stop = true;
+    }
+    state_->wake.notify_one();
+    state_->thread.join();
+  }
+  if (state_->error != 0) {
+    throw IoError(fmt::format("cannot flush {}: {}", quote(state_->dir),
+                              std::strerror(state_->error)));
+  }
 }
 
 std::uint64_t bytes_on_disk(const fs::path& path) {

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,30 @@ inline void write_file(const fs::path& path, const std::string& text, bool durab
 
 // fsync a file or directory (directories make renames and new entries durable).
 void fsync_path(const fs::path& path);
+
+// Writes back a file system's dirty data from a thread of its own while a writer is still
+// creating files, so the durable commit's final syncfs() finds little left to do: the disk
+// works while the writer encodes instead of after it. Each note_written() adds bytes; every
+// `period_bytes` the thread runs one syncfs() on `dir`'s file system. Errors are kept and
+// thrown by finish(), which also waits for the thread. The destructor stops without throwing.
+class BackgroundFlusher {
+ public:
+  BackgroundFlusher(int dir_fd, fs::path dir_for_errors, std::uint64_t period_bytes);
+  ~BackgroundFlusher();
+  BackgroundFlusher(const BackgroundFlusher&) = delete;
+  BackgroundFlusher& operator=(const BackgroundFlusher&) = delete;
+
+  void note_written(std::uint64_t bytes);
+  // Stops the thread; throws IoError if a syncfs() failed.
+  void finish();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// The period one-file-per-record writers use: a syncfs() every 16 MiB.
+constexpr std::uint64_t kBackgroundFlushBytes = std::uint64_t{16} << 20;
 
 // Sum of the sizes of all regular files under `path` (or of `path` itself).
 std::uint64_t bytes_on_disk(const fs::path& path);

@@ -2,6 +2,8 @@
 // a folder on disk can be wrong.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
@@ -394,4 +396,34 @@ TEST_CASE("png folder: a writer destroyed without commit leaves nothing behind")
                          DataError);
   }
   CHECK(test::list_dir(dir.path()).empty());
+}
+
+TEST_CASE("BackgroundFlusher flushes once per period of bytes written and reports failures") {
+  test::TempDir dir;
+  detail::Fd dir_fd(::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  REQUIRE(dir_fd.get() >= 0);
+  SUBCASE("a valid directory: every due flush succeeds") {
+    detail::BackgroundFlusher flusher(dir_fd.get(), dir.path(), 4096);
+    for (int i = 0; i < 50; ++i) {
+      detail::write_file(dir / ("f" + std::to_string(i)), std::string(1000, 'x'), false);
+      flusher.note_written(1000);
+    }
+    CHECK_NOTHROW(flusher.finish());
+  }
+  // A descriptor that is not open makes syncfs() fail, which shows whether a flush ran.
+  SUBCASE("less than a period written: no flush runs") {
+    detail::BackgroundFlusher flusher(-1, dir.path(), 4096);
+    flusher.note_written(4095);
+    CHECK_NOTHROW(flusher.finish());
+  }
+  SUBCASE("a period written: the flush runs, and its failure names the directory") {
+    detail::BackgroundFlusher flusher(-1, dir.path(), 4096);
+    flusher.note_written(4096);
+    const std::string expected = "cannot flush '" + dir.path().string() + "'";
+    CHECK_THROWS_WITH_AS(flusher.finish(), doctest::Contains(expected.c_str()), IoError);
+  }
+  SUBCASE("destroyed without finish(): stops without throwing") {
+    detail::BackgroundFlusher flusher(-1, dir.path(), 1);
+    flusher.note_written(10);
+  }
 }
