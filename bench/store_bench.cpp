@@ -515,7 +515,8 @@ class StoreBench {
   // Raw stores: the cat of the source's files when there are files, else the write floor.
   void print_floors() {
     const std::string raw_floor = find("cat_nosync") ? "cat" : "plain";
-    fmt::print("\nx floor (the floor measured in this run; target in brackets)\n");
+    fmt::print("\nx floor (median / the fastest run of the floor measured in this run; target in "
+               "brackets)\n");
     for (const char* f : {"lmdb", "hdf5"}) {
       for (const char* d : {"_nosync", "_durable"}) {
         floor_ratio(fmt::format("{} / {} floor ({})", f, raw_floor, d + 1), std::string(f) + d,
@@ -734,6 +735,9 @@ class StoreBench {
   }
 
   // A figure below 1 would mean the store beat its floor, i.e. the floor is wrong: flagged.
+  // A floor is the fastest of its runs, not their median: it stands for what the machine can
+  // do, and on this VM a run that writes into pages the host took back (free page reporting)
+  // is 5-10x slower at random (see set_aside), which the median of 5 did not always hide.
   void floor_ratio(const std::string& name, const std::string& num, const std::vector<std::string>& dens,
                    double divide_first, double target) {
     const Case* a = find(num);
@@ -743,8 +747,9 @@ class StoreBench {
     for (std::size_t i = 0; i < dens.size(); ++i) {
       const Case* b = find(dens[i]);
       if (!b) return;
-      const double s = median(b->seconds) / (i == 0 ? divide_first : 1.0);
-      parts.push_back({{"case", dens[i]}, {"median_seconds", median(b->seconds)},
+      const double fastest = *std::min_element(b->seconds.begin(), b->seconds.end());
+      const double s = fastest / (i == 0 ? divide_first : 1.0);
+      parts.push_back({{"case", dens[i]}, {"fastest_seconds", fastest},
                        {"divided_by", i == 0 ? divide_first : 1.0}});
       floor_s = std::max(floor_s, s);
     }
