@@ -44,7 +44,10 @@ FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, 
                     Flush flush);
 
 // Every file in `files`, read sequentially to its end into one reused buffer of `piece` bytes.
-FloorRun read_floor(const std::vector<fs::path>& files, std::size_t piece);
+// With threads > 1, the files taken as one stream of bytes are cut into that many contiguous
+// parts, each read sequentially (pread) by a thread of its own: the limit of a loader reading
+// the store with that many threads.
+FloorRun read_floor(const std::vector<fs::path>& files, std::size_t piece, unsigned threads = 1);
 
 // Creating a file per record from one thread: `dir` (new) gets one file per entry of `sizes`,
 // named like a PNG folder's, each created, written in one call and closed; then flushed as a

@@ -68,9 +68,9 @@ double time_read_many(const fs::path& path, const std::vector<std::uint64_t>& or
   return seconds_since(t0);
 }
 
-double time_seqread(const fs::path& store, std::uint64_t& bytes) {
+double time_seqread(const fs::path& store, unsigned threads, std::uint64_t& bytes) {
   const auto files = store_files(store);  // listed outside the timing
-  const FloorRun run = read_floor(files, kFloorPiece);
+  const FloorRun run = read_floor(files, kFloorPiece, threads);
   bytes = run.bytes;
   return run.seconds;
 }

@@ -20,8 +20,9 @@ double time_store_many(const Variant& v, const fs::path& path, const ImageBatch&
 double time_read_one(const fs::path& path, std::uint64_t index);
 // Open + read every record of `order` into memory on one thread.
 double time_read_many(const fs::path& path, const std::vector<std::uint64_t>& order);
-// Sequential read() of every file of the store; bytes receives what was read.
-double time_seqread(const fs::path& store, std::uint64_t& bytes);
+// Sequential read of every file of the store by `threads` threads (read_floor); bytes receives
+// what was read.
+double time_seqread(const fs::path& store, unsigned threads, std::uint64_t& bytes);
 // memcpy of data's images in `order` into batch buffers, `threads` threads (gather_run of
 // bench/common/limits.hpp).
 double time_gather(const ImageBatch& data, const std::vector<std::uint64_t>& order,

@@ -88,6 +88,26 @@ TEST_CASE("read_floor reads every byte of every file, sequentially, in pieces") 
   CHECK_THROWS_AS(read_floor({dir / "x"}, 0), UsageError);
 }
 
+TEST_CASE("read_floor with threads reads every byte once, in contiguous parts") {
+  test::TempDir dir;
+  test::spit(dir / "x", expected_pattern(70000));
+  test::spit(dir / "y", std::string(10, 'y'));
+  test::spit(dir / "z", expected_pattern(5));
+  for (unsigned threads : {2u, 3u, 7u}) {
+    CAPTURE(threads);
+    const FloorRun run = read_floor({dir / "x", dir / "y", dir / "z"}, 32768, threads);
+    CHECK(run.bytes == 70015);
+    CHECK(run.files == 3);
+    CHECK(run.largest_piece <= 32768);
+    // Each part of about 70015 / threads bytes takes at most one call per piece per file it
+    // touches: far fewer calls than bytes, and at least as many as whole pieces.
+    CHECK(run.read_calls >= ceil_div(70015, 32768));
+    CHECK(run.read_calls <= ceil_div(70015, 32768) + 3 * threads);
+    CHECK(run.write_calls == 0);
+  }
+  CHECK_THROWS_AS(read_floor({dir / "x", dir / "missing"}, 4096, 2), IoError);
+}
+
 TEST_CASE("file_creation_floor creates one file per size, one write each, in one new directory") {
   test::TempDir dir;
   const std::vector<std::uint64_t> sizes{2500, 1, 3100, 0, 2800};
