@@ -37,10 +37,13 @@ std::vector<std::vector<std::uint8_t>> decode_sample(const std::vector<std::vect
 // bench/common/limits.hpp on `sample`, scaled to n); decoder receives its name.
 double time_decode_limit(const std::vector<std::vector<std::uint8_t>>& sample, std::size_t n,
                          const Shape& shape, std::string& decoder);
-// One shuffled epoch; images receives the count delivered.
+// One shuffled epoch; images receives the count delivered. With time_open, opening the store
+// is timed too: a cold epoch must count it, since opening an LMDB store walks its leaf pages,
+// and the disk's read-around of those faults brings in most of the store before the epoch.
 double time_epoch_prefetch(const fs::path& store, std::size_t batch, unsigned threads,
-                           std::uint64_t seed, std::uint64_t epoch, std::uint64_t& images);
+                           std::uint64_t seed, std::uint64_t epoch, bool time_open,
+                           std::uint64_t& images);
 double time_epoch_stock(const fs::path& store, std::size_t batch, unsigned threads,
-                        std::uint64_t& images);
+                        bool time_open, std::uint64_t& images);
 
 }  // namespace imgstore::bench
