@@ -7,7 +7,6 @@
 // the median of --repeats passes is reported.
 //
 //   imgstore-png-decode-bench [--count 20000] [--shape 32x32x3] [--level 6] [--repeats 5]
-#include <spng.h>
 
 #include <algorithm>
 #include <chrono>
@@ -20,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "detail/png_codec.hpp"
+#include "common/limits.hpp"
 #include "detail/png_decode_limit.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/source.hpp"
@@ -27,24 +27,6 @@
 namespace {
 
 using imgstore::Shape;
-using Clock = std::chrono::steady_clock;
-
-struct SpngDeleter {
-  void operator()(spng_ctx* ctx) const noexcept { spng_ctx_free(ctx); }
-};
-
-// libspng with its defaults (CRCs and adler32 checked), native format: the file's own bytes.
-bool spng_decode(const std::vector<std::uint8_t>& png, std::uint8_t* out, std::size_t n) {
-  std::unique_ptr<spng_ctx, SpngDeleter> ctx(spng_ctx_new(0));
-  if (!ctx || spng_set_png_buffer(ctx.get(), png.data(), png.size()) != 0) return false;
-  return spng_decode_image(ctx.get(), out, n, SPNG_FMT_PNG, 0) == 0;
-}
-
-double median(std::vector<double> v) {
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -83,23 +65,8 @@ int main(int argc, char** argv) {
     }
     const Shape shape = batch.shape;
 
-    auto timings = imgstore::detail::time_png_decoders(pngs, shape, repeats);
-
-    // libspng: checked against imgstore's output, then timed the same way.
-    std::vector<std::uint8_t> reference(shape.bytes()), out(shape.bytes());
-    for (std::size_t i = 0; i < pngs.size(); ++i) {
-      imgstore::detail::decode_png(pngs[i].data(), pngs[i].size(), shape, reference.data(), "x");
-      if (!spng_decode(pngs[i], out.data(), out.size()) || out != reference) {
-        throw imgstore::DataError(fmt::format("PNG {}: libspng disagrees with imgstore", i));
-      }
-    }
-    std::vector<double> passes;
-    for (int r = 0; r < repeats; ++r) {
-      const auto start = Clock::now();
-      for (const auto& png : pngs) spng_decode(png, out.data(), out.size());
-      passes.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-    }
-    timings.push_back({"libspng", true, median(passes) / static_cast<double>(pngs.size())});
+    // The core's decoders and libspng, each checked against imgstore's output first.
+    const auto timings = imgstore::bench::png_decoder_timings(pngs, shape, repeats);
 
     const auto fastest = imgstore::detail::fastest_png_decoder(timings);
     double libpng_simplified = 0;

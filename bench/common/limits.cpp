@@ -8,12 +8,15 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <thread>
 
 #include <fmt/format.h>
+#include <spng.h>
 
+#include "detail/png_codec.hpp"
 #include "detail/png_decode_limit.hpp"
 #include "imgstore/error.hpp"
 #include "median.hpp"
@@ -118,9 +121,48 @@ double gather_limit(const std::uint8_t* records, std::size_t count, std::size_t 
   return median(rates);
 }
 
+namespace {
+
+struct SpngDeleter {
+  void operator()(spng_ctx* ctx) const noexcept { spng_ctx_free(ctx); }
+};
+
+// libspng with its defaults (CRCs and adler32 checked), native format: the file's own bytes.
+bool spng_decode(const std::vector<std::uint8_t>& png, std::uint8_t* out, std::size_t n) {
+  std::unique_ptr<spng_ctx, SpngDeleter> ctx(spng_ctx_new(0));
+  if (!ctx || spng_set_png_buffer(ctx.get(), png.data(), png.size()) != 0) return false;
+  return spng_decode_image(ctx.get(), out, n, SPNG_FMT_PNG, 0) == 0;
+}
+
+}  // namespace
+
+std::vector<detail::PngDecoderTiming> png_decoder_timings(
+    const std::vector<std::vector<std::uint8_t>>& pngs, const Shape& shape, int repeats) {
+  auto timings = detail::time_png_decoders(pngs, shape, repeats);
+  // libspng: checked against imgstore's output, then timed the same way.
+  std::vector<std::uint8_t> reference(shape.bytes()), out(shape.bytes());
+  for (std::size_t i = 0; i < pngs.size(); ++i) {
+    detail::decode_png(pngs[i].data(), pngs[i].size(), shape, reference.data(), "PNG");
+    if (!spng_decode(pngs[i], out.data(), out.size()) || out != reference) {
+      throw DataError(fmt::format("PNG {} of the decode limit's sample: libspng disagrees with "
+                                  "imgstore's decoder",
+                                  i));
+    }
+  }
+  std::vector<double> passes;
+  for (int r = 0; r < repeats; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    for (const auto& png : pngs) spng_decode(png, out.data(), out.size());
+    passes.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  timings.push_back({"libspng", true, median(passes) / static_cast<double>(pngs.size())});
+  return timings;
+}
+
 DecodeLimit png_decode_limit(const std::vector<std::vector<std::uint8_t>>& pngs, const Shape& shape,
                              unsigned threads, int repeats) {
-  const auto timings = detail::time_png_decoders(pngs, shape, repeats);
+  const auto timings = png_decoder_timings(pngs, shape, repeats);
   const detail::PngDecoderTiming fastest = detail::fastest_png_decoder(timings);
   DecodeLimit limit;
   limit.decoder = fastest.name;

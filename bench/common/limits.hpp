@@ -14,6 +14,10 @@
 
 #include "imgstore/image.hpp"
 
+namespace imgstore::detail {
+struct PngDecoderTiming;  // src/detail/png_decode_limit.hpp
+}  // namespace imgstore::detail
+
 namespace imgstore::bench {
 
 // One timed gather run.
@@ -55,6 +59,13 @@ struct DecodeLimit {
 
 DecodeLimit png_decode_limit(const std::vector<std::vector<std::uint8_t>>& pngs, const Shape& shape,
                              unsigned threads, int repeats);
+
+// Every decoder's single-thread timing on `pngs`: the core's (detail::time_png_decoders:
+// imgstore, libpng, libpng simplified, and the inflate steps alone) plus "libspng" (its
+// defaults: CRCs and adler32 checked). Throws DataError if libspng's pixels differ from
+// decode_png's. png_decode_limit takes the fastest full decoder of these.
+std::vector<detail::PngDecoderTiming> png_decoder_timings(
+    const std::vector<std::vector<std::uint8_t>>& pngs, const Shape& shape, int repeats);
 
 // Up to `sample` files of a PNG folder store of `count` records (00000000.png ...), chosen by
 // a seeded shuffle, read into memory: the decode limit's input.

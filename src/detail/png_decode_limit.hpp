@@ -1,6 +1,7 @@
 // The PNG decode limit the benchmarks compare against: every PNG decoder the core links (and
 // the inflate step alone, as a floor no decoder can beat), timed on the same PNGs, single
-// thread, from memory. bench/png_decode_bench.cpp adds libspng to the same table.
+// thread, from memory. The benchmarks add libspng to the same table (png_decoder_timings in
+// bench/common/limits.cpp).
 #pragma once
 
 #include <cstdint>

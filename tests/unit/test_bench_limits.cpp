@@ -11,6 +11,7 @@
 
 #include "common/limits.hpp"
 #include "detail/png_codec.hpp"
+#include "detail/png_decode_limit.hpp"
 #include "imgstore/error.hpp"
 #include "test_support.hpp"
 
@@ -94,8 +95,16 @@ TEST_CASE("png_decode_limit decodes every PNG with the fastest decoder that matc
   const DecodeLimit limit = png_decode_limit(pngs, shape, 3, 2);
   CHECK(limit.images == pngs.size());
   CHECK(limit.threads == 3);
-  const std::vector<std::string> full{"imgstore", "libpng", "libpng-simplified"};
+  const std::vector<std::string> full{"imgstore", "libpng", "libpng-simplified", "libspng"};
   CHECK(std::find(full.begin(), full.end(), limit.decoder) != full.end());  // never inflate-only
+  // libspng is among the decoders timed, and the limit is the fastest full one.
+  const auto timings = png_decoder_timings(pngs, shape, 2);
+  std::vector<std::string> names;
+  for (const auto& t : timings) names.push_back(t.name);
+  for (const auto& name : full) {
+    CHECK(std::find(names.begin(), names.end(), name) != names.end());
+  }
+  CHECK(detail::fastest_png_decoder(timings).full_decode);
   CHECK(limit.single_thread_ips > 0);
   CHECK(limit.ips == doctest::Approx(limit.single_thread_ips * 3));
   // The last PNG broken: the limit refuses rather than time decoders that did not decode it.
