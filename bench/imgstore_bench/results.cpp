@@ -48,9 +48,12 @@ void write_csv(const fs::path& path, const std::vector<Measurement>& rows) {
   }
 }
 
-std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows, bool durable_stores) {
-  // Group runs by configuration, keeping first-seen order.
-  std::map<Key, std::size_t> index;
+namespace {
+
+// One row per configuration, in first-seen order, with its runs' statistics; `index` maps each
+// configuration to its row.
+std::vector<SummaryRow> group_runs(const std::vector<Measurement>& rows,
+                                   std::map<Key, std::size_t>& index) {
   std::vector<SummaryRow> out;
   std::vector<std::vector<double>> secs;
   for (const auto& m : rows) {
@@ -76,6 +79,14 @@ std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows, bool dur
     const double typical = s.key.impl == "limit" ? s.min_s : s.median_s;
     s.images_per_s = typical > 0 ? static_cast<double>(s.key.n) / typical : 0;
   }
+  return out;
+}
+
+}  // namespace
+
+std::vector<SummaryRow> summarize(const std::vector<Measurement>& rows, bool durable_stores) {
+  std::map<Key, std::size_t> index;
+  std::vector<SummaryRow> out = group_runs(rows, index);
   // LibTorch's stock DataLoader calls our get_batch, whose read_many runs on TBB's default
   // arena, i.e. on every core whatever its worker count, and its workers read at once: its
   // limits are each limit's run at the most threads measured (for the sequential read, that
