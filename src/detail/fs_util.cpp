@@ -9,11 +9,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <condition_variable>
-#include <mutex>
-#include <thread>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <random>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -110,6 +110,17 @@ struct BackgroundFlusher::State {
       if (err != 0 && error == 0) error = err;
     }
   }
+
+  // Tells the thread no more is coming and waits for it (a due flush still runs).
+  void stop_and_join() {
+    if (!thread.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      stop = true;
+    }
+    wake.notify_one();
+    thread.join();
+  }
 };
 
 BackgroundFlusher::BackgroundFlusher(int dir_fd, fs::path dir_for_errors,
@@ -121,15 +132,7 @@ BackgroundFlusher::BackgroundFlusher(int dir_fd, fs::path dir_for_errors,
   state_->thread = std::thread([s = state_.get()] { s->run(); });
 }
 
-BackgroundFlusher::~BackgroundFlusher() {
-  if (!state_->thread.joinable()) return;
-  {
-    std::lock_guard<std::mutex> lock(state_->mutex);
-    state_->stop = true;
-  }
-  state_->wake.notify_one();
-  state_->thread.join();
-}
+BackgroundFlusher::~BackgroundFlusher() { state_->stop_and_join(); }
 
 void BackgroundFlusher::note_written(std::uint64_t bytes) {
   bool due;
@@ -142,14 +145,7 @@ void BackgroundFlusher::note_written(std::uint64_t bytes) {
 }
 
 void BackgroundFlusher::finish() {
-  if (state_->thread.joinable()) {
-    {
-      std::lock_guard<std::mutex> lock(state_->mutex);
-      state_->stop = true;
-    }
-    state_->wake.notify_one();
-    state_->thread.join();
-  }
+  state_->stop_and_join();
   if (state_->error != 0) {
     throw IoError(fmt::format("cannot flush {}: {}", quote(state_->dir),
                               std::strerror(state_->error)));

@@ -205,11 +205,7 @@ const char* color_type_name(int color_type) {
 
 // ---- the setjmp scopes: plain C style, nothing with a destructor ----
 
-// The filter libpng's default adaptive heuristic would pick for `row` (png_write_find_filter
-// in pngwutil.c): the one whose output has the smallest sum of |byte as signed|, the earliest
-// on ties, among None, Sub, Up, Average, Paeth. libpng computes all five filtered rows with
-// early exits and buffer swaps, which costs about a third of a small image's encode time; this
-// pass only sums, and libpng then applies the single chosen filter. The output is identical.
+// The cost libpng's adaptive filtering gives a filtered byte, and its parts for choose_filter.
 namespace filter_cost {
 
 inline unsigned cost(unsigned v) {

@@ -646,7 +646,7 @@ class LmdbReader final : public StoreReader {
     const auto hi = reinterpret_cast<std::uintptr_t>(b.mv_data) + b.mv_size;
     const std::uint64_t per_value = std::max(a.mv_size, b.mv_size) + 4096;
     if (hi <= lo || hi - lo > 2 * (last - first + 1) * per_value + (std::uint64_t{1} << 20)) return;
-    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto page = static_cast<std::uintptr_t>(page_size());
     const std::uintptr_t start = lo & ~(page - 1);
     ::madvise(reinterpret_cast<void*>(start), hi - start, MADV_WILLNEED);
   }
