@@ -10,8 +10,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <optional>
 #include <exception>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -197,25 +197,10 @@ void read_stream_part(const std::vector<fs::path>& files, const std::vector<std:
 
 FloorRun read_floor(const std::vector<fs::path>& files, std::size_t piece, unsigned threads) {
   check_piece(piece);
-  // Reads overwrite the buffers: no pattern needed (filling 4 MiB byte by byte took longer
-  // than a warm read of a small store, and the limits repeat such reads).
-  if (threads <= 1) {
-    std::vector<std::uint8_t> buf(piece);
-    FloorRun run;
-    const auto t0 = Clock::now();
-    for (const auto& f : files) {
-      Fd in(::open(f.c_str(), O_RDONLY | O_CLOEXEC));
-      if (in.get() < 0) throw_io("open", f, errno);
-      while (const std::size_t got = read_counted(in.get(), buf.data(), buf.size(), f, run)) {
-        run.bytes += got;
-      }
-      ++run.files;
-    }
-    run.seconds = seconds_since(t0);
-    return run;
-  }
-  // Several threads: the files as one stream of bytes, cut into `threads` contiguous parts,
-  // each read sequentially by its own thread, as a loader's threads read a store at once.
+  threads = std::max(threads, 1u);
+  // The files as one stream of bytes, cut into `threads` contiguous parts, each read
+  // sequentially by a thread of its own (part 0 by this one), as a loader's threads read a
+  // store at once. Sizes are taken before the clock starts.
   std::vector<std::uint64_t> starts{0};
   for (const auto& f : files) {
     std::error_code ec;
@@ -224,24 +209,26 @@ FloorRun read_floor(const std::vector<fs::path>& files, std::size_t piece, unsig
     starts.push_back(starts.back() + size);
   }
   const std::uint64_t total = starts.back();
+  // Reads overwrite the buffers: no pattern needed (filling 4 MiB byte by byte took longer
+  // than a warm read of a small store, and the limits repeat such reads).
   std::vector<std::vector<std::uint8_t>> bufs;
   for (unsigned t = 0; t < threads; ++t) bufs.emplace_back(piece);
   std::vector<FloorRun> parts(threads);
   std::vector<std::exception_ptr> errors(threads);
+  auto read_part = [&](unsigned t) {
+    try {
+      read_stream_part(files, starts, total * t / threads, total * (t + 1) / threads, bufs[t],
+                       parts[t]);
+    } catch (...) {
+      errors[t] = std::current_exception();
+    }
+  };
   const auto t0 = Clock::now();
   {
-    std::vector<std::thread> pool;
-    for (unsigned t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        try {
-          read_stream_part(files, starts, total * t / threads, total * (t + 1) / threads, bufs[t],
-                           parts[t]);
-        } catch (...) {
-          errors[t] = std::current_exception();
-        }
-      });
-    }
-    for (auto& th : pool) th.join();
+    std::vector<std::thread> others;
+    for (unsigned t = 1; t < threads; ++t) others.emplace_back(read_part, t);
+    read_part(0);
+    for (auto& th : others) th.join();
   }
   FloorRun run;
   run.seconds = seconds_since(t0);

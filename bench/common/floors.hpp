@@ -43,10 +43,10 @@ FloorRun write_floor(const fs::path& file, std::uint64_t bytes, std::size_t piec
 FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, std::size_t piece,
                     Flush flush);
 
-// Every file in `files`, read sequentially to its end into one reused buffer of `piece` bytes.
-// With threads > 1, the files taken as one stream of bytes are cut into that many contiguous
-// parts, each read sequentially (pread) by a thread of its own: the limit of a loader reading
-// the store with that many threads.
+// Every file in `files`, read sequentially (pread) to its end into a reused buffer of `piece`
+// bytes. With threads > 1, the files taken as one stream of bytes are cut into that many
+// contiguous parts, each read sequentially by a thread of its own: the limit of a loader
+// reading the store with that many threads.
 FloorRun read_floor(const std::vector<fs::path>& files, std::size_t piece, unsigned threads = 1);
 
 // Creating a file per record from one thread: `dir` (new) gets one file per entry of `sizes`,

@@ -32,9 +32,11 @@ bool few_files(const fs::path& path) {
 
 void set_aside(const fs::path& path, const fs::path& trash) {
   std::error_code ec;
-  if (fs::exists(path, ec) && few_files(path)) {
+  if (!fs::exists(path, ec)) {
+    // nothing to set aside
+  } else if (few_files(path)) {
     remove_tree(path);
-  } else if (fs::exists(path, ec)) {
+  } else {
     static unsigned counter = 0;
     fs::create_directories(trash, ec);
     fs::rename(path, trash / fmt::format("{}-{}", path.filename().string(), counter++), ec);

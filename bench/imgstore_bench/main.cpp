@@ -428,9 +428,11 @@ void Bench::bench_variant(const Variant& v) {
   const std::string f = to_string(v.format);
   const int R = c_.runs;
   const std::uint64_t cold_runs = c_.opt.no_cold ? 0 : 1;
+  // bench_seqread's runs per R: warm and cold, at each loader thread count and twice the most.
+  const std::uint64_t seqread_runs = (1 + cold_runs) * (c_.threads.size() + 1);
   std::uint64_t steps = c_.threads.size() * (1 + cold_runs) * 2 * R;
   if (!v.existing.empty()) {
-    steps += R + 2 * R + R * (1 + cold_runs) * (c_.threads.size() + 1);
+    steps += R + 2 * R + R * seqread_runs;
     phase(v.key(), steps);
     const fs::path store = v.existing;
     const std::uint64_t n = c_.ns.front();
@@ -455,7 +457,6 @@ void Bench::bench_variant(const Variant& v) {
     return;
   }
 
-  const std::uint64_t seqread_runs = (1 + cold_runs) * (c_.threads.size() + 1);
   steps += c_.ns.size() *
            (R * (1 + 2 + seqread_runs + 2 + (v.format == Format::PngFolder ? 2 : 0)) + 1);
   steps += 2 * R;
