@@ -9,7 +9,7 @@ IMGSTORE_BUILD_DIR="${IMGSTORE_BUILD_DIR:-$IMGSTORE_ROOT/build}"
 packages=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libgloo-dev libtbb-dev liblmdb-dev libhdf5-dev libpng-dev zlib1g-dev libarchive-dev
-  libxxhash-dev libdeflate-dev libspng-dev libturbojpeg0-dev libfmt-dev nlohmann-json3-dev
+  libxxhash-dev libdeflate-dev libspng-dev libturbojpeg0-dev libjpeg62-turbo-dev libfmt-dev nlohmann-json3-dev
   libcli11-dev doctest-dev
   dataset-fashion-mnist
   python3 python3-numpy python3-pil python3-h5py python3-lmdb python3-xxhash python3-torch

@@ -88,7 +88,9 @@ struct ScaledCrop {
 // Decodes the JPEG at the scale choose_jpeg_scale picks for `crop` -> out_w x out_h, and
 // returns the covering pixels. At scale 1 the image is exactly the crop and box is
 // (0, 0, crop.width, crop.height), so resize(box) then equals Pillow's crop().resize().
-// TurboJPEG 2.1 cannot decode a region: the whole scaled image is decoded, then cut.
+// Only the iMCU columns and the rows the crop needs are decoded (libjpeg's jpeg_crop_scanline
+// and jpeg_skip_scanlines); rows below the crop are never read, so corrupt data there goes
+// unnoticed (conversion decodes every image whole).
 void decode_jpeg_crop(const std::uint8_t* data, std::size_t size, const CropRect& crop,
                       std::uint32_t out_w, std::uint32_t out_h, std::uint32_t channels,
                       const std::string& what, ScaledCrop& out, const DecodeLimits& limits = {});

@@ -1,4 +1,4 @@
-// JPEG decode (full, DCT-scaled, cropped) and encode with TurboJPEG 2.1.
+// JPEG decode (full) and encode with TurboJPEG 2.1; crops decode through jpeg_region.cpp.
 //
 // Pixels match Pillow 9.4 (which decodes with the same libjpeg-turbo, accurate integer IDCT
 // and fancy upsampling, both TurboJPEG's defaults too): YCbCr/RGB JPEGs are decoded by libjpeg
@@ -216,25 +216,15 @@ void decode_jpeg_crop(const std::uint8_t* data, std::size_t size, const CropRect
                                  info.height));
   }
   const int denom = choose_jpeg_scale(crop.width, crop.height, out_w, out_h);
-  DecodedImage& img = out.image;
-  decode_scaled(data, size, info, channels, denom, what, img);
   // The pixels of the scaled image that cover the crop; at scale 1 exactly the crop.
   const double d = denom;
   const double fx0 = crop.x / d, fy0 = crop.y / d;
   const double fx1 = (static_cast<double>(crop.x) + crop.width) / d;
   const double fy1 = (static_cast<double>(crop.y) + crop.height) / d;
   const std::uint32_t x0 = crop.x / denom, y0 = crop.y / denom;
-  const std::uint32_t x1 = std::min(img.shape.width, scaled(crop.x + crop.width, denom));
-  const std::uint32_t y1 = std::min(img.shape.height, scaled(crop.y + crop.height, denom));
-  // Cut in place: every destination row lies at or before its source row.
-  const std::size_t src_row = std::size_t{img.shape.width} * channels;
-  const std::size_t dst_row = std::size_t{x1 - x0} * channels;
-  for (std::uint32_t y = y0; y < y1; ++y) {
-    std::memmove(img.pixels.data() + (y - y0) * dst_row,
-                 img.pixels.data() + y * src_row + std::size_t{x0} * channels, dst_row);
-  }
-  img.shape = Shape{y1 - y0, x1 - x0, channels};
-  img.pixels.resize(img.shape.bytes());
+  const std::uint32_t x1 = std::min(scaled(info.width, denom), scaled(crop.x + crop.width, denom));
+  const std::uint32_t y1 = std::min(scaled(info.height, denom), scaled(crop.y + crop.height, denom));
+  decode_jpeg_region(data, size, info, channels, denom, x0, y0, x1, y1, what, out.image);
   out.scale_denom = denom;
   out.box[0] = static_cast<float>(fx0 - x0);
   out.box[1] = static_cast<float>(fy0 - y0);

@@ -13,19 +13,12 @@
 #include "codecs/image_codec.hpp"
 #include "codecs/resample.hpp"
 #include "imgstore/error.hpp"
+#include "test_support.hpp"
 
 using namespace imgstore;
 using namespace imgstore::detail;
 
 namespace {
-
-const std::string kSkimage = "/usr/lib/python3/dist-packages/skimage/data/";
-
-std::vector<std::uint8_t> read_photo(const std::string& name) {
-  std::ifstream in(kSkimage + name, std::ios::binary);
-  REQUIRE_MESSAGE(in.good(), "python3-skimage's data is missing: " << kSkimage << name);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 std::string error_of(const std::vector<std::uint8_t>& bytes, std::uint32_t channels = 3) {
   DecodedImage img;
@@ -50,8 +43,8 @@ std::vector<std::uint8_t> gradient(std::uint32_t w, std::uint32_t h, std::uint32
 }  // namespace
 
 TEST_CASE("codecs: magic bytes decide the kind, not the name") {
-  const auto jpg = read_photo("rocket.jpg");
-  const auto png = read_photo("astronaut.png");
+  const auto jpg = test::skimage_photo("rocket.jpg");
+  const auto png = test::skimage_photo("astronaut.png");
   CHECK(sniff_image(jpg.data(), jpg.size()) == ImageKind::Jpeg);
   CHECK(sniff_image(png.data(), png.size()) == ImageKind::Png);
   const std::uint8_t text[] = "GIF89a not ours";
@@ -61,7 +54,7 @@ TEST_CASE("codecs: magic bytes decide the kind, not the name") {
 }
 
 TEST_CASE("codecs: header info of skimage's photos") {
-  const auto jpg = read_photo("rocket.jpg");
+  const auto jpg = test::skimage_photo("rocket.jpg");
   const ImageInfo j = read_image_info(jpg.data(), jpg.size(), "rocket.jpg");
   CHECK(j.kind == ImageKind::Jpeg);
   CHECK(j.width == 640);
@@ -69,7 +62,7 @@ TEST_CASE("codecs: header info of skimage's photos") {
   CHECK(j.channels == 3);
   CHECK(j.colorspace == JpegColorspace::YCbCr);
   CHECK_FALSE(j.progressive);
-  const auto pal = read_photo("foo3x5x4indexed.png");
+  const auto pal = test::skimage_photo("foo3x5x4indexed.png");
   const ImageInfo p = read_image_info(pal.data(), pal.size(), "foo.png");
   CHECK(p.kind == ImageKind::Png);
   CHECK(p.width == 5);
@@ -80,13 +73,13 @@ TEST_CASE("codecs: header info of skimage's photos") {
   CHECK(can_store_untouched(j, ImageKind::Jpeg, 3));
   CHECK_FALSE(can_store_untouched(j, ImageKind::Jpeg, 1));
   CHECK_FALSE(can_store_untouched(j, ImageKind::Png, 3));
-  const auto rgb = read_photo("astronaut.png");
+  const auto rgb = test::skimage_photo("astronaut.png");
   CHECK(can_store_untouched(read_image_info(rgb.data(), rgb.size(), "a.png"), ImageKind::Png, 3));
 }
 
 TEST_CASE("codecs: decode to L and RGB has the header's shape") {
   for (const char* name : {"rocket.jpg", "astronaut.png", "camera.png", "palette_color.png"}) {
-    const auto bytes = read_photo(name);
+    const auto bytes = test::skimage_photo(name);
     const ImageInfo info = read_image_info(bytes.data(), bytes.size(), name);
     for (std::uint32_t c : {1u, 3u}) {
       DecodedImage img;
@@ -101,13 +94,13 @@ TEST_CASE("codecs: bad input is a DataError naming the file and the problem") {
   CHECK(error_of({}).find("'x.jpg': empty file") != std::string::npos);
   const std::string text = "just some text";
   CHECK(error_of({text.begin(), text.end()}).find("not a JPEG or PNG") != std::string::npos);
-  const std::string trunc = error_of(read_photo("truncated.jpg"));
+  const std::string trunc = error_of(test::skimage_photo("truncated.jpg"));
   CHECK(trunc.find("'x.jpg': corrupt JPEG") != std::string::npos);
   // Cut a valid JPEG: libjpeg's "premature end" warning must be an error, not grey rows.
-  auto jpg = read_photo("rocket.jpg");
+  auto jpg = test::skimage_photo("rocket.jpg");
   jpg.resize(jpg.size() / 2);
   CHECK(error_of(jpg).find("corrupt JPEG") != std::string::npos);
-  auto png = read_photo("astronaut.png");
+  auto png = test::skimage_photo("astronaut.png");
   png.resize(png.size() / 2);
   CHECK(error_of(png).find("corrupt PNG") != std::string::npos);
   // SOF0 claiming 60000x60000: refused from the header, before any allocation.
@@ -121,7 +114,7 @@ TEST_CASE("codecs: bad input is a DataError naming the file and the problem") {
   CHECK(msg.find("60000x60000") != std::string::npos);
   CHECK(msg.find("decompression bomb") != std::string::npos);
   // A tighter limit refuses a real photo.
-  const auto rocket = read_photo("rocket.jpg");
+  const auto rocket = test::skimage_photo("rocket.jpg");
   DecodeLimits small;
   small.max_pixels = 1000;
   CHECK_THROWS_AS(read_image_info(rocket.data(), rocket.size(), "r", small), DataError);
@@ -139,7 +132,7 @@ TEST_CASE("codecs: DCT scale is the smallest that still covers the output") {
 }
 
 TEST_CASE("codecs: a scaled crop covers the crop and its box lies inside") {
-  const auto jpg = read_photo("rocket.jpg");
+  const auto jpg = test::skimage_photo("rocket.jpg");
   ScaledCrop sc;
   decode_jpeg_crop(jpg.data(), jpg.size(), CropRect{17, 33, 600, 380}, 64, 64, 3, "r", sc);
   CHECK(sc.scale_denom == 4);
@@ -193,7 +186,7 @@ TEST_CASE("codecs: resize's fixed-tap kernels equal the reference loop byte for 
   // Upscales (3 taps), downscales by up to 2x (5 taps) and beyond (generic), boxes at the
   // image's edges (where the fixed taps are moved left), strided sources, 1-4 channels, on a
   // real photo so every coefficient meets varied pixels.
-  const auto jpg = read_photo("astronaut.png");
+  const auto jpg = test::skimage_photo("astronaut.png");
   DecodedImage photo;
   decode_image(jpg.data(), jpg.size(), 3, "astronaut.png", photo);
   const std::uint32_t pw = photo.shape.width;

@@ -12,23 +12,16 @@
 #include "codecs/crop_transform.hpp"
 #include "detail/random.hpp"
 #include "imgstore/error.hpp"
+#include "test_support.hpp"
 
 using namespace imgstore;
 using namespace imgstore::detail;
 
 namespace {
 
-const std::string kSkimage = "/usr/lib/python3/dist-packages/skimage/data/";
-
-std::vector<std::uint8_t> photo_bytes(const std::string& name) {
-  std::ifstream in(kSkimage + name, std::ios::binary);
-  REQUIRE_MESSAGE(in.good(), "python3-skimage's data is missing: " << kSkimage << name);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 // The photo as a record of `encoding`: Raw holds its decoded pixels, others its file bytes.
 EncodedRecord photo_record(const std::string& name, Encoding encoding) {
-  const auto bytes = photo_bytes(name);
+  const auto bytes = test::skimage_photo(name);
   DecodedImage img;
   decode_image(bytes.data(), bytes.size(), 3, name, img);
   EncodedRecord rec;

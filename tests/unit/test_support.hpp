@@ -35,6 +35,16 @@ std::string data_error(F&& f) {
   return {};
 }
 
+// python3-skimage's sample photos (real photographs; setup installs the package).
+inline const std::string kSkimagePhotos = "/usr/lib/python3/dist-packages/skimage/data/";
+
+// The bytes of one of them (fails the test if it is missing).
+inline std::vector<std::uint8_t> skimage_photo(const std::string& name) {
+  std::ifstream in(kSkimagePhotos + name, std::ios::binary);
+  REQUIRE_MESSAGE(in.good(), "python3-skimage's data is missing: " << kSkimagePhotos << name);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
 // A fresh directory under the system temp dir, removed (with contents) at scope exit.
 class TempDir {
  public:
