@@ -605,8 +605,9 @@ class StoreBench {
     std::error_code ec;
     for (const auto& f : source_files_) source_bytes_ += fs::file_size(f, ec);
     if (!source_files_.empty()) {
-      fmt::print("source files: {} ({:.1f} MiB; the cat floor copies them)\n", source_files_.size(),
-                 source_bytes_ / kMiB);
+      fmt::print("source files: {} ({:.1f} MiB); the cat floor copies them, from the first again "
+                 "as needed, up to the stores' {:.1f} MiB of pixels\n",
+                 source_files_.size(), source_bytes_ / kMiB, pixel_bytes_ / kMiB);
     }
   }
 
@@ -638,11 +639,13 @@ class StoreBench {
                    [this](const fs::path& path, Flush flush) {
                      imgstore::bench::write_floor(path, pixel_bytes_, imgstore::bench::kFloorPiece, flush);
                    });
-    // `cat` of the source's files into one new file: what converting them cannot beat.
+    // `cat` of the source's files into one new file, as many bytes as the stores' pixels (the
+    // files may hold other splits, and the stores a repeated split): what converting cannot beat.
     if (!source_files_.empty()) {
       add_floor_case("cat" + tail, "cat of the source files", durable, cxx_dir_ / ("cat" + tail + ".raw"),
                      [this](const fs::path& path, Flush flush) {
-                       imgstore::bench::copy_floor(source_files_, path, imgstore::bench::kFloorPiece, flush);
+                       imgstore::bench::copy_floor(source_files_, path, imgstore::bench::kFloorPiece, flush,
+                                                   pixel_bytes_);
                      });
     }
     // A PNG folder's files, same sizes, created and written from one thread.

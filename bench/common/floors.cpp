@@ -12,6 +12,7 @@
 #include <cstring>
 #include <exception>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -145,19 +146,33 @@ FloorRun write_floor(const fs::path& file, std::uint64_t bytes, std::size_t piec
 }
 
 FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, std::size_t piece,
-                    Flush flush) {
+                    Flush flush, std::uint64_t total) {
   check_piece(piece);
   std::vector<std::uint8_t> buf = pattern_buffer(piece);
   FloorRun run;
   const auto t0 = Clock::now();
   Fd out = create_file(AT_FDCWD, file.c_str(), file);
-  for (const auto& src : sources) {
-    Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
-    if (in.get() < 0) throw_io("open", src, errno);
-    while (const std::size_t got = read_counted(in.get(), buf.data(), buf.size(), src, run)) {
-      write_counted(out.get(), buf.data(), got, file, run);
+  std::uint64_t left = total;
+  do {
+    const std::uint64_t before = run.bytes;
+    for (const auto& src : sources) {
+      if (total > 0 && left == 0) break;
+      Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
+      if (in.get() < 0) throw_io("open", src, errno);
+      for (;;) {
+        const std::size_t want = total > 0 ? static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), left))
+                                           : buf.size();
+        const std::size_t got = want ? read_counted(in.get(), buf.data(), want, src, run) : 0;
+        if (got == 0) break;
+        write_counted(out.get(), buf.data(), got, file, run);
+        if (total > 0) left -= got;
+      }
     }
-  }
+    if (total > 0 && left > 0 && run.bytes == before) {
+      throw std::invalid_argument("copy_floor: the sources are empty, cannot copy " +
+                                  std::to_string(total) + " bytes");
+    }
+  } while (total > 0 && left > 0);
   finish_file(out, file, flush);
   run.seconds = seconds_since(t0);
   run.files = 1;

@@ -39,9 +39,11 @@ std::uint8_t floor_pattern_byte(std::uint64_t offset);
 FloorRun write_floor(const fs::path& file, std::uint64_t bytes, std::size_t piece, Flush flush);
 
 // `cat`: the sources' bytes, in order, streamed into one new file through one reused buffer of
-// `piece` bytes (read, then write).
+// `piece` bytes (read, then write). total > 0: exactly `total` bytes, going through the sources
+// again from the first as often as needed (or stopping part way), so the floor writes as many
+// bytes as the store it bounds holds (a store of a repeated split, or of one split of several).
 FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, std::size_t piece,
-                    Flush flush);
+                    Flush flush, std::uint64_t total = 0);
 
 // Every file in `files`, read sequentially (pread) to its end into a reused buffer of `piece`
 // bytes. With threads > 1, the files taken as one stream of bytes are cut into that many

@@ -74,6 +74,29 @@ TEST_CASE("copy_floor is cat: the sources' bytes in order, into one file, throug
   CHECK(hash_of(test::slurp(dir / "out")) == hash_of(all));
 }
 
+TEST_CASE("copy_floor with a total copies exactly that many bytes, cycling through the sources") {
+  test::TempDir dir;
+  const std::string a(5000, 'a'), b = expected_pattern(12345);
+  test::spit(dir / "a", a);
+  test::spit(dir / "b", b);
+  test::spit(dir / "empty", "");
+  const std::string once = a + b;
+  // Two and a half passes (the stores of a split repeated), and part of one pass.
+  for (const std::uint64_t total : {std::uint64_t{once.size() * 2 + 4000}, std::uint64_t{7000}}) {
+    CAPTURE(total);
+    const FloorRun run = copy_floor({dir / "a", dir / "empty", dir / "b"}, dir / "out", 4096,
+                                    Flush::None, total);
+    CHECK(run.bytes == total);
+    CHECK(run.largest_piece == 4096);
+    std::string want;
+    while (want.size() < total) want += once;
+    want.resize(total);
+    CHECK(hash_of(test::slurp(dir / "out")) == hash_of(want));
+  }
+  CHECK_THROWS_AS(copy_floor({dir / "empty"}, dir / "out", 4096, Flush::None, 10),
+                  std::invalid_argument);
+}
+
 TEST_CASE("read_floor reads every byte of every file, sequentially, in pieces") {
   test::TempDir dir;
   test::spit(dir / "x", expected_pattern(70000));
