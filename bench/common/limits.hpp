@@ -39,7 +39,8 @@ GatherRun gather_run(const std::uint8_t* records, std::size_t record_bytes,
                      const std::vector<std::uint64_t>& order, std::size_t batch, unsigned threads,
                      bool keep_delivered = false);
 
-// The RAM gather limit in images/s: the median of `runs` runs (after one warm-up gather), each
+// The RAM gather limit in images/s: the fastest of `runs` runs (after one warm-up gather; this
+// VM's noise only slows a run down, so a median limit was beaten), each
 // over a new seeded shuffle of the `count` records, gathered whole as many times as it takes
 // to last at least `min_run_seconds`.
 double gather_limit(const std::uint8_t* records, std::size_t count, std::size_t record_bytes,
