@@ -77,7 +77,9 @@ struct Setup {
     if (train->size() == 0) throw UsageError(fmt::format("training store '{}' is empty", a.train));
     auto [mean, stdev] = channel_stats(*train);
     const Normalize normalize = Normalize::mean_std(mean, stdev);
-    test = std::make_unique<StoreDataset>(a.test, DatasetOptions{{}, normalize});
+    DatasetOptions test_options;
+    test_options.normalize = normalize;
+    test = std::make_unique<StoreDataset>(a.test, test_options);
     check_convnet_stores(*train, a.train, test->reader(), a.test);
     LoaderOptions lo;
     lo.batch_size = batch_size;
