@@ -82,7 +82,7 @@ void check_window(const CropPlan& plan, const Shape& s, const std::string& what)
   }
 }
 
-// The planned region of a decoded HWC image, resampled into `out`.
+// The planned region of a decoded HWC image, resampled (and flipped, if planned) into `out`.
 void resample_window(const std::uint8_t* pixels, const Shape& s, const CropPlan& plan,
                      std::uint8_t* out, const std::string& what) {
   check_window(plan, s, what);
@@ -92,7 +92,7 @@ void resample_window(const std::uint8_t* pixels, const Shape& s, const CropPlan&
   const ResizeBox box{plan.box.x0 - static_cast<float>(w.x), plan.box.y0 - static_cast<float>(w.y),
                       plan.box.x1 - static_cast<float>(w.x), plan.box.y1 - static_cast<float>(w.y)};
   resize(origin, w.width, w.height, s.channels, box, plan.out_w, plan.out_h, out,
-         ResampleFilter::Bilinear, stride);
+         ResampleFilter::Bilinear, stride, plan.flip);
 }
 
 // JPEG: decode only the DCT scale the window needs, then resample the box mapped onto it.
@@ -117,7 +117,7 @@ void resample_jpeg(const EncodedRecord& rec, const CropPlan& plan, std::uint8_t*
                       std::min<float>(static_cast<float>(s.height),
                                       sc.box[1] + (plan.box.y1 - static_cast<float>(w.y)) / d)};
   resize(sc.image.pixels.data(), s.width, s.height, s.channels, box, plan.out_w, plan.out_h, out,
-         ResampleFilter::Bilinear);
+         ResampleFilter::Bilinear, 0, plan.flip);
 }
 
 }  // namespace
@@ -176,35 +176,6 @@ void apply_crop(const CropPlan& plan, const EncodedRecord& rec, std::uint8_t* ou
       }
       resample_window(scratch.decoded.pixels.data(), s, plan, out, what);
       break;
-  }
-  if (plan.flip) flip_rows(out, plan.out_h, plan.out_w, s.channels);
-}
-
-namespace {
-
-// Pixels of C bytes swapped whole (C known at compile time: no per-byte loop).
-template <std::uint32_t C>
-void flip_pixels(std::uint8_t* hwc, std::uint32_t h, std::uint32_t w) {
-  for (std::uint32_t y = 0; y < h; ++y) {
-    std::uint8_t* row = hwc + std::size_t{y} * w * C;
-    for (std::uint32_t a = 0, b = w - 1; a < b; ++a, --b) {
-      std::uint8_t t[C];
-      std::memcpy(t, row + a * C, C);
-      std::memcpy(row + a * C, row + b * C, C);
-      std::memcpy(row + b * C, t, C);
-    }
-  }
-}
-
-}  // namespace
-
-void flip_rows(std::uint8_t* hwc, std::uint32_t h, std::uint32_t w, std::uint32_t c) {
-  switch (c) {
-    case 1: return flip_pixels<1>(hwc, h, w);
-    case 2: return flip_pixels<2>(hwc, h, w);
-    case 3: return flip_pixels<3>(hwc, h, w);
-    case 4: return flip_pixels<4>(hwc, h, w);
-    default: throw UsageError(fmt::format("flip_rows: {} channels (1 to 4)", c));
   }
 }
 

@@ -55,9 +55,6 @@ struct CropScratch {
 void apply_crop(const CropPlan& plan, const EncodedRecord& record, std::uint8_t* out,
                 CropScratch& scratch, const std::string& what);
 
-// Reverses the pixel order of each row of an h x w x c HWC image in place.
-void flip_rows(std::uint8_t* hwc, std::uint32_t h, std::uint32_t w, std::uint32_t c);
-
 // ---- template definition ----
 
 double python_round(double v);  // Python's round(): half to even

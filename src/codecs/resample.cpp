@@ -4,9 +4,14 @@
 // pixels, are identical. The integer sums are exact, so the loops may be reordered freely.
 #include "codecs/resample.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <fmt/format.h>
 
@@ -119,6 +124,97 @@ IMGSTORE_ISA_CLONES void horizontal_taps(const std::uint8_t* __restrict src, std
   }
 }
 
+#if defined(__SSE2__)
+// 3-channel rows with K = 3 or 5 fixed taps, one output pixel per step, in SSE2 (every x86-64).
+// A 22-bit coefficient k splits exactly into k = hi * 2048 + lo with hi and lo in int16
+// (lo in 0..2047), so _mm_madd_epi16 sums two taps' products for R, G and B at once in int32;
+// sum = (sum_hi << 11) + sum_lo equals the reference's integer sum bit for bit (wrapping adds
+// agree mod 2^32 and the reference's sum fits in int32).
+constexpr int kHiShift = 11;
+
+// Per output pixel, per pair of taps (2m, 2m+1; a tap past K weighs 0): the int16 lanes
+// (k0, k1, k0, k1, k0, k1, 0, 0) of the hi parts, then those of the lo parts.
+void pack_pair_coeffs(const std::int32_t* coeffs, int k, int out_w,
+                      std::vector<std::int16_t>& packed) {
+  const int pairs = (k + 1) / 2;
+  packed.resize(static_cast<std::size_t>(out_w) * pairs * 2 * 8);
+  for (int xx = 0; xx < out_w; ++xx) {
+    const std::int32_t* c = coeffs + static_cast<std::size_t>(xx) * k;
+    for (int m = 0; m < pairs; ++m) {
+      const std::int32_t k0 = c[2 * m], k1 = 2 * m + 1 < k ? c[2 * m + 1] : 0;
+      const auto hi0 = static_cast<std::int16_t>(k0 >> kHiShift);
+      const auto hi1 = static_cast<std::int16_t>(k1 >> kHiShift);
+      const auto lo0 = static_cast<std::int16_t>(k0 - (std::int32_t{hi0} << kHiShift));
+      const auto lo1 = static_cast<std::int16_t>(k1 - (std::int32_t{hi1} << kHiShift));
+      std::int16_t* out = &packed[(static_cast<std::size_t>(xx) * pairs + m) * 16];
+      const std::int16_t lanes[16] = {hi0, hi1, hi0, hi1, hi0, hi1, 0, 0,
+                                      lo0, lo1, lo0, lo1, lo0, lo1, 0, 0};
+      std::memcpy(out, lanes, sizeof lanes);
+    }
+  }
+}
+
+// Pixel p (bytes 3p..3p+2 of v) and pixel p+1 as int16 lanes (r_p, r_p+1, g_p, g_p+1, b_p, b_p+1, .., ..).
+template <int P>
+inline __m128i pixel_pair(__m128i v, __m128i zero) {
+  const __m128i a = _mm_srli_si128(v, 3 * P);
+  const __m128i b = _mm_srli_si128(v, 3 * P + 3);
+  return _mm_unpacklo_epi8(_mm_unpacklo_epi8(a, b), zero);
+}
+
+template <int K>
+IMGSTORE_ISA_CLONES void horizontal_rgb_sse2(const std::uint8_t* src, std::size_t stride,
+                                             int row0, int rows, int in_w,
+                                             const int* __restrict first,
+                                             const std::int32_t* __restrict coeffs, int out_w,
+                                             std::uint8_t* __restrict dst) {
+  constexpr int kPairs = (K + 1) / 2;
+  thread_local std::vector<std::int16_t> packed_buffer;
+  pack_pair_coeffs(coeffs, K, out_w, packed_buffer);
+  const std::int16_t* packed = packed_buffer.data();
+  const __m128i zero = _mm_setzero_si128(), half = _mm_set1_epi32(kHalf);
+  // A 16-byte load from p stays inside the rows read while p + 16 <= limit.
+  const std::uint8_t* limit =
+      src + static_cast<std::size_t>(row0 + rows - 1) * stride + static_cast<std::size_t>(in_w) * 3;
+  for (int y = 0; y < rows; ++y) {
+    const std::uint8_t* in = src + static_cast<std::size_t>(row0 + y) * stride;
+    std::uint8_t* out = dst + static_cast<std::size_t>(y) * out_w * 3;
+    for (int xx = 0; xx < out_w; ++xx) {
+      const std::uint8_t* p = in + static_cast<std::size_t>(first[xx]) * 3;
+      std::uint8_t* o = out + static_cast<std::size_t>(xx) * 3;
+      if (p + 16 > limit) {  // the last row's last pixels: the reference loop
+        const std::int32_t* k = coeffs + static_cast<std::size_t>(xx) * K;
+        for (int c = 0; c < 3; ++c) {
+          std::int32_t ss = kHalf;
+          for (int x = 0; x < K; ++x) ss += p[x * 3 + c] * k[x];
+          o[c] = clip8(ss);
+        }
+        continue;
+      }
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const std::int16_t* c = packed + static_cast<std::size_t>(xx) * kPairs * 16;
+      auto lanes = [c](int i) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 8 * i)); };
+      __m128i w = pixel_pair<0>(v, zero);
+      __m128i hi = _mm_madd_epi16(w, lanes(0));
+      __m128i lo = _mm_madd_epi16(w, lanes(1));
+      w = pixel_pair<2>(v, zero);
+      hi = _mm_add_epi32(hi, _mm_madd_epi16(w, lanes(2)));
+      lo = _mm_add_epi32(lo, _mm_madd_epi16(w, lanes(3)));
+      if constexpr (kPairs == 3) {
+        w = pixel_pair<4>(v, zero);
+        hi = _mm_add_epi32(hi, _mm_madd_epi16(w, lanes(4)));
+        lo = _mm_add_epi32(lo, _mm_madd_epi16(w, lanes(5)));
+      }
+      __m128i sum = _mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(hi, kHiShift), lo), half);
+      sum = _mm_srai_epi32(sum, kPrecisionBits);
+      const __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(sum, sum), zero);  // clip to 0..255
+      const auto rgb = static_cast<std::uint32_t>(_mm_cvtsi128_si32(bytes));
+      std::memcpy(o, &rgb, 3);
+    }
+  }
+}
+#endif
+
 // Rows are summed one tap at a time over the whole row (cache-friendly; integer sums are
 // order-independent). The accumulator is a thread_local vector reached through a local
 // restrict pointer, so the inner loops vectorise and never call __tls_get_addr.
@@ -171,6 +267,12 @@ void horizontal_channels(const std::uint8_t* src, std::size_t stride, int in_w, 
   thread_local std::vector<std::int32_t> coeffs;
   if (!generic && (t.ksize == 3 || t.ksize == 5) && fixed_taps(t, in_w, first, coeffs)) {
     // 3 taps: any bilinear upscale; 5: bilinear downscales up to 2x, bicubic upscales.
+#if defined(__SSE2__)
+    if constexpr (C == 3) {
+      auto* rgb = t.ksize == 3 ? horizontal_rgb_sse2<3> : horizontal_rgb_sse2<5>;
+      return rgb(src, stride, row0, rows, in_w, first.data(), coeffs.data(), out_w, dst);
+    }
+#endif
     auto* fixed = t.ksize == 3 ? horizontal_taps<C, 3> : horizontal_taps<C, 5>;
     return fixed(src, stride, row0, rows, first.data(), nullptr, coeffs.data(), 0, out_w, dst);
   }
@@ -188,19 +290,55 @@ void horizontal(const std::uint8_t* src, std::size_t stride, int in_w, int row0,
   }
 }
 
+// The outputs in reverse order: output i takes output n-1-i's taps, which mirrors the result.
+void reverse_outputs(Taps& t) {
+  const std::size_t n = t.first.size(), k = static_cast<std::size_t>(t.ksize);
+  std::reverse(t.first.begin(), t.first.end());
+  std::reverse(t.count.begin(), t.count.end());
+  for (std::size_t i = 0; i < n / 2; ++i) {
+    std::swap_ranges(t.coeffs.begin() + i * k, t.coeffs.begin() + (i + 1) * k,
+                     t.coeffs.begin() + (n - 1 - i) * k);
+  }
+}
+
+// Pixels of C bytes swapped whole (C known at compile time: no per-byte loop).
+template <std::uint32_t C>
+void flip_pixels(std::uint8_t* hwc, std::uint32_t h, std::uint32_t w) {
+  for (std::uint32_t y = 0; y < h; ++y) {
+    std::uint8_t* row = hwc + std::size_t{y} * w * C;
+    for (std::uint32_t a = 0, b = w - 1; a < b; ++a, --b) {
+      std::uint8_t t[C];
+      std::memcpy(t, row + a * C, C);
+      std::memcpy(row + a * C, row + b * C, C);
+      std::memcpy(row + b * C, t, C);
+    }
+  }
+}
+
 }  // namespace
+
+void flip_rows(std::uint8_t* hwc, std::uint32_t h, std::uint32_t w, std::uint32_t c) {
+  switch (c) {
+    case 1: return flip_pixels<1>(hwc, h, w);
+    case 2: return flip_pixels<2>(hwc, h, w);
+    case 3: return flip_pixels<3>(hwc, h, w);
+    case 4: return flip_pixels<4>(hwc, h, w);
+    default: throw UsageError(fmt::format("flip_rows: {} channels (1 to 4)", c));
+  }
+}
 
 void resize(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
             std::uint32_t channels, const ResizeBox& box, std::uint32_t out_w,
             std::uint32_t out_h, std::uint8_t* dst, ResampleFilter filter,
-            std::size_t src_stride) {
-  resize_with(src, width, height, channels, box, out_w, out_h, dst, filter, src_stride, false);
+            std::size_t src_stride, bool mirror) {
+  resize_with(src, width, height, channels, box, out_w, out_h, dst, filter, src_stride, false,
+              mirror);
 }
 
 void resize_with(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
                  std::uint32_t channels, const ResizeBox& box, std::uint32_t out_w,
                  std::uint32_t out_h, std::uint8_t* dst, ResampleFilter filter,
-                 std::size_t src_stride, bool generic_kernels) {
+                 std::size_t src_stride, bool generic_kernels, bool mirror) {
   if (channels < 1 || channels > 4 || width == 0 || height == 0 || out_w == 0 || out_h == 0 ||
       width > (1u << 30) || height > (1u << 30) || out_w > (1u << 30) || out_h > (1u << 30)) {
     throw UsageError(fmt::format("resize: cannot resample {}x{}x{} to {}x{}", height, width,
@@ -222,6 +360,7 @@ void resize_with(const std::uint8_t* src, std::uint32_t width, std::uint32_t hei
                       static_cast<std::size_t>(box.x0) * channels,
                   out_row);
     }
+    if (mirror) flip_rows(dst, out_h, out_w, channels);
     return;
   }
   thread_local Taps horiz, vert;
@@ -230,6 +369,7 @@ void resize_with(const std::uint8_t* src, std::uint32_t width, std::uint32_t hei
   // Pillow's test, quirk included (box.x1 is compared with the output width).
   const bool need_horizontal = out_w != width || box.x0 != 0 || box.x1 != static_cast<float>(out_w);
   const bool need_vertical = out_h != height || box.y0 != 0 || box.y1 != static_cast<float>(out_h);
+  if (mirror && need_horizontal) reverse_outputs(horiz);
 
   const std::uint8_t* cur = src;
   std::size_t cur_stride = stride;
@@ -249,16 +389,17 @@ void resize_with(const std::uint8_t* src, std::uint32_t width, std::uint32_t hei
     }
     horizontal(src, stride, static_cast<int>(width), row0, rows, static_cast<int>(channels),
                horiz, static_cast<int>(out_w), hdst, generic_kernels);
-    if (!need_vertical) return;
+    if (!need_vertical) return;  // mirrored by the horizontal pass
     cur = temp.data();
     cur_stride = out_row;
     cur_row = out_row;
   }
   if (need_vertical) {
     vertical_pass(cur, cur_stride, cur_row, vert, static_cast<int>(out_h), dst);
-    return;
+  } else {
+    for (std::uint32_t y = 0; y < out_h; ++y) std::memcpy(dst + y * out_row, src + y * stride, out_row);
   }
-  for (std::uint32_t y = 0; y < out_h; ++y) std::memcpy(dst + y * out_row, src + y * stride, out_row);
+  if (mirror && !need_horizontal) flip_rows(dst, out_h, out_w, channels);
 }
 
 }  // namespace imgstore::detail

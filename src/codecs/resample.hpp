@@ -20,12 +20,14 @@ struct ResizeBox {
 // apart; 0 = width * channels) to out_w x out_h into `dst` (out_h * out_w * channels bytes).
 // Pillow's crop((l, t, r, b)).resize(size) is resize(src + t*stride + l*C, r-l, b-t, ...,
 // box {0, 0, r-l, b-t}). Channels are resampled independently: for 2 and 4 channels this is
-// not Pillow's (which premultiplies alpha). Throws UsageError on an empty size or a box
-// outside the image.
+// not Pillow's (which premultiplies alpha). mirror: the result flipped left to right (Pillow's
+// FLIP_LEFT_RIGHT after the resize), at no cost when there is a horizontal pass: its outputs
+// are written in reverse order. Throws UsageError on an empty size or a box outside the image.
 void resize(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
             std::uint32_t channels, const ResizeBox& box, std::uint32_t out_w,
             std::uint32_t out_h, std::uint8_t* dst,
-            ResampleFilter filter = ResampleFilter::Bilinear, std::size_t src_stride = 0);
+            ResampleFilter filter = ResampleFilter::Bilinear, std::size_t src_stride = 0,
+            bool mirror = false);
 
 // resize(), with generic_kernels choosing the reference horizontal loop (each output's own
 // tap count) over the fixed-tap kernels resize() picks when it can: for the tests, which
@@ -33,6 +35,9 @@ void resize(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
 void resize_with(const std::uint8_t* src, std::uint32_t width, std::uint32_t height,
                  std::uint32_t channels, const ResizeBox& box, std::uint32_t out_w,
                  std::uint32_t out_h, std::uint8_t* dst, ResampleFilter filter,
-                 std::size_t src_stride, bool generic_kernels);
+                 std::size_t src_stride, bool generic_kernels, bool mirror = false);
+
+// Mirrors each of the h rows of w pixels of c bytes (1..4) in place: FLIP_LEFT_RIGHT.
+void flip_rows(std::uint8_t* hwc, std::uint32_t h, std::uint32_t w, std::uint32_t c);
 
 }  // namespace imgstore::detail

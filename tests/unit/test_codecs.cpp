@@ -223,12 +223,36 @@ TEST_CASE("codecs: resize's fixed-tap kernels equal the reference loop byte for 
     resize_with(src, w, h, c, box, ow, oh, fast.data(), filter, stride, false);
     resize_with(src, w, h, c, box, ow, oh, reference.data(), filter, stride, true);
     CHECK(fast == reference);
+    // Mirrored: the same pixels, each row reversed (the horizontal taps in reverse order).
+    std::vector<std::uint8_t> mirrored(fast.size());
+    resize_with(src, w, h, c, box, ow, oh, mirrored.data(), filter, stride, next(2) == 1, true);
+    flip_rows(fast.data(), oh, ow, c);
+    CHECK(mirrored == fast);
     ++cases;
     const double scale = (box.x1 - box.x0) / ow;
     fixed += scale < 2 ? 1 : 0;
   }
   CHECK(cases == 400);
   CHECK(fixed > 200);  // most cases take the fixed-tap kernels
+}
+
+TEST_CASE("codecs: a mirrored resize without a horizontal pass, or a plain crop, is flipped") {
+  const auto src = gradient(50, 40, 3);
+  std::vector<std::uint8_t> plain(50 * 13 * 3), mirrored(plain.size());
+  // Only a vertical pass: the output keeps the source's width.
+  resize(src.data(), 50, 40, 3, ResizeBox{0, 0, 50, 40}, 50, 13, plain.data());
+  resize(src.data(), 50, 40, 3, ResizeBox{0, 0, 50, 40}, 50, 13, mirrored.data(),
+         ResampleFilter::Bilinear, 0, true);
+  flip_rows(plain.data(), 13, 50, 3);
+  CHECK(mirrored == plain);
+  // An integer box of the output's size: a copy.
+  std::vector<std::uint8_t> crop(9 * 7 * 3), crop_mirrored(crop.size());
+  resize(src.data(), 50, 40, 3, ResizeBox{4, 5, 13, 12}, 9, 7, crop.data());
+  resize(src.data(), 50, 40, 3, ResizeBox{4, 5, 13, 12}, 9, 7, crop_mirrored.data(),
+         ResampleFilter::Bilinear, 0, true);
+  CHECK(crop_mirrored != crop);
+  flip_rows(crop.data(), 7, 9, 3);
+  CHECK(crop_mirrored == crop);
 }
 
 TEST_CASE("codecs: JPEG encode then decode is close and stays gray or RGB") {
