@@ -8,7 +8,7 @@
 //   peak RSS of every conversion (ru_maxrss of the child process).
 //
 //   imgstore-photo-convert-bench [--source DIR] [--out DIR] [--runs 3] [--threads N]
-//                                [--quick] [--json FILE] [--csv FILE] [--no-python]
+//                                [--copies K] [--quick] [--json FILE] [--csv FILE] [--no-python]
 //
 // The data set is the pass-through JPEGs of the medium photo fixture (generated in the run by
 // tests/fixtures/make_photo_fixtures.py; --quick: the small one) or of --source, linked (or
@@ -61,6 +61,7 @@ struct Options {
   fs::path source;  // empty: generate the fixture
   fs::path out = fs::temp_directory_path() / "imgstore-photo-convert-bench";
   int runs = 3;
+  unsigned copies = 1;  // each file linked this many times: a larger data set of the same photos
   unsigned threads = 0;
   bool quick = false;
   bool no_python = false;
@@ -174,7 +175,7 @@ void place(const fs::path& from, const fs::path& to) {
   if (ec) fs::copy_file(from, to, fs::copy_options::overwrite_existing);
 }
 
-DataSet build_data(const fs::path& source, const fs::path& root) {
+DataSet build_data(const fs::path& source, const fs::path& root, unsigned copies) {
   namespace d = imgstore::detail;
   imgstore::bench::remove_tree(root);
   const d::ImageFileScan scan = d::scan_image_folder(source);
@@ -200,10 +201,13 @@ DataSet build_data(const fs::path& source, const fs::path& root) {
         ++ds.left_out;  // resized to short side 256 it exceeds JPEG's 65535 (Pillow fails too)
         continue;
       }
-      const fs::path dest = root / split.name / rel;
-      place(split.base / rel, dest);
-      ds.files.push_back(dest);
-      ds.bytes += bytes.size();
+      for (unsigned c = 0; c < copies; ++c) {
+        const fs::path name = c == 0 ? rel : rel.parent_path() / fmt::format("copy{}_{}", c, rel.filename().string());
+        const fs::path dest = root / split.name / name;
+        place(split.base / rel, dest);
+        ds.files.push_back(dest);
+        ds.bytes += bytes.size();
+      }
       ds.largest_image = std::max<std::uint64_t>(ds.largest_image, std::uint64_t{info.width} * info.height * 3);
     }
   }
@@ -468,7 +472,7 @@ void Bench::write_outputs(const json& summary) const {
   json doc = {{"program", "imgstore-photo-convert-bench"},
               {"conditions", {{"threads", o_.threads}, {"runs", o_.runs}, {"cache", "warm"},
                               {"resident_fraction", resident_}, {"cores", std::thread::hardware_concurrency()},
-                              {"quick", o_.quick}, {"out", o_.out.string()}}},
+                              {"quick", o_.quick}, {"copies", o_.copies}, {"out", o_.out.string()}}},
               {"data", {{"description", ds_.description}, {"root", ds_.root.string()},
                         {"images", n}, {"bytes", ds_.bytes}, {"largest_image_bytes", ds_.largest_image},
                         {"left_out", ds_.left_out}}},
@@ -482,9 +486,10 @@ int Bench::run() {
   fs::create_directories(o_.out);
   const bool generated = o_.source.empty();
   const fs::path source = generated ? make_fixture(o_) : o_.source;
-  ds_ = build_data(source, o_.out / "data");
+  ds_ = build_data(source, o_.out / "data", o_.copies);
   ds_.description = generated ? fmt::format("{} photo fixture (make_photo_fixtures.py)", o_.quick ? "small" : "medium")
                               : "folder " + source.string();
+  if (o_.copies > 1) ds_.description += fmt::format(", each file linked {} times", o_.copies);
   imgstore::bench::read_floor(ds_.files, imgstore::bench::kFloorPiece);  // warm the page cache
   resident_ = imgstore::bench::resident_fraction(ds_.files);
   add_cases();
@@ -511,6 +516,9 @@ int main(int argc, char** argv) {
   app.add_option("--out", o.out, "scratch folder (the data set stays in OUT/data)");
   app.add_option("--runs", o.runs, "runs per case; medians are reported (default 3)")->check(CLI::Range(1, 100));
   app.add_option("--threads", o.threads, "imgstore-convert --threads (default: all cores)");
+  app.add_option("--copies", o.copies, "link each file K times under new names: the same photos as a "
+                 "larger data set, where fixed costs (process start, store creation) weigh less")
+      ->check(CLI::Range(1, 1000));
   app.add_flag("--quick", o.quick, "small fixture, 1 run: checks the program, not the figures");
   app.add_flag("--no-python", o.no_python, "skip the Python peer");
   app.add_option("--python", o.python, "interpreter with Pillow (and python3-skimage for the fixture)");

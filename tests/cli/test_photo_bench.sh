@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# imgstore-photo-convert-bench --quick (small photo fixture, 1 run): exits 0, prints every row
-# of its table, writes complete CSV/JSON, and its cat floor moved exactly the data set's bytes
-# (the total size of the files, counted here independently). Timings are never checked.
+# imgstore-photo-convert-bench --quick --copies 2 (small photo fixture, each file twice, 1 run):
+# exits 0, prints every row of its table, writes complete CSV/JSON, and its cat floor moved
+# exactly the data set's bytes (the total size of the files, counted here independently).
+# Timings are never checked.
 source "$(dirname "$0")/lib.sh"
 BUILD="${IMGSTORE_BUILD_DIR:?set by ctest}"
 BENCH="$BUILD/imgstore-photo-convert-bench"
 [ -x "$BENCH" ] || fail "missing $BENCH (build target imgstore-photo-convert-bench)"
 $PY -c "import PIL, skimage" 2>/dev/null || { echo "note: no Pillow/skimage, not checked"; exit 0; }
 
-"$BENCH" --quick --out "$WORK/b" --json b.json --csv b.csv >out.txt 2>err.txt ||
+"$BENCH" --quick --copies 2 --out "$WORK/b" --json b.json --csv b.csv >out.txt 2>err.txt ||
   fail "imgstore-photo-convert-bench --quick exited $?: $(cat err.txt) $(cat out.txt)"
 NUM='[0-9]+(\.[0-9]+)?'
 row() {  # row PATTERN: exactly one table line starts with PATTERN and has all its figures
@@ -30,12 +31,15 @@ echo "ok: table complete"
 files=$(find "$WORK/b/data" -type f | wc -l)
 bytes=$(find "$WORK/b/data" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
 [ "$files" -gt 0 ] || fail "no data set under $WORK/b/data"
+copies=$(find "$WORK/b/data" -type f -name 'copy1_*' | wc -l)
+[ $((copies * 2)) -eq "$files" ] || fail "--copies 2: $copies second copies of $files files"
 $PY - "$files" "$bytes" <<'EOF' || fail "JSON check failed"
 import csv, json, sys
 files, total = int(sys.argv[1]), int(sys.argv[2])
 doc = json.load(open("b.json"))
 assert doc["data"]["images"] == files, (doc["data"], files)
 assert doc["data"]["bytes"] == total, (doc["data"], total)
+assert doc["conditions"]["copies"] == 2, doc["conditions"]
 assert len(doc["floor_runs"]) == 2, doc["floor_runs"]  # no flush + fsync, 1 run each
 for run in doc["floor_runs"]:
     assert run["bytes"] == total, (run, total)
