@@ -1,5 +1,6 @@
 // The photo decoders (src/codecs/image_codec.hpp) on raw bytes: read_image_info, decode_image
-// to L and RGB under a 4-Mpixel limit, and for JPEG a DCT-scaled crop. Built twice:
+// to L and RGB under a 4-Mpixel limit, and for JPEG a DCT-scaled crop and an unscaled gray one
+// (libjpeg's region decode). Built twice:
 // fuzz_jpeg_decode (seeds: JPEGs) and fuzz_image_png (seeds: PNGs of every kind); the code
 // path is chosen by the magic bytes either way. Decoded shapes must match the header.
 #include "codecs/image_codec.hpp"
@@ -47,6 +48,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (sc.image.pixels.size() != sc.image.shape.bytes() || sc.box[2] <= sc.box[0] ||
         sc.box[2] > static_cast<float>(sc.image.shape.width) + 1e-3f) {
       fuzz::fail("scaled crop inconsistent");
+    }
+    // At scale 1, to gray: the region decode crops columns and skips rows, and its result is
+    // exactly the crop.
+    try {
+      decode_jpeg_crop(data, size, crop, crop.width, crop.height, 1, "'fuzz'", sc, limits);
+    } catch (const Error&) {
+      return 0;
+    }
+    if (sc.scale_denom != 1 || sc.image.shape != Shape{crop.height, crop.width, 1}) {
+      fuzz::fail("unscaled crop is not the crop");
     }
   }
   return 0;
