@@ -281,8 +281,11 @@ int run_convert(const ConvertArgs& a) {
     js["total_seconds"] = r.total_seconds;
     js["stores"] = Json::array();
     if (!a.quiet && !a.json) {
-      fmt::print("{}: {} images of {} (source read {:.2f}s)\n", r.split, r.count,
-                 to_string(r.shape), r.read_seconds);
+      // A variable-size split's shape holds only its channels (height and width are 0).
+      const std::string shape = r.shape.height == 0 ? fmt::format("any size, {} channels", r.shape.channels)
+                                                     : to_string(r.shape);
+      fmt::print("{}: {} images of {} (source read {:.2f}s)\n", r.split, r.count, shape,
+                 r.read_seconds);
     }
     for (const auto& f : r.formats) {
       const double rate = f.seconds > 0 ? r.count / f.seconds : 0;

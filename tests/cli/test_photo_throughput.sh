@@ -11,8 +11,10 @@ TRAIN="$IMGSTORE_BUILD_DIR/imgstore-train"
 
 $PY "$IMGSTORE_SOURCE_DIR/tests/fixtures/make_photo_fixtures.py" --size small --out photos \
   >/dev/null || fail "make_photo_fixtures.py failed"
-"$CONVERT" convert photos --to lmdb,hdf5 --encoding jpeg --out stores --quiet ||
+"$CONVERT" convert photos --to lmdb,hdf5 --encoding jpeg --out stores >convert.txt ||
   fail "convert failed"
+grep -Eq "^train: [0-9]+ images of any size, 3 channels " convert.txt ||
+  fail "the summary does not say the split has images of any size: $(cat convert.txt)"
 
 "$PT" --stores stores --images photos/train --sizes 48,32 --runs 1 --train-size 32 \
   --train-steps 2 --rss-epochs 2 --torchvision-limit 40 --out out >stdout.txt 2>stderr.txt ||
