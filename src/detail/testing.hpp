@@ -20,6 +20,11 @@ std::size_t lmdb_initial_map_size();
 void set_hdf5_mmap_disabled(bool disabled);
 bool hdf5_mmap_disabled();
 
+// While set, ragged HDF5 writers copy their payloads into /images through HDF5's write, as
+// where copy_file_range is unsupported.
+void set_hdf5_copy_file_range_disabled(bool disabled);
+bool hdf5_copy_file_range_disabled();
+
 // True if `reader` is an HDF5 reader that reads /images through a mapping of the file (defined
 // in hdf5_store.cpp, which knows the reader type).
 bool hdf5_reader_uses_mmap(const StoreReader& reader);
@@ -33,12 +38,16 @@ class ForcedLmdbMapSize {
   ForcedLmdbMapSize& operator=(const ForcedLmdbMapSize&) = delete;
 };
 
-class Hdf5MmapDisabled {
+// Sets a flag for its lifetime.
+template <void (*Set)(bool)>
+class ScopedFlag {
  public:
-  Hdf5MmapDisabled() { set_hdf5_mmap_disabled(true); }
-  ~Hdf5MmapDisabled() { set_hdf5_mmap_disabled(false); }
-  Hdf5MmapDisabled(const Hdf5MmapDisabled&) = delete;
-  Hdf5MmapDisabled& operator=(const Hdf5MmapDisabled&) = delete;
+  ScopedFlag() { Set(true); }
+  ~ScopedFlag() { Set(false); }
+  ScopedFlag(const ScopedFlag&) = delete;
+  ScopedFlag& operator=(const ScopedFlag&) = delete;
 };
+using Hdf5MmapDisabled = ScopedFlag<set_hdf5_mmap_disabled>;
+using Hdf5CopyFileRangeDisabled = ScopedFlag<set_hdf5_copy_file_range_disabled>;
 
 }  // namespace imgstore::detail::testing

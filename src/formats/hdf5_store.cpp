@@ -505,6 +505,46 @@ class Hdf5Writer final : public StoreWriter {
   void write_ragged_datasets() {
     const hsize_t total = scratch_size_;
     images_ = create_dataset("images", H5T_STD_U8LE, 1, &total, contiguous_plist());
+    if (!copy_scratch_in_kernel(total)) copy_scratch_through_hdf5(total);
+    const hsize_t offsets_dims[1] = {offsets_.size()};
+    offsets_ds_ = create_dataset("offsets", H5T_STD_U64LE, 1, offsets_dims, contiguous_plist());
+    write_rows(offsets_ds_, H5T_NATIVE_UINT64, 0, offsets_.size(), offsets_.data());
+    const hsize_t shapes_dims[2] = {spec_.count, 3};
+    shapes_ds_ = create_dataset("shapes", H5T_STD_U32LE, 2, shapes_dims, contiguous_plist());
+    if (spec_.count > 0) {
+      write_rows(shapes_ds_, H5T_NATIVE_UINT32, 0, spec_.count, shapes_.data());
+    }
+  }
+
+  // /images is contiguous, allocated at creation and never filled by HDF5, so its bytes lie at
+  // one address of the file: copy_file_range moves the payloads there inside the kernel, one
+  // copy instead of two (into a buffer, then HDF5's write from it). False, with nothing
+  // written, where the file system cannot (the caller then copies through HDF5).
+  bool copy_scratch_in_kernel(std::uint64_t total) {
+    if (total == 0) return true;
+    if (testing::hdf5_copy_file_range_disabled()) return false;
+    const haddr_t addr = H5Dget_offset(images_.get());
+    if (addr == HADDR_UNDEF) return false;
+    Fd out(::open(staged_.temp().c_str(), O_WRONLY | O_CLOEXEC));
+    if (out.get() < 0) return false;
+    loff_t in_off = 0, out_off = static_cast<loff_t>(addr);
+    while (static_cast<std::uint64_t>(in_off) < total) {
+      const ssize_t n = ::copy_file_range(scratch_.get(), &in_off, out.get(), &out_off,
+                                          static_cast<std::size_t>(total - static_cast<std::uint64_t>(in_off)), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && in_off == 0 &&
+          (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
+        return false;
+      }
+      if (n <= 0) {
+        throw IoError(fmt::format("cannot copy the scratch space of {} into it: {}", quote(path_),
+                                  n < 0 ? std::strerror(errno) : "short file"));
+      }
+    }
+    return true;
+  }
+
+  void copy_scratch_through_hdf5(std::uint64_t total) {
     std::vector<std::uint8_t> block(std::min<std::uint64_t>(total, std::uint64_t{16} << 20));
     for (std::uint64_t at = 0; at < total;) {
       const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(block.size(), total - at));
@@ -516,14 +556,6 @@ class Hdf5Writer final : public StoreWriter {
       }
       write_rows(images_, H5T_NATIVE_UINT8, at, static_cast<std::uint64_t>(n), block.data());
       at += static_cast<std::uint64_t>(n);
-    }
-    const hsize_t offsets_dims[1] = {offsets_.size()};
-    offsets_ds_ = create_dataset("offsets", H5T_STD_U64LE, 1, offsets_dims, contiguous_plist());
-    write_rows(offsets_ds_, H5T_NATIVE_UINT64, 0, offsets_.size(), offsets_.data());
-    const hsize_t shapes_dims[2] = {spec_.count, 3};
-    shapes_ds_ = create_dataset("shapes", H5T_STD_U32LE, 2, shapes_dims, contiguous_plist());
-    if (spec_.count > 0) {
-      write_rows(shapes_ds_, H5T_NATIVE_UINT32, 0, spec_.count, shapes_.data());
     }
   }
 

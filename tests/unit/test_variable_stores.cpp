@@ -10,6 +10,7 @@
 #include <iterator>
 
 #include "codecs/image_codec.hpp"
+#include "detail/testing.hpp"
 #include "formats/formats.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/convert.hpp"
@@ -153,6 +154,30 @@ TEST_CASE("a variable-size store (LMDB, HDF5, PNG folder) keeps every record's o
   CHECK(same.exact);
   CHECK(same.max_abs_diff == 0);
   }
+}
+
+TEST_CASE("a ragged HDF5 store is the same whether its payloads are copied in the kernel or "
+          "through HDF5") {
+  test::TempDir dir;
+  const ImageBatch crops = photo_crops(23, false);
+  fs::create_directories(dir.path() / "k");
+  fs::create_directories(dir.path() / "h");
+  const fs::path in_kernel = write_store(Format::Hdf5, dir.path() / "k", "v", crops, Encoding::Raw);
+  fs::path through_hdf5;
+  {
+    detail::testing::Hdf5CopyFileRangeDisabled off;
+    through_hdf5 = write_store(Format::Hdf5, dir.path() / "h", "v", crops, Encoding::Raw);
+  }
+  CHECK(fs::file_size(in_kernel) == fs::file_size(through_hdf5));
+  auto a = open_store(in_kernel), b = open_store(through_hdf5);
+  EncodedRecord r;
+  for (std::size_t i = 0; i < crops.size(); ++i) {
+    a->read_record(i, r);
+    REQUIRE(r.bytes.size() == crops.image_bytes(i));
+    CHECK(std::equal(r.bytes.begin(), r.bytes.end(), crops.image(i)));
+  }
+  CHECK(verify_store(*a).records == crops.size());
+  CHECK(compare_stores(*a, *b).exact);
 }
 
 TEST_CASE("a JPEG store (LMDB, HDF5) keeps the source's JPEG bytes untouched") {
