@@ -144,8 +144,8 @@ void pack_pair_coeffs(const std::int32_t* coeffs, int k, int out_w,
       const std::int32_t k0 = c[2 * m], k1 = 2 * m + 1 < k ? c[2 * m + 1] : 0;
       const auto hi0 = static_cast<std::int16_t>(k0 >> kHiShift);
       const auto hi1 = static_cast<std::int16_t>(k1 >> kHiShift);
-      const auto lo0 = static_cast<std::int16_t>(k0 - (std::int32_t{hi0} << kHiShift));
-      const auto lo1 = static_cast<std::int16_t>(k1 - (std::int32_t{hi1} << kHiShift));
+      const auto lo0 = static_cast<std::int16_t>(k0 - std::int32_t{hi0} * (1 << kHiShift));
+      const auto lo1 = static_cast<std::int16_t>(k1 - std::int32_t{hi1} * (1 << kHiShift));
       std::int16_t* out = &packed[(static_cast<std::size_t>(xx) * pairs + m) * 16];
       const std::int16_t lanes[16] = {hi0, hi1, hi0, hi1, hi0, hi1, 0, 0,
                                       lo0, lo1, lo0, lo1, lo0, lo1, 0, 0};
