@@ -224,4 +224,12 @@ void convert_row(SourceMode mode, const std::uint8_t* in, std::size_t width,
   }
 }
 
+void convert_rows(SourceMode mode, const std::uint8_t* in, std::size_t width, std::size_t height,
+                  std::uint32_t channels, std::uint8_t* out) {
+  const std::size_t in_row = width * source_mode_bytes(mode), out_row = width * channels;
+  for (std::size_t y = 0; y < height; ++y) {
+    convert_row(mode, in + y * in_row, width, channels, out + y * out_row, nullptr);
+  }
+}
+
 }  // namespace imgstore::detail

@@ -103,53 +103,29 @@ JpegColorspace colorspace_of(int tjcs) {
   throw DataError(message);
 }
 
-std::uint32_t scaled(std::uint32_t dim, int denom) {
-  return static_cast<std::uint32_t>((std::uint64_t{dim} + denom - 1) / denom);  // TJSCALED
-}
-
-// Decodes the whole image (header `info`, limits checked) at 1/denom into `out` as `channels`.
-void decode_scaled(const std::uint8_t* data, std::size_t size, const ImageInfo& info,
-                   std::uint32_t channels, int denom, const std::string& what,
-                   DecodedImage& out) {
-  const std::uint32_t w = scaled(info.width, denom), h = scaled(info.height, denom);
+// Decodes the whole image (header `info`, limits checked) into `out` as `channels`.
+void decode_whole(const std::uint8_t* data, std::size_t size, const ImageInfo& info,
+                  std::uint32_t channels, const std::string& what, DecodedImage& out) {
+  const std::uint32_t w = info.width, h = info.height;
   out.shape = Shape{h, w, channels};
   out.pixels.resize(out.shape.bytes());
   tjhandle tj = decompressor();
-
-  // Straight into the output when libjpeg's own conversion is Pillow's; else via a scratch
-  // buffer in Pillow's mode of the file, then convert_row.
-  SourceMode mode = SourceMode::RGB;
-  int format = TJPF_RGB;
-  if (info.colorspace == JpegColorspace::Cmyk || info.colorspace == JpegColorspace::Ycck) {
-    mode = SourceMode::CMYK;
-    format = TJPF_CMYK;
-  } else if (info.colorspace == JpegColorspace::Gray) {
-    mode = SourceMode::L;
-    format = channels == 1 ? TJPF_GRAY : TJPF_RGB;
-  }
-  const bool direct = (channels == 3 && mode != SourceMode::CMYK) ||
-                      (channels == 1 && info.colorspace == JpegColorspace::Gray);
+  const JpegOutput plan = jpeg_output(info, channels);
+  const int format = plan.mode == SourceMode::CMYK ? TJPF_CMYK
+                     : plan.mode == SourceMode::L  ? TJPF_GRAY
+                                                   : TJPF_RGB;
   thread_local std::vector<std::uint8_t> scratch;
   std::uint8_t* dest = out.pixels.data();
-  std::size_t pitch = std::size_t{w} * channels;
-  if (!direct) {
-    pitch = std::size_t{w} * static_cast<std::size_t>(tjPixelSize[format]);
+  const std::size_t pitch = std::size_t{w} * static_cast<std::size_t>(tjPixelSize[format]);
+  if (!plan.direct) {
     scratch.resize(pitch * h);
     dest = scratch.data();
   }
-  // Width and height bound what TurboJPEG may write: it picks the largest scaling factor whose
-  // output fits, which for these sizes is 1/denom.
   if (tjDecompress2(tj, data, static_cast<unsigned long>(size), dest, static_cast<int>(w),
                     static_cast<int>(pitch), static_cast<int>(h), format, kDecodeFlags) != 0) {
     throw_tj(tj, what, "decoding");
   }
-  if (!direct) {
-    if (format == TJPF_RGB) mode = SourceMode::RGB;
-    for (std::uint32_t y = 0; y < h; ++y) {
-      convert_row(mode, dest + y * pitch, w, channels,
-                  out.pixels.data() + std::size_t{y} * w * channels, nullptr);
-    }
-  }
+  if (!plan.direct) convert_rows(plan.mode, dest, w, h, channels, out.pixels.data());
 }
 
 }  // namespace
@@ -180,11 +156,19 @@ ImageInfo read_jpeg_info(const std::uint8_t* data, std::size_t size, const std::
   return info;
 }
 
+JpegOutput jpeg_output(const ImageInfo& info, std::uint32_t channels) {
+  if (info.colorspace == JpegColorspace::Cmyk || info.colorspace == JpegColorspace::Ycck) {
+    return {SourceMode::CMYK, false};
+  }
+  if (info.colorspace == JpegColorspace::Gray && channels == 1) return {SourceMode::L, true};
+  return {SourceMode::RGB, channels == 3};
+}
+
 void decode_jpeg(const std::uint8_t* data, std::size_t size, std::uint32_t channels,
                  const std::string& what, DecodedImage& out, const DecodeLimits& limits) {
   const ImageInfo info = read_jpeg_info(data, size, what);
   check_decode_limits(info, limits, what);
-  decode_scaled(data, size, info, channels, 1, what, out);
+  decode_whole(data, size, info, channels, what, out);
 }
 
 int choose_jpeg_scale(std::uint32_t crop_w, std::uint32_t crop_h, std::uint32_t out_w,
@@ -222,8 +206,8 @@ void decode_jpeg_crop(const std::uint8_t* data, std::size_t size, const CropRect
   const double fx1 = (static_cast<double>(crop.x) + crop.width) / d;
   const double fy1 = (static_cast<double>(crop.y) + crop.height) / d;
   const std::uint32_t x0 = crop.x / denom, y0 = crop.y / denom;
-  const std::uint32_t x1 = std::min(scaled(info.width, denom), scaled(crop.x + crop.width, denom));
-  const std::uint32_t y1 = std::min(scaled(info.height, denom), scaled(crop.y + crop.height, denom));
+  const std::uint32_t x1 = std::min(jpeg_scaled(info.width, denom), jpeg_scaled(crop.x + crop.width, denom));
+  const std::uint32_t y1 = std::min(jpeg_scaled(info.height, denom), jpeg_scaled(crop.y + crop.height, denom));
   decode_jpeg_region(data, size, info, channels, denom, x0, y0, x1, y1, what, out.image);
   out.scale_denom = denom;
   out.box[0] = static_cast<float>(fx0 - x0);

@@ -148,32 +148,23 @@ void decode_jpeg_region(const std::uint8_t* data, std::size_t size, const ImageI
                         std::uint32_t channels, int denom, std::uint32_t x0, std::uint32_t y0,
                         std::uint32_t x1, std::uint32_t y1, const std::string& what,
                         DecodedImage& out) {
-  const std::uint32_t width = static_cast<std::uint32_t>((std::uint64_t{info.width} + denom - 1) / denom);
-  const std::uint32_t height = static_cast<std::uint32_t>((std::uint64_t{info.height} + denom - 1) / denom);
+  const std::uint32_t width = jpeg_scaled(info.width, denom), height = jpeg_scaled(info.height, denom);
   if (!(x0 < x1 && x1 <= width && y0 < y1 && y1 <= height)) {
     throw UsageError(fmt::format("{}: region [{}, {}) x [{}, {}) is empty or outside the {}x{} "
                                  "image at 1/{}", what, x0, x1, y0, y1, width, height, denom));
   }
-  // libjpeg's output as in decode_scaled: straight to RGB or gray where that is Pillow's
-  // conversion, else Pillow's mode of the file, then convert_row.
-  SourceMode mode = SourceMode::RGB;
-  J_COLOR_SPACE space = JCS_RGB;
-  if (info.colorspace == JpegColorspace::Cmyk || info.colorspace == JpegColorspace::Ycck) {
-    mode = SourceMode::CMYK;
-    space = JCS_CMYK;
-  } else if (info.colorspace == JpegColorspace::Gray && channels == 1) {
-    mode = SourceMode::L;
-    space = JCS_GRAYSCALE;
-  }
-  const int pixel_size = space == JCS_CMYK ? 4 : space == JCS_GRAYSCALE ? 1 : 3;
-  const bool direct = static_cast<std::uint32_t>(pixel_size) == channels;
+  const JpegOutput plan = jpeg_output(info, channels);
+  const J_COLOR_SPACE space = plan.mode == SourceMode::CMYK ? JCS_CMYK
+                              : plan.mode == SourceMode::L  ? JCS_GRAYSCALE
+                                                            : JCS_RGB;
+  const int pixel_size = static_cast<int>(source_mode_bytes(plan.mode));
   const std::uint32_t out_w = x1 - x0, out_h = y1 - y0;
   out.shape = Shape{out_h, out_w, channels};
   out.pixels.resize(out.shape.bytes());
   thread_local std::vector<std::uint8_t> rows, converted;
   rows.resize(std::size_t{kBatchRows} * width * pixel_size);
   std::uint8_t* dest = out.pixels.data();
-  if (!direct) {
+  if (!plan.direct) {
     converted.resize(std::size_t{out_w} * out_h * pixel_size);
     dest = converted.data();
   }
@@ -187,13 +178,7 @@ void decode_jpeg_region(const std::uint8_t* data, std::size_t size, const ImageI
     decompressor.reset();
     throw DataError(message);
   }
-  if (!direct) {
-    const std::size_t in_row = std::size_t{out_w} * pixel_size;
-    for (std::uint32_t y = 0; y < out_h; ++y) {
-      convert_row(mode, dest + y * in_row, out_w, channels,
-                  out.pixels.data() + std::size_t{y} * out_w * channels, nullptr);
-    }
-  }
+  if (!plan.direct) convert_rows(plan.mode, dest, out_w, out_h, channels, out.pixels.data());
 }
 
 }  // namespace imgstore::detail

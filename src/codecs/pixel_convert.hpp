@@ -34,6 +34,10 @@ std::size_t source_mode_bytes(SourceMode mode);
 void convert_row(SourceMode mode, const std::uint8_t* in, std::size_t width,
                  std::uint32_t channels, std::uint8_t* out, const std::uint8_t* palette);
 
+// convert_row over `height` packed rows of `width` pixels (no palette).
+void convert_rows(SourceMode mode, const std::uint8_t* in, std::size_t width, std::size_t height,
+                  std::uint32_t channels, std::uint8_t* out);
+
 // Pillow's RGB -> L (Convert.c L24).
 inline std::uint8_t pil_luma(unsigned r, unsigned g, unsigned b) {
   return static_cast<std::uint8_t>((r * 19595u + g * 38470u + b * 7471u + 0x8000u) >> 16);
