@@ -27,6 +27,7 @@
 
 #include "bench/throughput_common.hpp"
 #include "codecs/crop_transform.hpp"
+#include "codecs/decoders.hpp"
 #include "codecs/image_codec.hpp"
 #include "imgstore/error.hpp"
 
@@ -113,8 +114,8 @@ DecodeRates decode_rates(const std::vector<EncodedRecord>& recs, std::uint32_t s
   auto full_once = [&] {
     const auto start = Clock::now();
     for (std::size_t i = 0; i < recs.size(); ++i) {
-      const int w = static_cast<int>((recs[i].shape.width + denom[i] - 1) / denom[i]);
-      const int h = static_cast<int>((recs[i].shape.height + denom[i] - 1) / denom[i]);
+      const int w = static_cast<int>(imgstore::detail::jpeg_scaled(recs[i].shape.width, denom[i]));
+      const int h = static_cast<int>(imgstore::detail::jpeg_scaled(recs[i].shape.height, denom[i]));
       px.resize(std::size_t(w) * std::size_t(h) * 3);
       if (tjDecompress2(tj, recs[i].bytes.data(), static_cast<unsigned long>(recs[i].bytes.size()),
                         px.data(), w, 0, h, TJPF_RGB, TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS) != 0) {

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -152,27 +153,27 @@ FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, 
   FloorRun run;
   const auto t0 = Clock::now();
   Fd out = create_file(AT_FDCWD, file.c_str(), file);
-  std::uint64_t left = total;
+  const bool cycle = total > 0;  // else each source once, to its end
+  std::uint64_t left = cycle ? total : std::numeric_limits<std::uint64_t>::max();
   do {
     const std::uint64_t before = run.bytes;
     for (const auto& src : sources) {
-      if (total > 0 && left == 0) break;
+      if (left == 0) break;
       Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
       if (in.get() < 0) throw_io("open", src, errno);
-      for (;;) {
-        const std::size_t want = total > 0 ? static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), left))
-                                           : buf.size();
-        const std::size_t got = want ? read_counted(in.get(), buf.data(), want, src, run) : 0;
+      while (left > 0) {
+        const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), left));
+        const std::size_t got = read_counted(in.get(), buf.data(), want, src, run);
         if (got == 0) break;
         write_counted(out.get(), buf.data(), got, file, run);
-        if (total > 0) left -= got;
+        left -= got;
       }
     }
-    if (total > 0 && left > 0 && run.bytes == before) {
+    if (cycle && left > 0 && run.bytes == before) {
       throw std::invalid_argument("copy_floor: the sources are empty, cannot copy " +
                                   std::to_string(total) + " bytes");
     }
-  } while (total > 0 && left > 0);
+  } while (cycle && left > 0);
   finish_file(out, file, flush);
   run.seconds = seconds_since(t0);
   run.files = 1;
