@@ -20,10 +20,11 @@ std::size_t lmdb_initial_map_size();
 void set_hdf5_mmap_disabled(bool disabled);
 bool hdf5_mmap_disabled();
 
-// While set, ragged HDF5 writers copy their payloads into /images through HDF5's write, as
-// where copy_file_range is unsupported.
-void set_hdf5_copy_file_range_disabled(bool disabled);
-bool hdf5_copy_file_range_disabled();
+// While set, ragged HDF5 writers leave libhdf5's end of address space alone, so /images is
+// placed below the payloads and finish() has to move them there, as if libhdf5's allocator
+// had placed it elsewhere.
+void set_hdf5_payloads_in_place_disabled(bool disabled);
+bool hdf5_payloads_in_place_disabled();
 
 // True if `reader` is an HDF5 reader that reads /images through a mapping of the file (defined
 // in hdf5_store.cpp, which knows the reader type).
@@ -48,6 +49,6 @@ class ScopedFlag {
   ScopedFlag& operator=(const ScopedFlag&) = delete;
 };
 using Hdf5MmapDisabled = ScopedFlag<set_hdf5_mmap_disabled>;
-using Hdf5CopyFileRangeDisabled = ScopedFlag<set_hdf5_copy_file_range_disabled>;
+using Hdf5PayloadsInPlaceDisabled = ScopedFlag<set_hdf5_payloads_in_place_disabled>;
 
 }  // namespace imgstore::detail::testing

@@ -159,7 +159,6 @@ class Hdf5Writer final : public StoreWriter {
         ragged_(spec_.variable_size || encoding_ == Encoding::Jpeg) {
     image_bytes_ = spec_.shape.bytes();
     const std::uint64_t n = spec_.count;
-    if (ragged_) open_scratch();
     if (options_.hdf5.chunk_records > 0) {
       chunk_records_ =
           std::min<std::uint64_t>(options_.hdf5.chunk_records, std::max<std::uint64_t>(n, 1));
@@ -207,6 +206,7 @@ class Hdf5Writer final : public StoreWriter {
     }
     labels_ = create_dataset("labels", H5T_STD_I64LE, 1, dims, contiguous_plist());
     checksums_ds_ = create_dataset("checksums", H5T_STD_U64LE, 1, dims, contiguous_plist());
+    if (ragged_) open_payloads();
   }
 
   // Abandoned (error, interrupt): closing still makes libhdf5 write what it caches. On a full
@@ -462,16 +462,20 @@ class Hdf5Writer final : public StoreWriter {
     }
   }
 
-  // Ragged layout: /images' size is known only at the end, so payloads go to an unlinked
-  // scratch file beside the store as they arrive, and finish() copies them into a contiguous
-  // /images in one sequential pass (readers then map it, as the fixed layout).
-  void open_scratch() {
-    const std::string name = staged_.temp().string() + ".payloads";
-    scratch_ = Fd(::open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-    if (scratch_.get() < 0) {
-      throw IoError(fmt::format("cannot create {}: {}", quote(name), std::strerror(errno)));
+  // Ragged layout: /images' size is known only at the end. The payloads are written as they
+  // arrive into the store file itself, at payload_start_, past everything libhdf5 has
+  // allocated (a margin of kPayloadMargin above its end of address space, EOA). finish() then
+  // moves libhdf5's EOA up to payload_start_ and creates /images there, contiguous: the
+  // payloads are written once and never copied. libhdf5 does not know of bytes past its EOA,
+  // and it neither reads nor truncates the file before finish().
+  void open_payloads() {
+    haddr_t eoa = 0;
+    check_h5<IoError>(H5Fget_eoa(file_.get(), &eoa), what("cannot get the end of"));
+    payload_start_ = (static_cast<std::uint64_t>(eoa) + kPayloadMargin + 4095) / 4096 * 4096;
+    payload_fd_ = Fd(::open(staged_.temp().c_str(), O_WRONLY | O_CLOEXEC));
+    if (payload_fd_.get() < 0) {
+      throw IoError(fmt::format("cannot open {}: {}", quote(staged_.temp()), std::strerror(errno)));
     }
-    ::unlink(name.c_str());  // gone with the descriptor, whatever happens
     offsets_.reserve(static_cast<std::size_t>(spec_.count) + 1);
     offsets_.push_back(0);
     shapes_.reserve(static_cast<std::size_t>(spec_.count) * 3);
@@ -489,23 +493,32 @@ class Hdf5Writer final : public StoreWriter {
       shapes_.insert(shapes_.end(), {s.height, s.width, s.channels});
     }
     for (std::size_t done = 0; done < size;) {
-      const ssize_t n = ::pwrite(scratch_.get(), data + done, size - done,
-                                 static_cast<off_t>(scratch_size_ + done));
+      const ssize_t n = ::pwrite(payload_fd_.get(), data + done, size - done,
+                                 static_cast<off_t>(payload_start_ + payload_size_ + done));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        throw IoError(fmt::format("cannot write {} (scratch space beside it): {}", quote(path_),
+        throw IoError(fmt::format("cannot write {}: {}", quote(staged_.temp()),
                                   std::strerror(n < 0 ? errno : ENOSPC)));
       }
       done += static_cast<std::size_t>(n);
     }
-    scratch_size_ += size;
+    payload_size_ += size;
   }
 
-  // Creates /images (contiguous, copied from the scratch file), /offsets and /shapes. Lock held.
+  // Creates /images (contiguous, over the payloads written), /offsets and /shapes. Lock held.
   void write_ragged_datasets() {
-    const hsize_t total = scratch_size_;
+    const hsize_t total = payload_size_;
+    if (total > 0 && !testing::hdf5_payloads_in_place_disabled()) raise_eoa_to(payload_start_);
     images_ = create_dataset("images", H5T_STD_U8LE, 1, &total, contiguous_plist());
-    if (!copy_scratch_in_kernel(total)) copy_scratch_through_hdf5(total);
+    if (total > 0) {
+      const haddr_t addr = H5Dget_offset(images_.get());
+      if (addr == HADDR_UNDEF) throw IoError(what("cannot locate /images in"));
+      // Only if libhdf5 placed /images elsewhere (never seen, but its allocator decides).
+      if (addr != payload_start_) move_payloads(static_cast<std::uint64_t>(addr));
+    }
+    if (payload_fd_.close() != 0) {
+      throw IoError(fmt::format("cannot write {}: {}", quote(staged_.temp()), std::strerror(errno)));
+    }
     const hsize_t offsets_dims[1] = {offsets_.size()};
     offsets_ds_ = create_dataset("offsets", H5T_STD_U64LE, 1, offsets_dims, contiguous_plist());
     write_rows(offsets_ds_, H5T_NATIVE_UINT64, 0, offsets_.size(), offsets_.data());
@@ -516,46 +529,56 @@ class Hdf5Writer final : public StoreWriter {
     }
   }
 
-  // /images is contiguous, allocated at creation and never filled by HDF5, so its bytes lie at
-  // one address of the file: copy_file_range moves the payloads there inside the kernel, one
-  // copy instead of two (into a buffer, then HDF5's write from it). False, with nothing
-  // written, where the file system cannot (the caller then copies through HDF5).
-  bool copy_scratch_in_kernel(std::uint64_t total) {
-    if (total == 0) return true;
-    if (testing::hdf5_copy_file_range_disabled()) return false;
-    const haddr_t addr = H5Dget_offset(images_.get());
-    if (addr == HADDR_UNDEF) return false;
-    Fd out(::open(staged_.temp().c_str(), O_WRONLY | O_CLOEXEC));
-    if (out.get() < 0) return false;
-    loff_t in_off = 0, out_off = static_cast<loff_t>(addr);
-    while (static_cast<std::uint64_t>(in_off) < total) {
-      const ssize_t n = ::copy_file_range(scratch_.get(), &in_off, out.get(), &out_off,
-                                          static_cast<std::size_t>(total - static_cast<std::uint64_t>(in_off)), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && in_off == 0 &&
-          (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
-        return false;
-      }
-      if (n <= 0) {
-        throw IoError(fmt::format("cannot copy the scratch space of {} into it: {}", quote(path_),
-                                  n < 0 ? std::strerror(errno) : "short file"));
-      }
+  // Sets libhdf5's end of address space to `addr`, where its next large allocation goes.
+  void raise_eoa_to(std::uint64_t addr) {
+    haddr_t eoa = 0;
+    check_h5<IoError>(H5Fget_eoa(file_.get(), &eoa), what("cannot get the end of"));
+    if (eoa < addr) {
+      check_h5<IoError>(H5Fincrement_filesize(file_.get(), static_cast<hsize_t>(addr - eoa)),
+                        what("cannot extend"));
     }
-    return true;
   }
 
-  void copy_scratch_through_hdf5(std::uint64_t total) {
+  // Moves the payloads from payload_start_ to `to`, overlapping or not (memmove order).
+  void move_payloads(std::uint64_t to) {
+    const std::uint64_t from = payload_start_, total = payload_size_;
+    Fd fd(::open(staged_.temp().c_str(), O_RDWR | O_CLOEXEC));
+    if (fd.get() < 0) {
+      throw IoError(fmt::format("cannot open {}: {}", quote(staged_.temp()), std::strerror(errno)));
+    }
     std::vector<std::uint8_t> block(std::min<std::uint64_t>(total, std::uint64_t{16} << 20));
-    for (std::uint64_t at = 0; at < total;) {
-      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(block.size(), total - at));
-      const ssize_t n = ::pread(scratch_.get(), block.data(), want, static_cast<off_t>(at));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        throw IoError(fmt::format("cannot read back the scratch space of {}: {}", quote(path_),
-                                  n < 0 ? std::strerror(errno) : "short file"));
+    for (std::uint64_t done = 0; done < total;) {
+      const std::uint64_t n = std::min<std::uint64_t>(block.size(), total - done);
+      // Forward when moving down, backward when moving up: no source byte is overwritten
+      // before it is read.
+      const std::uint64_t at = to < from ? done : total - done - n;
+      read_exact(fd.get(), block.data(), n, from + at);
+      write_exact(fd.get(), block.data(), n, to + at);
+      done += n;
+    }
+  }
+
+  void read_exact(int fd, std::uint8_t* out, std::uint64_t n, std::uint64_t at) {
+    for (std::uint64_t got = 0; got < n;) {
+      const ssize_t r = ::pread(fd, out + got, n - got, static_cast<off_t>(at + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        throw IoError(fmt::format("cannot read back the payloads of {}: {}", quote(staged_.temp()),
+                                  r < 0 ? std::strerror(errno) : "short file"));
       }
-      write_rows(images_, H5T_NATIVE_UINT8, at, static_cast<std::uint64_t>(n), block.data());
-      at += static_cast<std::uint64_t>(n);
+      got += static_cast<std::uint64_t>(r);
+    }
+  }
+
+  void write_exact(int fd, const std::uint8_t* data, std::uint64_t n, std::uint64_t at) {
+    for (std::uint64_t put = 0; put < n;) {
+      const ssize_t w = ::pwrite(fd, data + put, n - put, static_cast<off_t>(at + put));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        throw IoError(fmt::format("cannot write {}: {}", quote(staged_.temp()),
+                                  std::strerror(w < 0 ? errno : ENOSPC)));
+      }
+      put += static_cast<std::uint64_t>(w);
     }
   }
 
@@ -563,8 +586,12 @@ class Hdf5Writer final : public StoreWriter {
   // file is removed.
   StagedOutput staged_;
   const bool ragged_;
-  Fd scratch_;
-  std::uint64_t scratch_size_ = 0;
+  // The payloads of a ragged store: written at payload_start_ in the store file (see
+  // open_payloads), payload_size_ bytes so far.
+  static constexpr std::uint64_t kPayloadMargin = 64 << 10;
+  Fd payload_fd_;
+  std::uint64_t payload_start_ = 0;
+  std::uint64_t payload_size_ = 0;
   std::vector<std::uint64_t> offsets_;  // N + 1 when done
   std::vector<std::uint32_t> shapes_;   // (H, W, C) per record
   H5File file_;
