@@ -382,12 +382,14 @@ json Bench::summarize() {
   for (const auto& c : cases_) {
     json row = case_row(c, n);
     if (c.experiment == "passthrough") {
+      // The floor is its fastest run, as every limit: a copy cannot go faster than it did once.
       const Case& floor = get(c.variant == "fsync" ? "cat floor, fsync" : "cat floor, no flush");
-      compare(row, floor.name, median(floor.seconds) / median(c.seconds), 0.5, "floor time / conversion time");
-      row["floor_beaten"] = median(c.seconds) < median(floor.seconds);
+      const double floor_s = *std::min_element(floor.seconds.begin(), floor.seconds.end());
+      compare(row, floor.name, floor_s / median(c.seconds), 0.5, "fastest floor time / median conversion time");
+      row["floor_beaten"] = median(c.seconds) < floor_s;
       // Informational, not the target: the floor plus the converter's own process start.
       row["ratio_floor_plus_start"] =
-          (median(floor.seconds) + median(get("process start (convert --help)").seconds)) / median(c.seconds);
+          (floor_s + median(get("process start (convert --help)").seconds)) / median(c.seconds);
     } else if (c.experiment == "resize256" && python_) {
       const double py = median(python_->seconds), ours = median(c.seconds) * c.threads;
       compare(row, python_->name, py / ours, 3.0, fmt::format("Python s x 1 core / (our s x {} threads)", c.threads));

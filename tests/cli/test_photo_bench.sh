@@ -52,6 +52,9 @@ for name, row in summary.items():
     assert row["images"] == files and row["runs"] == 1, row
     if row["experiment"] == "passthrough":
         assert row["against"].startswith("cat floor") and "ratio" in row and "rss_met" in row, row
+        # the floor is its fastest run, the conversion its median
+        floor = summary[row["against"]]["min_seconds"]
+        assert abs(row["ratio"] - floor / row["median_seconds"]) <= 1e-9 * row["ratio"], (row, floor)
         assert row["peak_rss_bytes"] > 0, row
     if row["experiment"] == "resize256" and row["variant"] != "pil":
         assert row["against"] == "Python PIL loop, resize 256" and "cpu_ratio" in row, row
