@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <random>
 #include <set>
 
 #include <torch/torch.h>
@@ -262,6 +263,39 @@ TEST_CASE("BatchWriter crop and flip match a naive reference in uint8 and float"
                 }
           }
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("BatchWriter converts 3-channel images of any width bit-exactly") {
+  // Widths around vector-width blocks and a 224x224 image, against v * scale + bias.
+  const std::vector<float> mean{0.485f, 0.456f, 0.406f}, sd{0.229f, 0.224f, 0.225f};
+  std::mt19937 rng(7);
+  for (std::uint32_t w : {1u, 5u, 15u, 16u, 17u, 31u, 33u, 47u, 224u}) {
+    const std::uint32_t h = w == 224 ? 224 : 3;
+    const Shape shape{h, w, 3};
+    std::vector<std::uint8_t> hwc(shape.bytes());
+    for (auto& b : hwc) b = static_cast<std::uint8_t>(rng() & 0xff);
+    imgstore::detail::BatchWriter bytes(shape, {}, 0, false);
+    imgstore::detail::BatchWriter floats(shape, Normalize::mean_std(mean, sd), 0, false);
+    std::vector<std::uint8_t> out(shape.bytes());
+    std::vector<float> fout(shape.bytes());
+    bytes.write(hwc.data(), out.data(), 0, {});
+    floats.write(hwc.data(), fout.data(), 0, {});
+    const std::size_t plane = std::size_t{h} * w;
+    for (std::size_t ch = 0; ch < 3; ++ch) {
+      // The writer's constants, then v * scale + bias rounded after each step.
+      const float scale = static_cast<float>(1.0 / (255.0 * sd[ch]));
+      const float bias = static_cast<float>(-static_cast<double>(mean[ch]) / sd[ch]);
+      for (std::size_t i = 0; i < plane; ++i) {
+        CAPTURE(w);
+        CAPTURE(ch);
+        CAPTURE(i);
+        const std::uint8_t v = hwc[i * 3 + ch];
+        REQUIRE(out[ch * plane + i] == v);
+        const float scaled = static_cast<float>(v) * scale;
+        REQUIRE(fout[ch * plane + i] == scaled + bias);
       }
     }
   }
