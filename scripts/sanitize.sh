@@ -7,8 +7,8 @@
 #   scripts/sanitize.sh [asan|tsan|all] [extra ctest args...]      (default: all)
 # Env: IMGSTORE_ASAN_BUILD, IMGSTORE_TSAN_BUILD (build dirs), IMGSTORE_TSAN_TESTS (ctest -R
 # regex), IMGSTORE_JOBS (default 2), IMGSTORE_TEST_TIMEOUT (per test, default 900 s),
-# IMGSTORE_ASAN_TARGETS / IMGSTORE_TSAN_TARGETS (what to build; ASan: everything, since CLI
-# tests run the examples and imgstore-bench; TSan: what its tests need, every target under
+# IMGSTORE_ASAN_TARGETS / IMGSTORE_TSAN_TARGETS (what to build; ASan: everything but the
+# benchmarks, since CLI tests run the examples; TSan: what its tests need, every target under
 # tests/ plus imgstore-convert: each LibTorch translation unit costs minutes under TSan).
 # Needs the packages scripts/setup.sh installs (scripts/test.sh runs it first in CI).
 # TSan also needs libtbb instrumented: Debian's libtbb.so.12 is not, so TSan cannot see the
@@ -38,12 +38,15 @@ TSAN_TESTS="${IMGSTORE_TSAN_TESTS:-[Ll]oader|dataset|bad store|[Bb]atch|rank|epo
 case "$MODE" in asan|tsan|all) ;; *) echo "usage: $0 [asan|tsan|all] [ctest args...]" >&2; exit 2 ;; esac
 
 # configure BUILD SANITIZE: a RelWithDebInfo tree at -O1 (fast enough, exact stacks), asserts on.
+# Without the benchmark programs and their CLI tests (IMGSTORE_BUILD_BENCHMARKS=OFF): the
+# Release stage (scripts/test.sh) builds and runs those; here they cost a quarter of CI's time.
 configure() {
   local build="$1" san="$2" extra="$3"
   nice cmake -S "$ROOT" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g" -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
     -DCMAKE_C_FLAGS="$extra" -DCMAKE_CXX_FLAGS="$extra" \
-    -DIMGSTORE_SANITIZE="$san" -DPython3_EXECUTABLE=/usr/bin/python3 >/dev/null
+    -DIMGSTORE_SANITIZE="$san" -DIMGSTORE_BUILD_BENCHMARKS=OFF \
+    -DPython3_EXECUTABLE=/usr/bin/python3 >/dev/null
 }
 
 # run_ctest BUILD LOGDIR ARGS...: runs ctest, then fails if any sanitizer report was logged.
@@ -244,5 +247,6 @@ elif [[ $MODE == tsan || $MODE == all ]]; then
 fi
 
 echo "---- sanitizer summary ----"
+echo "(benchmark programs and their tests are built and run by the Release stage only)"
 printf '%s\n' "${summary[@]}"
 exit $status
