@@ -472,7 +472,7 @@ class Hdf5Writer final : public StoreWriter {
     haddr_t eoa = 0;
     check_h5<IoError>(H5Fget_eoa(file_.get(), &eoa), what("cannot get the end of"));
     payload_start_ = (static_cast<std::uint64_t>(eoa) + kPayloadMargin + 4095) / 4096 * 4096;
-    payload_fd_ = Fd(::open(staged_.temp().c_str(), O_WRONLY | O_CLOEXEC));
+    payload_fd_ = Fd(::open(staged_.temp().c_str(), O_RDWR | O_CLOEXEC));  // RDWR: move_payloads
     if (payload_fd_.get() < 0) {
       throw IoError(fmt::format("cannot open {}: {}", quote(staged_.temp()), std::strerror(errno)));
     }
@@ -492,16 +492,7 @@ class Hdf5Writer final : public StoreWriter {
       const Shape& s = batch.image_shape(i);
       shapes_.insert(shapes_.end(), {s.height, s.width, s.channels});
     }
-    for (std::size_t done = 0; done < size;) {
-      const ssize_t n = ::pwrite(payload_fd_.get(), data + done, size - done,
-                                 static_cast<off_t>(payload_start_ + payload_size_ + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        throw IoError(fmt::format("cannot write {}: {}", quote(staged_.temp()),
-                                  std::strerror(n < 0 ? errno : ENOSPC)));
-      }
-      done += static_cast<std::size_t>(n);
-    }
+    write_exact(payload_fd_.get(), data, size, payload_start_ + payload_size_);
     payload_size_ += size;
   }
 
@@ -542,18 +533,14 @@ class Hdf5Writer final : public StoreWriter {
   // Moves the payloads from payload_start_ to `to`, overlapping or not (memmove order).
   void move_payloads(std::uint64_t to) {
     const std::uint64_t from = payload_start_, total = payload_size_;
-    Fd fd(::open(staged_.temp().c_str(), O_RDWR | O_CLOEXEC));
-    if (fd.get() < 0) {
-      throw IoError(fmt::format("cannot open {}: {}", quote(staged_.temp()), std::strerror(errno)));
-    }
     std::vector<std::uint8_t> block(std::min<std::uint64_t>(total, std::uint64_t{16} << 20));
     for (std::uint64_t done = 0; done < total;) {
       const std::uint64_t n = std::min<std::uint64_t>(block.size(), total - done);
       // Forward when moving down, backward when moving up: no source byte is overwritten
       // before it is read.
       const std::uint64_t at = to < from ? done : total - done - n;
-      read_exact(fd.get(), block.data(), n, from + at);
-      write_exact(fd.get(), block.data(), n, to + at);
+      read_exact(payload_fd_.get(), block.data(), n, from + at);
+      write_exact(payload_fd_.get(), block.data(), n, to + at);
       done += n;
     }
   }
