@@ -135,6 +135,16 @@ IMGSTORE_ISA_CLONES void horizontal_taps(const std::uint8_t* __restrict src, std
 // agree mod 2^32 and the reference's sum fits in int32).
 constexpr int kHiShift = 11;
 
+// k = hi * 2048 + lo exactly, hi and lo in int16 (lo in 0..2047; a multiplication, not a shift
+// of a negative value, which C++17 leaves undefined).
+struct SplitCoeff {
+  std::int16_t hi, lo;
+};
+inline SplitCoeff split_coeff(std::int32_t k) {
+  const auto hi = static_cast<std::int16_t>(k >> kHiShift);
+  return {hi, static_cast<std::int16_t>(k - std::int32_t{hi} * (1 << kHiShift))};
+}
+
 // Per output pixel, per pair of taps (2m, 2m+1; a tap past K weighs 0): the int16 lanes
 // (k0, k1, k0, k1, k0, k1, 0, 0) of the hi parts, then those of the lo parts.
 void pack_pair_coeffs(const std::int32_t* coeffs, int k, int out_w,
@@ -144,14 +154,10 @@ void pack_pair_coeffs(const std::int32_t* coeffs, int k, int out_w,
   for (int xx = 0; xx < out_w; ++xx) {
     const std::int32_t* c = coeffs + static_cast<std::size_t>(xx) * k;
     for (int m = 0; m < pairs; ++m) {
-      const std::int32_t k0 = c[2 * m], k1 = 2 * m + 1 < k ? c[2 * m + 1] : 0;
-      const auto hi0 = static_cast<std::int16_t>(k0 >> kHiShift);
-      const auto hi1 = static_cast<std::int16_t>(k1 >> kHiShift);
-      const auto lo0 = static_cast<std::int16_t>(k0 - std::int32_t{hi0} * (1 << kHiShift));
-      const auto lo1 = static_cast<std::int16_t>(k1 - std::int32_t{hi1} * (1 << kHiShift));
+      const SplitCoeff a = split_coeff(c[2 * m]), b = split_coeff(2 * m + 1 < k ? c[2 * m + 1] : 0);
       std::int16_t* out = &packed[(static_cast<std::size_t>(xx) * pairs + m) * 16];
-      const std::int16_t lanes[16] = {hi0, hi1, hi0, hi1, hi0, hi1, 0, 0,
-                                      lo0, lo1, lo0, lo1, lo0, lo1, 0, 0};
+      const std::int16_t lanes[16] = {a.hi, b.hi, a.hi, b.hi, a.hi, b.hi, 0, 0,
+                                      a.lo, b.lo, a.lo, b.lo, a.lo, b.lo, 0, 0};
       std::memcpy(out, lanes, sizeof lanes);
     }
   }
@@ -260,33 +266,31 @@ void vertical_columns(const std::uint8_t* src, std::size_t stride, std::size_t r
 
 // The vertical pass in AVX2, 32 columns at a time held in registers across all taps: two
 // rows' bytes interleaved into int16 pairs, and _mm256_madd_epi16 sums two taps at once on the
-// exact hi/lo split of the coefficients (see kHiShift), where the plain loop's AVX2 clone
-// needs a 32-bit multiply per tap and keeps its sums in memory. Rows of more than 16 taps and
-// the last row_len % 32 columns take vertical_columns.
+// exact hi/lo split of the coefficients (split_coeff), where the plain loop's AVX2 clone needs
+// a 32-bit multiply per tap and keeps its sums in memory. The last row_len % 32 columns take
+// vertical_columns.
 __attribute__((target("avx2"))) void vertical_avx2(const std::uint8_t* src, std::size_t stride,
                                                    std::size_t row_len, const Taps& t, int out_h,
                                                    std::uint8_t* dst) {
-  constexpr int kMaxPairs = 8;
+  // Per pair of taps, the 16 int16 lanes of its hi parts (k0, k1, k0, k1, ...), then of its lo
+  // parts: loaded in the inner loop, for any number of taps.
+  thread_local std::vector<std::int16_t> lanes_buffer;
+  const std::size_t max_pairs = (static_cast<std::size_t>(t.ksize) + 1) / 2;
+  lanes_buffer.resize(max_pairs * 32);
+  std::int16_t* const lanes = lanes_buffer.data();
   const __m256i zero = _mm256_setzero_si256(), half = _mm256_set1_epi32(kHalf);
   const std::size_t blocks = row_len / 32 * 32;
   for (int yy = 0; yy < out_h; ++yy) {
     const int n = t.count[static_cast<std::size_t>(yy)];
-    if (n > 2 * kMaxPairs) {
-      vertical_columns(src, stride, row_len, t, yy, 0, dst);
-      continue;
-    }
     const std::int32_t* k = t.coeffs.data() + static_cast<std::size_t>(yy) * static_cast<std::size_t>(t.ksize);
     const std::uint8_t* rows = src + static_cast<std::size_t>(t.first[static_cast<std::size_t>(yy)]) * stride;
     const int pairs = (n + 1) / 2;
-    __m256i hi[kMaxPairs], lo[kMaxPairs];
     for (int p = 0; p < pairs; ++p) {
-      const std::int32_t k0 = k[2 * p], k1 = 2 * p + 1 < n ? k[2 * p + 1] : 0;  // past n: weight 0
-      const auto hi0 = static_cast<std::int16_t>(k0 >> kHiShift);
-      const auto hi1 = static_cast<std::int16_t>(k1 >> kHiShift);
-      const auto lo0 = static_cast<std::int16_t>(k0 - std::int32_t{hi0} * (1 << kHiShift));
-      const auto lo1 = static_cast<std::int16_t>(k1 - std::int32_t{hi1} * (1 << kHiShift));
-      hi[p] = _mm256_setr_epi16(hi0, hi1, hi0, hi1, hi0, hi1, hi0, hi1, hi0, hi1, hi0, hi1, hi0, hi1, hi0, hi1);
-      lo[p] = _mm256_setr_epi16(lo0, lo1, lo0, lo1, lo0, lo1, lo0, lo1, lo0, lo1, lo0, lo1, lo0, lo1, lo0, lo1);
+      const SplitCoeff a = split_coeff(k[2 * p]), b = split_coeff(2 * p + 1 < n ? k[2 * p + 1] : 0);
+      for (int j = 0; j < 16; j += 2) {
+        lanes[32 * p + j] = a.hi, lanes[32 * p + j + 1] = b.hi;
+        lanes[32 * p + 16 + j] = a.lo, lanes[32 * p + 16 + j + 1] = b.lo;
+      }
     }
     std::uint8_t* out = dst + static_cast<std::size_t>(yy) * row_len;
     for (std::size_t i = 0; i < blocks; i += 32) {
@@ -301,9 +305,11 @@ __attribute__((target("avx2"))) void vertical_avx2(const std::uint8_t* src, std:
         const __m256i ab_lo = _mm256_unpacklo_epi8(a, b), ab_hi = _mm256_unpackhi_epi8(a, b);
         const __m256i q[4] = {_mm256_unpacklo_epi8(ab_lo, zero), _mm256_unpackhi_epi8(ab_lo, zero),
                               _mm256_unpacklo_epi8(ab_hi, zero), _mm256_unpackhi_epi8(ab_hi, zero)};
+        const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lanes + 32 * p));
+        const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lanes + 32 * p + 16));
         for (int j = 0; j < 4; ++j) {
-          sh[j] = _mm256_add_epi32(sh[j], _mm256_madd_epi16(q[j], hi[p]));
-          sl[j] = _mm256_add_epi32(sl[j], _mm256_madd_epi16(q[j], lo[p]));
+          sh[j] = _mm256_add_epi32(sh[j], _mm256_madd_epi16(q[j], hi));
+          sl[j] = _mm256_add_epi32(sl[j], _mm256_madd_epi16(q[j], lo));
         }
       }
       __m256i sum[4];
