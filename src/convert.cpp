@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
 #include <numeric>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -20,6 +24,99 @@ namespace {
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
+
+// Reads one pass of a split on its own thread, one batch ahead of the writers, so that the
+// source's work (file reads, CIFAR's plane interleave, photo decoding) overlaps the stores'
+// (checksums, LMDB's page copies, the kernel's write copies): on two cores a CIFAR-10 to LMDB
+// conversion took the sum of both. Batches change hands by swap, so each side reuses the
+// other's buffers. Errors of the source reach the caller at the batch they belong to.
+class ReadAhead {
+ public:
+  ReadAhead(std::unique_ptr<BatchStream> stream, std::uint64_t records, std::size_t batch_records)
+      : stream_(std::move(stream)), records_(records), batch_records_(batch_records),
+        thread_([this] { run(); }) {}
+
+  ~ReadAhead() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+
+  ReadAhead(const ReadAhead&) = delete;
+  ReadAhead& operator=(const ReadAhead&) = delete;
+
+  // Swaps the next batch into `batch` (as the source handed it over, cut at `records`); false
+  // once all are handed over or the source ended early (then ended_early()). Rethrows the
+  // source's error.
+  bool next(ImageBatch& batch) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [this] { return state_ != State::Reading; });
+    if (error_) std::rethrow_exception(error_);
+    if (state_ == State::Ended) return false;
+    std::swap(batch, ready_);
+    state_ = State::Reading;
+    lock.unlock();
+    changed_.notify_all();
+    return true;
+  }
+
+  bool ended_early() const { return ended_early_; }
+
+ private:
+  // Reading: the reader thread owns ready_. Ready: next() may take it. Ended: no more batches.
+  enum class State { Reading, Ready, Ended };
+
+  void run() {
+    std::uint64_t done = 0;
+    try {
+      for (;;) {
+        {
+          std::unique_lock<std::mutex> lock(mutex_);
+          changed_.wait(lock, [this] { return stop_ || state_ == State::Reading; });
+          if (stop_) return;
+        }
+        bool more = done < records_;
+        if (more) {
+          const auto want = std::min<std::uint64_t>(batch_records_, records_ - done);
+          more = stream_->next(ready_, static_cast<std::size_t>(want));
+          // A source may hand over more than asked: keep all of it up to the record count
+          // (cutting a batch short of that would skip records).
+          if (more) ready_.truncate(static_cast<std::size_t>(records_ - done));
+          if (more) done += ready_.size();
+          ended_early_ = !more;
+        }
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          state_ = more ? State::Ready : State::Ended;
+        }
+        changed_.notify_all();
+        if (!more) return;
+      }
+    } catch (...) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        error_ = std::current_exception();
+        state_ = State::Ended;
+      }
+      changed_.notify_all();
+    }
+  }
+
+  std::unique_ptr<BatchStream> stream_;
+  const std::uint64_t records_;
+  const std::size_t batch_records_;
+  ImageBatch ready_;
+  bool ended_early_ = false;  // written by the reader before it publishes Ended
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  State state_ = State::Reading;
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;  // last: starts once every other member is constructed
+};
 
 }  // namespace
 
@@ -129,19 +226,13 @@ ConvertResult ConversionRun::add_split(const Source& source, const std::string& 
   ImageBatch batch;
   std::uint64_t done = 0;
   for (std::uint32_t pass = 0; pass < options.repeat; ++pass) {
-    auto stream = source.open(split);
+    ReadAhead reader(source.open(split), per_pass, options.batch_records);
     std::uint64_t pass_done = 0;
-    while (pass_done < per_pass) {
+    for (;;) {
       auto t0 = Clock::now();
-      const auto want = std::min<std::uint64_t>(options.batch_records, per_pass - pass_done);
-      if (!stream->next(batch, static_cast<std::size_t>(want))) {
-        throw DataError(fmt::format("{}: split '{}' ended after {} records, {} announced",
-                                    source.description(), split, pass_done, per_pass));
-      }
-      if (batch.size() > want) {  // a source may hand over more; keep what the limit allows
-        batch.truncate(static_cast<std::size_t>(want));
-      }
+      const bool more = reader.next(batch);
       result.read_seconds += seconds_since(t0);
+      if (!more) break;
       for (std::size_t i = 0; i < writers.size(); ++i) {
         auto t1 = Clock::now();
         writers[i]->write(batch);
@@ -150,6 +241,10 @@ ConvertResult ConversionRun::add_split(const Source& source, const std::string& 
       pass_done += batch.size();
       done += batch.size();
       if (options.progress) options.progress(done, total);
+    }
+    if (reader.ended_early()) {
+      throw DataError(fmt::format("{}: split '{}' ended after {} records, {} announced",
+                                  source.description(), split, pass_done, per_pass));
     }
   }
   for (std::size_t i = 0; i < writers.size(); ++i) {

@@ -284,7 +284,7 @@ int run_convert(const ConvertArgs& a) {
       // A variable-size split's shape holds only its channels (height and width are 0).
       const std::string shape = r.shape.height == 0 ? fmt::format("any size, {} channels", r.shape.channels)
                                                      : to_string(r.shape);
-      fmt::print("{}: {} images of {} (source read {:.2f}s)\n", r.split, r.count, shape,
+      fmt::print("{}: {} images of {} (waited {:.2f}s for the source)\n", r.split, r.count, shape,
                  r.read_seconds);
     }
     for (const auto& f : r.formats) {

@@ -42,7 +42,7 @@ struct ConvertResult {
   std::string split;
   std::uint64_t count = 0;
   Shape shape;
-  double read_seconds = 0;      // time spent in the source
+  double read_seconds = 0;      // time the writers waited for the source (it reads ahead)
   double total_seconds = 0;
   std::vector<FormatResult> formats;
 };

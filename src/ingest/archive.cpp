@@ -270,7 +270,9 @@ class PythonArchiveStream : public BatchStream {
 
   bool next(ImageBatch& out, std::size_t max_records) override {
     const std::size_t want = std::clamp<std::size_t>(max_records, 1, kMaxRecordsPerNext);
-    out.resize(shape(), 0);
+    // Sized once for the whole batch (and cut back at the end): growing it piece by piece
+    // zero-filled every image before it was written.
+    out.resize(shape(), want);
     std::size_t filled = 0;
     while (filled < want) {
       if (served_ == batch_.count) {
@@ -279,7 +281,6 @@ class PythonArchiveStream : public BatchStream {
         continue;
       }
       const std::size_t n = std::min(want - filled, batch_.count - served_);
-      out.resize(shape(), filled + n);
       std::memcpy(out.image(filled), batch_.pixels_hwc.data() + served_ * kImageBytes,
                   n * kImageBytes);
       for (std::size_t i = 0; i < n; ++i) {
@@ -291,6 +292,7 @@ class PythonArchiveStream : public BatchStream {
       served_ += n;
       index_ += n;
     }
+    out.truncate(filled);
     return filled > 0;
   }
 

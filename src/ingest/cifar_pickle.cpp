@@ -162,7 +162,9 @@ class PickleDirStream : public BatchStream {
 
   bool next(ImageBatch& out, std::size_t max_records) override {
     const std::size_t want = std::clamp<std::size_t>(max_records, 1, kMaxRecordsPerNext);
-    out.resize(shape(), 0);
+    // Sized once for the whole batch (and cut back at the end): growing it piece by piece
+    // zero-filled every image before it was written.
+    out.resize(shape(), want);
     std::size_t filled = 0;
     while (filled < want) {
       if (served_ == view_.labels.size()) {
@@ -171,7 +173,6 @@ class PickleDirStream : public BatchStream {
         continue;
       }
       const std::size_t n = std::min(want - filled, view_.labels.size() - served_);
-      out.resize(shape(), filled + n);
       for (std::size_t i = 0; i < n; ++i) {
         chw_to_hwc(view_.data.data + (served_ + i) * kImageBytes, out.image(filled + i));
         out.labels[filled + i] = view_.labels[served_ + i];
@@ -180,6 +181,7 @@ class PickleDirStream : public BatchStream {
       served_ += n;
     }
     if (part_ == parts_.size() && served_ == view_.labels.size()) release();
+    out.truncate(filled);
     return filled > 0;
   }
 

@@ -181,9 +181,9 @@ void in_arena(unsigned threads, F&& f) {
 
 // Files are decoded kChunk at a time; a batch ends at max_records or once it holds
 // kBatchBytes (returning fewer records is allowed), so memory stays bounded even when a
-// caller asks for 1024 large photos.
+// caller asks for 1024 large photos. A conversion holds two batches (it reads one ahead).
 constexpr std::size_t kChunk = 64;
-constexpr std::size_t kBatchBytes = std::size_t{96} << 20;
+constexpr std::size_t kBatchBytes = std::size_t{48} << 20;
 // Batches of JPEG payloads only (--encoding jpeg) end sooner: their buffer is then reused while
 // still cached, instead of growing (and page-faulting) through a whole split of pass-through
 // files (imgstore-photo-convert-bench; 17 MiB split: 2x fewer page faults).

@@ -1,9 +1,15 @@
 // ConversionRun: several splits into one directory, all or none (issue 12).
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "imgstore/convert.hpp"
 #include "imgstore/error.hpp"
@@ -100,4 +106,123 @@ TEST_CASE("a conversion run whose commit fails puts back what it moved") {
   }
   // Whatever failed, the run left no staging behind once destroyed.
   for (const auto& name : test::list_dir(out)) CHECK(name.rfind(".", 0) != 0);
+}
+
+namespace {
+
+// A synthetic source whose stream misbehaves on cue, to test the conversion's read-ahead.
+struct ScriptedSource : Source {
+  explicit ScriptedSource(std::uint64_t announced) : announced(announced) {}
+  std::string description() const override { return "scripted source"; }
+  std::vector<SplitInfo> splits() const override {
+    auto info = inner->splits().at(0);
+    info.count = announced;
+    return {info};
+  }
+  std::unique_ptr<BatchStream> open(const std::string& split) const override;
+
+  std::unique_ptr<Source> inner = open_source(kSource);  // train: 30 records
+  std::uint64_t announced;
+  int fail_at_call = 0;     // > 0: that call of next() throws
+  std::size_t extra = 0;    // records handed over beyond what was asked
+  mutable std::atomic<int> calls{0};
+};
+
+struct ScriptedStream : BatchStream {
+  ScriptedStream(const ScriptedSource& s, std::unique_ptr<BatchStream> inner)
+      : source(s), inner(std::move(inner)) {}
+  bool next(ImageBatch& out, std::size_t max_records) override {
+    const int call = ++source.calls;
+    if (call == source.fail_at_call) throw DataError(fmt::format("scripted failure at call {}", call));
+    return inner->next(out, max_records + source.extra);
+  }
+  const ScriptedSource& source;
+  std::unique_ptr<BatchStream> inner;
+};
+
+std::unique_ptr<BatchStream> ScriptedSource::open(const std::string& split) const {
+  return std::make_unique<ScriptedStream>(*this, inner->open(split));
+}
+
+}  // namespace
+
+TEST_CASE("a conversion reads the source one batch ahead of the writers") {
+  test::TempDir dir;
+  ScriptedSource source(30);
+  auto o = lmdb_options(false);  // batches of 7
+  bool read_ahead = false;
+  o.progress = [&](std::uint64_t done, std::uint64_t) {
+    if (done != 7) return;
+    // The first batch is written: the source is asked for the second meanwhile, not after.
+    for (int i = 0; i < 10'000 && source.calls.load() < 2; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    read_ahead = source.calls.load() >= 2;
+  };
+  const auto r = convert_split(source, "train", dir / "out", o);
+  CHECK(read_ahead);
+  CHECK(r.count == 30);
+  // Every record arrives once and in order.
+  ImageBatch expected;
+  REQUIRE(source.inner->open("train")->next(expected, 30));
+  REQUIRE(expected.size() == 30);
+  auto written = open_store(dir / "out" / "train.lmdb");
+  REQUIRE(written->size() == 30);
+  std::vector<std::uint64_t> all(30);
+  for (std::uint64_t i = 0; i < 30; ++i) all[i] = i;
+  std::vector<std::uint8_t> pixels(expected.pixels.size());
+  std::vector<std::int64_t> labels(30);
+  written->read_many(all.data(), all.size(), pixels.data(), labels.data());
+  CHECK(pixels == expected.pixels);
+  CHECK(labels == expected.labels);
+}
+
+TEST_CASE("a conversion's read-ahead ends with the source's error or its early end, leaving nothing") {
+  test::TempDir dir;
+  const auto out = dir / "out";
+
+  SUBCASE("the source fails on its third batch: that error, no store") {
+    ScriptedSource source(30);
+    source.fail_at_call = 3;
+    CHECK_THROWS_WITH_AS(convert_split(source, "train", out, lmdb_options(false)),
+                         doctest::Contains("scripted failure at call 3"), DataError);
+  }
+  SUBCASE("the source fails on its first batch") {
+    ScriptedSource source(30);
+    source.fail_at_call = 1;
+    CHECK_THROWS_WITH_AS(convert_split(source, "train", out, lmdb_options(false)),
+                         doctest::Contains("scripted failure at call 1"), DataError);
+  }
+  SUBCASE("the source ends before the count it announced") {
+    ScriptedSource source(40);  // holds 30
+    CHECK_THROWS_WITH_AS(convert_split(source, "train", out, lmdb_options(false)),
+                         doctest::Contains("ended after 30 records, 40 announced"), DataError);
+  }
+  SUBCASE("a writer fails while the next batch is read: the writer's error, no hang") {
+    ScriptedSource source(30);
+    auto o = lmdb_options(false);
+    o.progress = [](std::uint64_t done, std::uint64_t) {
+      if (done == 14) throw IoError("scripted writer failure after 14 records");
+    };
+    CHECK_THROWS_WITH_AS(convert_split(source, "train", out, o),
+                         doctest::Contains("scripted writer failure"), IoError);
+  }
+  CHECK(test::list_dir(out).empty());
+}
+
+TEST_CASE("a conversion keeps only the records asked for when the source hands over more") {
+  test::TempDir dir;
+  ScriptedSource source(30);
+  source.extra = 5;  // asked for 7, hands over 12
+  auto o = lmdb_options(false);
+  o.limit = 20;
+  const auto r = convert_split(source, "train", dir / "out", o);
+  CHECK(r.count == 20);
+  auto written = open_store(dir / "out" / "train.lmdb");
+  CHECK(written->size() == 20);
+  ImageBatch expected;
+  REQUIRE(source.inner->open("train")->next(expected, 20));
+  std::vector<std::uint8_t> last(written->image_bytes());
+  written->read_one(19, last.data());
+  CHECK(std::equal(last.begin(), last.end(), expected.image(19)));
 }
