@@ -9,9 +9,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -146,37 +148,120 @@ FloorRun write_floor(const fs::path& file, std::uint64_t bytes, std::size_t piec
   return run;
 }
 
-FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, std::size_t piece,
-                    Flush flush, std::uint64_t total) {
-  check_piece(piece);
-  std::vector<std::uint8_t> buf = pattern_buffer(piece);
-  FloorRun run;
-  const auto t0 = Clock::now();
-  Fd out = create_file(AT_FDCWD, file.c_str(), file);
+namespace {
+
+// The reader half of copy_floor: the sources' bytes, in order, handed over in pieces through
+// two buffers, so that reading piece k+1 overlaps writing piece k.
+class PieceQueue {
+ public:
+  explicit PieceQueue(std::size_t piece) : buf_{pattern_buffer(piece), pattern_buffer(piece)} {}
+
+  // Reader: the buffer to fill next, once the writer has given it back; null if abandoned.
+  std::vector<std::uint8_t>* to_fill() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [this] { return abandoned_ || size_[filled_ % 2] == kFree; });
+    return abandoned_ ? nullptr : &buf_[filled_ % 2];
+  }
+  void filled(std::size_t n) { publish([&] { size_[filled_++ % 2] = n; }); }
+  void end(std::exception_ptr error) { publish([&] { ended_ = true, error_ = error; }); }
+
+  // Writer: the next piece in order, or null at the end; rethrows the reader's error.
+  const std::uint8_t* next(std::size_t& n) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [this] { return size_[taken_ % 2] != kFree || ended_; });
+    if (size_[taken_ % 2] == kFree) {
+      if (error_) std::rethrow_exception(error_);
+      return nullptr;
+    }
+    n = size_[taken_ % 2];
+    return buf_[taken_ % 2].data();
+  }
+  void written() { publish([&] { size_[taken_++ % 2] = kFree; }); }
+  void abandon() { publish([&] { abandoned_ = true; }); }
+
+ private:
+  static constexpr std::size_t kFree = std::numeric_limits<std::size_t>::max();
+  template <typename F>
+  void publish(F change) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      change();
+    }
+    changed_.notify_all();
+  }
+
+  std::vector<std::uint8_t> buf_[2];
+  std::size_t size_[2] = {kFree, kFree};  // bytes a full buffer holds; kFree when empty
+  std::uint64_t filled_ = 0, taken_ = 0;  // pieces filled by the reader, written by the writer
+  bool ended_ = false, abandoned_ = false;
+  std::exception_ptr error_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+};
+
+void read_pieces(const std::vector<fs::path>& sources, std::uint64_t total, PieceQueue& queue,
+                 FloorRun& run) {
   const bool cycle = total > 0;  // else each source once, to its end
   std::uint64_t left = cycle ? total : std::numeric_limits<std::uint64_t>::max();
+  std::uint64_t copied = 0;
   do {
-    const std::uint64_t before = run.bytes;
+    const std::uint64_t before = copied;
     for (const auto& src : sources) {
       if (left == 0) break;
       Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
       if (in.get() < 0) throw_io("open", src, errno);
       while (left > 0) {
-        const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), left));
-        const std::size_t got = read_counted(in.get(), buf.data(), want, src, run);
+        std::vector<std::uint8_t>* buf = queue.to_fill();
+        if (!buf) return;
+        const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(buf->size(), left));
+        const std::size_t got = read_counted(in.get(), buf->data(), want, src, run);
         if (got == 0) break;
-        write_counted(out.get(), buf.data(), got, file, run);
+        queue.filled(got);
+        copied += got;
         left -= got;
       }
     }
-    if (cycle && left > 0 && run.bytes == before) {
+    if (cycle && left > 0 && copied == before) {
       throw std::invalid_argument("copy_floor: the sources are empty, cannot copy " +
                                   std::to_string(total) + " bytes");
     }
   } while (cycle && left > 0);
+}
+
+}  // namespace
+
+FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, std::size_t piece,
+                    Flush flush, std::uint64_t total) {
+  check_piece(piece);
+  PieceQueue queue(piece);
+  FloorRun run, reader_run;
+  const auto t0 = Clock::now();
+  Fd out = create_file(AT_FDCWD, file.c_str(), file);
+  std::thread reader([&] {
+    try {
+      read_pieces(sources, total, queue, reader_run);
+      queue.end(nullptr);
+    } catch (...) {
+      queue.end(std::current_exception());
+    }
+  });
+  try {
+    std::size_t n = 0;
+    while (const std::uint8_t* data = queue.next(n)) {
+      write_counted(out.get(), data, n, file, run);
+      queue.written();
+    }
+  } catch (...) {
+    queue.abandon();
+    reader.join();
+    throw;
+  }
+  reader.join();
   finish_file(out, file, flush);
   run.seconds = seconds_since(t0);
   run.files = 1;
+  run.read_calls = reader_run.read_calls;
+  run.largest_piece = std::max(run.largest_piece, reader_run.largest_piece);
   return run;
 }
 

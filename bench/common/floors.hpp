@@ -38,8 +38,10 @@ std::uint8_t floor_pattern_byte(std::uint64_t offset);
 // reused buffer (allocated and touched before the clock starts).
 FloorRun write_floor(const fs::path& file, std::uint64_t bytes, std::size_t piece, Flush flush);
 
-// `cat`: the sources' bytes, in order, streamed into one new file through one reused buffer of
-// `piece` bytes (read, then write). total > 0: exactly `total` bytes, going through the sources
+// `cat`: the sources' bytes, in order, streamed into one new file in pieces of `piece` bytes,
+// read by a thread of its own one piece ahead of the writes (two reused buffers), as a
+// conversion reads its source ahead of its writer: a one-thread cat was slower than a
+// two-thread conversion of the same files, so it was no limit. total > 0: exactly `total` bytes, going through the sources
 // again from the first as often as needed (or stopping part way), so the floor writes as many
 // bytes as the store it bounds holds (a store of a repeated split, or of one split of several).
 FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, std::size_t piece,

@@ -56,7 +56,7 @@ TEST_CASE("write_floor writes the claimed bytes to one file, in pieces of the cl
   }
 }
 
-TEST_CASE("copy_floor is cat: the sources' bytes in order, into one file, through one buffer") {
+TEST_CASE("copy_floor is cat: the sources' bytes in order, into one file, read one piece ahead") {
   test::TempDir dir;
   const std::string a(5000, 'a'), b = expected_pattern(12345), c;  // c: an empty file
   test::spit(dir / "a", a);
@@ -95,6 +95,14 @@ TEST_CASE("copy_floor with a total copies exactly that many bytes, cycling throu
   }
   CHECK_THROWS_AS(copy_floor({dir / "empty"}, dir / "out", 4096, Flush::None, 10),
                   std::invalid_argument);
+}
+
+TEST_CASE("copy_floor reports a source it cannot read, from its reader thread") {
+  test::TempDir dir;
+  test::spit(dir / "a", std::string(10000, 'a'));
+  // Two pieces of a are written before the missing file stops the copy.
+  CHECK_THROWS_WITH_AS(copy_floor({dir / "a", dir / "missing"}, dir / "out", 4096, Flush::None),
+                       doctest::Contains("missing"), IoError);
 }
 
 TEST_CASE("read_floor reads every byte of every file, sequentially, in pieces") {
