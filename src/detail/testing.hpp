@@ -26,6 +26,11 @@ bool hdf5_mmap_disabled();
 void set_hdf5_payloads_in_place_disabled(bool disabled);
 bool hdf5_payloads_in_place_disabled();
 
+// While set, the resampler leaves its AVX2 kernels aside and runs the SSE2 and plain ones, as
+// on a CPU without AVX2.
+void set_avx2_kernels_disabled(bool disabled);
+bool avx2_kernels_disabled();
+
 // True if `reader` is an HDF5 reader that reads /images through a mapping of the file (defined
 // in hdf5_store.cpp, which knows the reader type).
 bool hdf5_reader_uses_mmap(const StoreReader& reader);
@@ -50,5 +55,6 @@ class ScopedFlag {
 };
 using Hdf5MmapDisabled = ScopedFlag<set_hdf5_mmap_disabled>;
 using Hdf5PayloadsInPlaceDisabled = ScopedFlag<set_hdf5_payloads_in_place_disabled>;
+using Avx2KernelsDisabled = ScopedFlag<set_avx2_kernels_disabled>;
 
 }  // namespace imgstore::detail::testing

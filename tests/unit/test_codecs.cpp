@@ -7,11 +7,13 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "codecs/image_codec.hpp"
 #include "codecs/resample.hpp"
+#include "detail/testing.hpp"
 #include "imgstore/error.hpp"
 #include "test_support.hpp"
 
@@ -195,6 +197,10 @@ TEST_CASE("codecs: resize's fixed-tap kernels equal the reference loop byte for 
     state = state * 6364136223846793005ULL + 1442695040888963407ULL;
     return static_cast<std::uint32_t>((state >> 33) % bound);
   };
+  // On a CPU with AVX2, its kernels are checked first, then the SSE2 ones they replace.
+  std::optional<imgstore::detail::testing::Avx2KernelsDisabled> no_avx2;
+  SUBCASE("the kernels this CPU picks") {}
+  SUBCASE("without AVX2") { no_avx2.emplace(); }
   int cases = 0, fixed = 0;
   for (int trial = 0; trial < 400; ++trial) {
     const std::uint32_t c = 1 + next(4);
