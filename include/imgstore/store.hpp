@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -183,6 +184,10 @@ class StoreWriter {
                              std::uint64_t first_index) = 0;
   // Writes the manifest, flushes, renames into place.
   virtual void finish(const Manifest& manifest) = 0;
+  // body(begin, end) over blocks of [0, n) of about `grain` records, on the writer's threads
+  // (options.threads): per-record work such as hashing and encoding.
+  void for_record_blocks(std::size_t n, std::size_t grain,
+                         const std::function<void(std::size_t, std::size_t)>& body) const;
 
   Format format_;
   Encoding encoding_;  // options.encoding or the format's default, checked against the table

@@ -49,8 +49,6 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <tbb/parallel_for.h>
-#include <tbb/task_arena.h>
 
 #include "detail/fs_util.hpp"
 #include "detail/lmdb_handles.hpp"
@@ -203,6 +201,14 @@ class LmdbWriter final : public StoreWriter {
       }
     }
     if (codec_.info.encoding == Encoding::Png) encode_all(batch);
+    // The headers' payload hashes, on all the writer's threads before the (serial) puts.
+    payload_hashes_.resize(n);
+    for_record_blocks(n, 64, [&](std::size_t begin, std::size_t end) {
+      for (std::size_t i = begin; i < end; ++i) {
+        const auto [payload, payload_len] = payload_of(batch, i);
+        payload_hashes_[i] = xxh3_64(payload, payload_len);
+      }
+    });
 
     const std::size_t value_guess =
         kHeaderBytes + (n == 0 ? 0 : payload_of(batch, n - 1).second);
@@ -274,15 +280,11 @@ class LmdbWriter final : public StoreWriter {
   void encode_all(const ImageBatch& batch) {
     const std::size_t n = batch.size();
     if (encoded_.size() < n) encoded_.resize(n);
-    auto encode_range = [&](const tbb::blocked_range<std::size_t>& r) {
-      for (std::size_t i = r.begin(); i != r.end(); ++i) {
+    for_record_blocks(n, 16, [&](std::size_t begin, std::size_t end) {
+      for (std::size_t i = begin; i != end; ++i) {
         codec_.encode(batch.image(i), batch.image_shape(i), options_, encoded_[i]);
       }
-    };
-    const int threads = options_.threads == 0 ? tbb::task_arena::automatic
-                                              : static_cast<int>(options_.threads);
-    tbb::task_arena arena(threads);
-    arena.execute([&] { tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 16), encode_range); });
+    });
     for (std::size_t i = 0; i < n; ++i) {
       if (encoded_[i].size() > std::numeric_limits<std::uint32_t>::max() - kHeaderBytes) {
         throw UsageError(fmt::format("{}: record {} encodes to {} bytes, too large", name_, i,
@@ -321,7 +323,7 @@ class LmdbWriter final : public StoreWriter {
       auto* out = static_cast<std::uint8_t*>(value.mv_data);
       write_header(out, codec_.code, batch.image_shape(i),
                    static_cast<std::int32_t>(batch.labels[i]),
-                   static_cast<std::uint32_t>(payload_len), xxh3_64(payload, payload_len));
+                   static_cast<std::uint32_t>(payload_len), payload_hashes_[i]);
       std::memcpy(out + kHeaderBytes, payload, payload_len);
     }
     return MDB_SUCCESS;
@@ -345,6 +347,7 @@ class LmdbWriter final : public StoreWriter {
   lmdb::Dbi main_;
   std::size_t map_size_ = 0;
   std::vector<std::vector<std::uint8_t>> encoded_;  // encoded payloads, reused between batches
+  std::vector<std::uint64_t> payload_hashes_;        // the batch's header hashes, reused
 };
 
 // ---- reader: one shared environment per data file per process ----
