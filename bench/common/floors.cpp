@@ -76,16 +76,6 @@ std::size_t read_counted(int fd, std::uint8_t* data, std::size_t size, const fs:
   }
 }
 
-// A durable floor starts writing back each piece as soon as it is written
-// (sync_file_range WRITE, which does not wait), so its final fsync waits for the last pieces
-// only: 176 MiB in 4 MiB pieces on this VM's disk, fastest of 6, 0.33 s against 0.40 s for
-// writing everything first. A floor must be the fastest way to do the work.
-void start_writeback(int fd, std::uint64_t offset, std::size_t size, Flush flush) {
-  if (flush == Flush::Fsync) {
-    ::sync_file_range(fd, static_cast<off_t>(offset), static_cast<off_t>(size), SYNC_FILE_RANGE_WRITE);
-  }
-}
-
 void fsync_or_throw(int fd, const fs::path& path) {
   if (::fsync(fd) != 0 && errno != EINVAL) throw_io("fsync", path, errno);
 }
@@ -150,7 +140,6 @@ FloorRun write_floor(const fs::path& file, std::uint64_t bytes, std::size_t piec
   for (std::uint64_t off = 0; off < bytes;) {
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(piece, bytes - off));
     write_counted(fd.get(), buf.data() + off % period, n, file, run);
-    start_writeback(fd.get(), off, n, flush);
     off += n;
   }
   finish_file(fd, file, flush);
@@ -260,7 +249,6 @@ FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, 
     std::size_t n = 0;
     while (const std::uint8_t* data = queue.next(n)) {
       write_counted(out.get(), data, n, file, run);
-      start_writeback(out.get(), run.bytes - n, n, flush);
       queue.written();
     }
   } catch (...) {

@@ -28,7 +28,6 @@ struct FloorRun {
 
 // How a floor ends, as the store it stands for: nothing (page cache), or fsync of the file(s)
 // and their directory (a directory of many files gets one syncfs(), as imgstore's writers do).
-// A durable one-file floor also starts the writeback of each piece as soon as it is written.
 enum class Flush { None, Fsync };
 
 // The byte pattern the write floors fill their reused buffer with (not zeros, so nothing can
@@ -42,10 +41,9 @@ FloorRun write_floor(const fs::path& file, std::uint64_t bytes, std::size_t piec
 // `cat`: the sources' bytes, in order, streamed into one new file in pieces of `piece` bytes,
 // read by a thread of its own one piece ahead of the writes (two reused buffers), as a
 // conversion reads its source ahead of its writer: a one-thread cat was slower than a
-// two-thread conversion of the same files, so it was no limit. total > 0: exactly `total`
-// bytes, going through the sources again from the first as often as needed (or stopping part
-// way), so the floor writes as many bytes as the store it bounds holds (a store of a repeated
-// split, or of one split of several).
+// two-thread conversion of the same files, so it was no limit. total > 0: exactly `total` bytes, going through the sources
+// again from the first as often as needed (or stopping part way), so the floor writes as many
+// bytes as the store it bounds holds (a store of a repeated split, or of one split of several).
 FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, std::size_t piece,
                     Flush flush, std::uint64_t total = 0);
 
