@@ -47,6 +47,11 @@ for r in rows:
         assert r[k]["median"] > 0, (r["format"], r["size"], k)
     assert r["decode_limit"] > 0 and r["torchvision_best"] > 0, r
     assert 0 < r["full_decode"] <= r["decode_limit"], r
+    # The limit is the faster decode, each the fastest of one pass before every loader epoch
+    # (warm-up included) of both formats' rows at that size: 2 x (runs + 1) passes.
+    assert abs(r["decode_limit"] - max(r["region_decode"], r["full_decode"])) < 1e-6 * r["decode_limit"], r
+    assert r["decode_limit_passes"] == 2 * (1 + 1), r
+    assert r["limit_beaten"] == (r["prefetch"]["median"] > r["decode_limit"]), r
     assert r["torchvision_best_workers"] in (0, 2), r
     assert r["prefetch_vs_limit"] > 0 and r["prefetch_vs_torchvision_per_core"] > 0, r
     trained = r["size"] == 32
@@ -56,6 +61,9 @@ for r in rows:
     if trained:
         assert 0 <= r["train_data_wait_share"] <= 1, r
         assert all(m > 0 for m in r["rss_mib_per_epoch"]), r
+for size in (48, 32):
+    limits = {r["decode_limit"] for r in rows if r["size"] == size}
+    assert len(limits) == 1, (size, limits)  # one limit per size, shared by the formats
 print("ok: photo_throughput.json has every figure for lmdb and hdf5 at 48 and 32")
 EOF
 
