@@ -183,13 +183,6 @@ void measure_training(const Args& a, const std::shared_ptr<const StoreReader>& r
     x = (*it)->data;
     y = (*it)->target;
   };
-  std::vector<double> fed, wait, fed_memory;
-  for (int r = 0; r < a.runs; ++r) {
-    auto [rate, w] = train_rate(shape, classes, a.train_steps, from_loader);
-    fed.push_back(rate), wait.push_back(w);
-  }
-  it.reset();
-  loader.cancel();
   const MemoryStore mem = preload_crops(reader, lo);
   const auto n = mem.images.size(0), b = static_cast<std::int64_t>(a.batch_size);
   auto perm = permutation(n, 3);
@@ -201,7 +194,16 @@ void measure_training(const Args& a, const std::shared_ptr<const StoreReader>& r
     x = normalise(mem.images.index_select(0, index), kMean, kStd);
     y = mem.labels.index_select(0, index);
   };
-  for (int r = 0; r < a.runs; ++r) fed_memory.push_back(train_rate(shape, classes, a.train_steps, from_memory).first);
+  // The two feeds alternate run by run: this VM's speed drifts by 2x within minutes, and runs
+  // of one feed all before the other's gave 0.5x-1.4x for the same code.
+  std::vector<double> fed, wait, fed_memory;
+  for (int r = 0; r < a.runs; ++r) {
+    auto [rate, w] = train_rate(shape, classes, a.train_steps, from_loader);
+    fed.push_back(rate), wait.push_back(w);
+    fed_memory.push_back(train_rate(shape, classes, a.train_steps, from_memory).first);
+  }
+  it.reset();
+  loader.cancel();
   auto rate = [](const std::vector<double>& v) {
     return Rate{median(v), *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end())};
   };

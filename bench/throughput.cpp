@@ -230,13 +230,6 @@ void measure_training(const Args& a, const std::shared_ptr<const StoreReader>& r
     x = (*it)->data;
     y = (*it)->target;
   };
-  std::vector<double> fed, wait;
-  for (int r = 0; r < a.runs; ++r) {
-    auto [rate, w] = train_rate(reader->shape(), 10, a.train_steps, from_loader);
-    fed.push_back(rate), wait.push_back(w);
-  }
-  it.reset();
-  tloader.cancel();
   auto perm = permutation(mem.images.size(0), 3);
   std::int64_t pos = 0;
   auto from_memory = [&](torch::Tensor& x, torch::Tensor& y) {
@@ -246,8 +239,15 @@ void measure_training(const Args& a, const std::shared_ptr<const StoreReader>& r
     x = normalise(mem.images.index_select(0, index), mean, stdev);
     y = mem.labels.index_select(0, index);
   };
-  std::vector<double> fed_memory;
-  for (int r = 0; r < a.runs; ++r) fed_memory.push_back(train_rate(reader->shape(), 10, a.train_steps, from_memory).first);
+  // The two feeds alternate run by run, so that both see the same drift of this VM's speed.
+  std::vector<double> fed, wait, fed_memory;
+  for (int r = 0; r < a.runs; ++r) {
+    auto [rate, w] = train_rate(reader->shape(), 10, a.train_steps, from_loader);
+    fed.push_back(rate), wait.push_back(w);
+    fed_memory.push_back(train_rate(reader->shape(), 10, a.train_steps, from_memory).first);
+  }
+  it.reset();
+  tloader.cancel();
   row.train = {median(fed), *std::min_element(fed.begin(), fed.end()), *std::max_element(fed.begin(), fed.end())};
   row.train_memory = {median(fed_memory), *std::min_element(fed_memory.begin(), fed_memory.end()),
                       *std::max_element(fed_memory.begin(), fed_memory.end())};
