@@ -395,6 +395,7 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  imgstore::examples::keep_freed_memory_for_reuse();
   Args a;
   CLI::App app{"imgstore-photo-throughput: RandomResizedCrop loading from JPEG stores vs "
                "torchvision and the decode limit", "imgstore-photo-throughput"};

@@ -401,6 +401,7 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  imgstore::examples::keep_freed_memory_for_reuse();
   Args a;
   CLI::App app{"imgstore-throughput: shuffled-epoch read and training throughput per store format",
                "imgstore-throughput"};

@@ -258,6 +258,7 @@ int run_rank(const Args& a, const RankOptions& where) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  imgstore::examples::keep_freed_memory_for_reuse();
   Args a;
   CLI::App app{"imgstore-ddp-train: data-parallel training of the example convnet (c10d + Gloo)",
                "imgstore-ddp-train"};

@@ -187,6 +187,7 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  imgstore::examples::keep_freed_memory_for_reuse();
   Args a;
   CLI::App app{"imgstore-train: train a small convnet from an imgstore store", "imgstore-train"};
   app.add_option("--train", a.train, "training store (PNG folder, LMDB or HDF5)")->required();
