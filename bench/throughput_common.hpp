@@ -3,6 +3,7 @@
 // name, and running a peer program that prints JSON.
 #pragma once
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -81,8 +82,11 @@ inline std::pair<double, double> train_rate(const Shape& s, int classes, int ste
   return {images / secs, wait / secs};
 }
 
-// Resident set size of this process in bytes.
+// Resident set size of this process in bytes: live memory only. The programs keep freed
+// memory for reuse (keep_freed_memory_for_reuse), and a leak could hide in that reserve, so it
+// is handed back to the kernel first.
 inline double rss_bytes() {
+  ::malloc_trim(0);
   std::ifstream in("/proc/self/statm");
   double pages = 0, resident = 0;
   in >> pages >> resident;
