@@ -66,7 +66,7 @@ struct Row {
   std::size_t images = 0;
   Rate prefetch, stock, train, train_memory;
   // The decode limit (the faster way, times the loader threads) and its two ways; set from the
-  // size's DecodeLimit once every row has run (finish_limits).
+  // size's DecodeLimit once every row has run (set_limit, in run()).
   double limit = 0, region_decode = 0, full_decode = 0;
   int limit_passes = 0;
   double wait_share = 0, rss_growth = 0, rss_bound = 0;
