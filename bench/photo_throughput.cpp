@@ -194,20 +194,20 @@ void measure_training(const Args& a, const std::shared_ptr<const StoreReader>& r
     x = normalise(mem.images.index_select(0, index), kMean, kStd);
     y = mem.labels.index_select(0, index);
   };
-  // The two feeds alternate run by run: this VM's speed drifts by 2x within minutes, and runs
-  // of one feed all before the other's gave 0.5x-1.4x for the same code.
-  std::vector<double> fed, wait, fed_memory;
-  for (int r = 0; r < a.runs; ++r) {
-    auto [rate, w] = train_rate(shape, classes, a.train_steps, from_loader);
-    fed.push_back(rate), wait.push_back(w);
-    fed_memory.push_back(train_rate(shape, classes, a.train_steps, from_memory).first);
-  }
+  // The two feeds alternate run by run (train_rate warms up itself): run one after the other,
+  // the same code gave 0.5x-1.4x.
+  std::vector<double> wait;
+  std::tie(row.train, row.train_memory) = alternate(
+      a.runs,
+      [&] {
+        auto [rate, w] = train_rate(shape, classes, a.train_steps, from_loader);
+        wait.push_back(w);
+        return rate;
+      },
+      [&] { return train_rate(shape, classes, a.train_steps, from_memory).first; });
   it.reset();
   loader.cancel();
-  auto rate = [](const std::vector<double>& v) {
-    return Rate{median(v), *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end())};
-  };
-  row.train = rate(fed), row.train_memory = rate(fed_memory), row.wait_share = median(wait);
+  row.wait_share = median(wait);
   fmt::print("    training fed by loader {:.0f} img/s (data wait {:.1f}%), from preloaded crops "
              "{:.0f} img/s: {:.3f}x\n", row.train.median, 100 * row.wait_share,
              row.train_memory.median, row.train.median / row.train_memory.median);

@@ -76,20 +76,6 @@ double python_best(const Json& peer, const std::string& format) {
   return best;
 }
 
-// Runs a and b alternately (after one warm-up pass each) so that drift in the machine's load
-// hits both alike; returns their rates.
-template <class A, class B>
-std::pair<Rate, Rate> measure_pair(int runs, A&& a, B&& b) {
-  a(), b();
-  std::vector<double> va, vb;
-  for (int r = 0; r < runs; ++r) va.push_back(a()), vb.push_back(b());
-  auto rate = [](const std::vector<double>& v) {
-    return Rate{median(v), *std::min_element(v.begin(), v.end()),
-                *std::max_element(v.begin(), v.end())};
-  };
-  return {rate(va), rate(vb)};
-}
-
 // LibTorch's usual pattern: a per-sample Dataset (get(i) -> one [C,H,W] Example) batched by
 // the stock loader's Stack<> collation. Same reader and records as StoreDataset::get_batch.
 double stock_per_sample_epoch(const StoreDataset& ds, std::size_t batch, std::size_t workers) {
@@ -239,18 +225,18 @@ void measure_training(const Args& a, const std::shared_ptr<const StoreReader>& r
     x = normalise(mem.images.index_select(0, index), mean, stdev);
     y = mem.labels.index_select(0, index);
   };
-  // The two feeds alternate run by run, so that both see the same drift of this VM's speed.
-  std::vector<double> fed, wait, fed_memory;
-  for (int r = 0; r < a.runs; ++r) {
-    auto [rate, w] = train_rate(reader->shape(), 10, a.train_steps, from_loader);
-    fed.push_back(rate), wait.push_back(w);
-    fed_memory.push_back(train_rate(reader->shape(), 10, a.train_steps, from_memory).first);
-  }
+  // The two feeds alternate run by run (train_rate warms up itself).
+  std::vector<double> wait;
+  std::tie(row.train, row.train_memory) = alternate(
+      a.runs,
+      [&] {
+        auto [rate, w] = train_rate(reader->shape(), 10, a.train_steps, from_loader);
+        wait.push_back(w);
+        return rate;
+      },
+      [&] { return train_rate(reader->shape(), 10, a.train_steps, from_memory).first; });
   it.reset();
   tloader.cancel();
-  row.train = {median(fed), *std::min_element(fed.begin(), fed.end()), *std::max_element(fed.begin(), fed.end())};
-  row.train_memory = {median(fed_memory), *std::min_element(fed_memory.begin(), fed_memory.end()),
-                      *std::max_element(fed_memory.begin(), fed_memory.end())};
   row.wait_share = median(wait);
   fmt::print("  (d) training fed by loader {:>8.0f} img/s (data wait {:.1f}%), fed from memory {:.0f} img/s\n",
              row.train.median, 100 * row.wait_share, row.train_memory.median);

@@ -10,6 +10,9 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -27,12 +30,32 @@ struct Rate {
   Json json() const { return {{"median", median}, {"min", min}, {"max", max}}; }
 };
 
+inline Rate rate_of(const std::vector<double>& v) {
+  return {median(v), *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end())};
+}
+
 template <class F>
 inline Rate measure(int runs, F&& once) {
   once();  // warm-up: page cache, buffers, thread pools
   std::vector<double> v;
   for (int r = 0; r < runs; ++r) v.push_back(once());
-  return {median(v), *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end())};
+  return rate_of(v);
+}
+
+// Runs a and b alternately, `runs` times each, so that drift in the machine's speed (this VM's
+// drifts 2x within minutes) hits both alike; returns their rates.
+template <class A, class B>
+inline std::pair<Rate, Rate> alternate(int runs, A&& a, B&& b) {
+  std::vector<double> va, vb;
+  for (int r = 0; r < runs; ++r) va.push_back(a()), vb.push_back(b());
+  return {rate_of(va), rate_of(vb)};
+}
+
+// alternate() after one warm-up pass of each.
+template <class A, class B>
+inline std::pair<Rate, Rate> measure_pair(int runs, A&& a, B&& b) {
+  a(), b();
+  return alternate(runs, a, b);
 }
 
 inline double prefetch_epoch(PrefetchLoader& loader) {
