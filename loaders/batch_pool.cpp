@@ -1,13 +1,32 @@
 // Recycled batch slots, bounded by the prefetch depth.
 #include "batch_pool.hpp"
 
+#include <sys/mman.h>
+
+#include <cstdlib>
+#include <new>
+
 namespace imgstore::detail {
+
+torch::Tensor empty_batch_tensor(c10::IntArrayRef sizes, torch::ScalarType dtype) {
+  constexpr std::size_t kHugePage = std::size_t{2} << 20;
+  std::size_t bytes = c10::elementSize(dtype);
+  for (const std::int64_t d : sizes) bytes *= static_cast<std::size_t>(d);
+  if (bytes < 2 * kHugePage) return torch::empty(sizes, dtype);
+  const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, rounded);
+  if (p == nullptr) throw std::bad_alloc();
+  // Before the first touch, so the kernel can back it with huge pages from the start. Only a
+  // hint: it fails harmlessly on kernels without THP.
+  (void)madvise(p, rounded, MADV_HUGEPAGE);
+  return torch::from_blob(p, sizes, [](void* q) { std::free(q); }, torch::TensorOptions(dtype));
+}
 
 void Slot::allocate(std::size_t batch_size, const Shape& shape, bool to_float) {
   if (data.defined()) return;
   auto dim = [](std::size_t v) { return static_cast<std::int64_t>(v); };
-  data = torch::empty({dim(batch_size), dim(shape.channels), dim(shape.height), dim(shape.width)},
-                      to_float ? torch::kFloat32 : torch::kUInt8);
+  data = empty_batch_tensor({dim(batch_size), dim(shape.channels), dim(shape.height), dim(shape.width)},
+                            to_float ? torch::kFloat32 : torch::kUInt8);
   target = torch::empty({dim(batch_size)}, torch::kInt64);
 }
 

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "batch_fill.hpp"
+#include "batch_pool.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore {
@@ -75,9 +76,10 @@ torch::data::Example<> StoreDataset::read_batch(const std::uint64_t* indices,
                                                 std::size_t n) const {
   const Shape s = detail::output_shape(*reader_, transform_);
   detail::BatchWriter writer(s, normalize_, 0, false);
-  auto data = torch::empty({static_cast<std::int64_t>(n), static_cast<std::int64_t>(s.channels),
-                            static_cast<std::int64_t>(s.height), static_cast<std::int64_t>(s.width)},
-                           torch::TensorOptions().dtype(dtype()));
+  auto data = detail::empty_batch_tensor(
+      {static_cast<std::int64_t>(n), static_cast<std::int64_t>(s.channels),
+       static_cast<std::int64_t>(s.height), static_cast<std::int64_t>(s.width)},
+      dtype());
   auto target = torch::empty({static_cast<std::int64_t>(n)}, torch::kInt64);
   if (transform_.enabled()) {
     detail::fill_cropped(*reader_, transform_, writer, seed_, epoch(), indices, n, data.data_ptr(),

@@ -23,7 +23,7 @@ grep -Eq "^lmdb +32 " stdout.txt && grep -Eq "^hdf5 +48 " stdout.txt ||
   fail "no table rows in: $(cat stdout.txt)"
 
 CSV=out/photo_throughput.csv
-want="format,size,images,prefetch_ips,stock_ips,decode_limit_ips,full_decode_ips,torchvision_ips,\
+want="format,size,images,prefetch_ips,first_epoch_ips,stock_ips,decode_limit_ips,full_decode_ips,torchvision_ips,\
 torchvision_workers,prefetch_vs_limit,prefetch_vs_torchvision_per_core,train_ips,\
 train_memory_ips,train_vs_memory,train_data_wait_share,rss_growth_mib"
 [ "$(head -1 "$CSV")" = "$want" ] || fail "bad CSV header: $(head -1 "$CSV")"
@@ -45,6 +45,7 @@ for r in rows:
     assert r["images"] == n, r
     for k in ("prefetch", "stock"):
         assert r[k]["median"] > 0, (r["format"], r["size"], k)
+    assert r["first_epoch"] > 0, r  # the new loader's warm-up epoch, reported beside the median
     assert r["decode_limit"] > 0 and r["torchvision_best"] > 0, r
     assert 0 < r["full_decode"] <= r["decode_limit"], r
     # The limit is the faster decode, each the fastest of one pass before every loader epoch

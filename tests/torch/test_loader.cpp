@@ -350,3 +350,60 @@ TEST_CASE("loader batches equal the dataset's batches for the same indices") {
   }
   CHECK(at == 45);
 }
+
+TEST_CASE("large batches sit on huge-page boundaries, hold exact pixels and outlive the loader") {
+  // 24 images of 3x160x160: a batch of 12 is 921,600 bytes in uint8 and 3.7 MB in float32,
+  // a batch of 24 in float32 7.4 MB, over the 4 MiB from which batches are huge-page backed.
+  auto reader = memory_reader(24, 160, 160, 3);
+  const Normalize norm = Normalize::mean_std({0.5f, 0.4f, 0.3f}, {0.25f, 0.25f, 0.25f});
+  auto expected = [&](std::int64_t t) {
+    return (reference_chw(reader->images(), static_cast<std::size_t>(t)).to(torch::kFloat32) / 255.0 -
+            torch::tensor({0.5f, 0.4f, 0.3f}).view({3, 1, 1})) / 0.25;
+  };
+  auto aligned = [](const torch::Tensor& t) {
+    return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % (std::uintptr_t{2} << 20) == 0;
+  };
+  LoaderOptions o;
+  o.batch_size = 24;
+  o.threads = 2;
+  o.normalize = norm;
+  torch::Tensor kept, kept_targets;
+  {
+    PrefetchLoader loader(reader, o);
+    for (int epoch = 0; epoch < 2; ++epoch) {
+      for (auto& batch : loader) {
+        REQUIRE(batch.data.sizes() == torch::IntArrayRef({24, 3, 160, 160}));
+        CHECK(aligned(batch.data));
+        for (std::int64_t i = 0; i < 24; ++i) {
+          REQUIRE(torch::allclose(batch.data[i], expected(batch.target[i].item<std::int64_t>()),
+                                  1e-5, 1e-5));
+        }
+        kept = batch.data;
+        kept_targets = batch.target;
+      }
+    }
+  }  // the loader is gone; the kept batch's memory is the tensor's own
+  for (std::int64_t i = 0; i < 24; ++i) {
+    CHECK(torch::allclose(kept[i], expected(kept_targets[i].item<std::int64_t>()), 1e-5, 1e-5));
+  }
+  // The stock loader's path: get_batch allocates each batch the same way.
+  StoreDataset ds(reader, norm);
+  std::vector<std::size_t> idx(24);
+  std::iota(idx.rbegin(), idx.rend(), std::size_t{0});  // 23, 22, ..., 0
+  const auto b = ds.get_batch(idx);
+  CHECK(aligned(b.data));
+  for (std::int64_t i = 0; i < 24; ++i) {
+    CHECK(b.target[i].item<std::int64_t>() == 23 - i);
+    CHECK(torch::allclose(b.data[i], expected(23 - i), 1e-5, 1e-5));
+  }
+  // Small batches stay ordinary tensors: a 12-image uint8 batch is under 4 MiB.
+  o.batch_size = 12;
+  o.normalize = {};
+  PrefetchLoader small(reader, o);
+  for (auto& batch : small) {
+    for (std::int64_t i = 0; i < batch.target.size(0); ++i) {
+      REQUIRE(torch::equal(batch.data[i], reference_chw(reader->images(),
+                                                        batch.target[i].item<std::int64_t>())));
+    }
+  }
+}
