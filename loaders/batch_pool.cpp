@@ -3,7 +3,7 @@
 
 #include <sys/mman.h>
 
-#include <cstdlib>
+#include <cstdint>
 #include <new>
 
 namespace imgstore::detail {
@@ -13,13 +13,24 @@ torch::Tensor empty_batch_tensor(c10::IntArrayRef sizes, torch::ScalarType dtype
   std::size_t bytes = c10::elementSize(dtype);
   for (const std::int64_t d : sizes) bytes *= static_cast<std::size_t>(d);
   if (bytes < 2 * kHugePage) return torch::empty(sizes, dtype);
+  // A mapping of its own, unmapped when the tensor dies: never handed back to malloc, where
+  // khugepaged would refill the pages malloc_trim releases (a freed loader's 160 MiB of slots
+  // stayed resident). One huge page more than needed, to start on a 2 MiB boundary.
   const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* p = std::aligned_alloc(kHugePage, rounded);
-  if (p == nullptr) throw std::bad_alloc();
-  // Before the first touch, so the kernel can back it with huge pages from the start. Only a
-  // hint: it fails harmlessly on kernels without THP.
+  const std::size_t mapped = rounded + kHugePage;
+  void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) throw std::bad_alloc();
+  const auto start = reinterpret_cast<std::uintptr_t>(base);
+  const std::uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
+  if (aligned > start) munmap(base, aligned - start);
+  const std::size_t tail = start + mapped - (aligned + rounded);
+  if (tail > 0) munmap(reinterpret_cast<void*>(aligned + rounded), tail);
+  void* p = reinterpret_cast<void*>(aligned);
+  // Before the first touch, so the kernel backs it with huge pages from the start. A hint:
+  // without THP it fails harmlessly and the pages are ordinary ones.
   (void)madvise(p, rounded, MADV_HUGEPAGE);
-  return torch::from_blob(p, sizes, [](void* q) { std::free(q); }, torch::TensorOptions(dtype));
+  return torch::from_blob(
+      p, sizes, [rounded](void* q) { munmap(q, rounded); }, torch::TensorOptions(dtype));
 }
 
 void Slot::allocate(std::size_t batch_size, const Shape& shape, bool to_float) {

@@ -18,11 +18,11 @@
 
 namespace imgstore::detail {
 
-// An uninitialised [sizes] tensor of `dtype` for a batch. Large ones (>= 4 MiB) sit on 2 MiB
-// boundaries and are advised as transparent huge pages: on the VMs we measure, the first
-// touch of a fresh 4 KiB page costs 5-9 us (a [64,3,224,224] float batch is 9,400 of them,
-// 66 ms, more than decoding its images), a 2 MiB page about as much as zeroing it. Where
-// THP is off the advice is ignored and the tensor is an ordinary one.
+// An uninitialised [sizes] tensor of `dtype` for a batch. Large ones (>= 4 MiB) get a mapping
+// of their own on 2 MiB boundaries, advised as transparent huge pages and unmapped when the
+// tensor dies: on the VMs we measure, the first touch of a fresh 4 KiB page costs 5-9 us (a
+// [64,3,224,224] float batch is 9,400 of them, 66 ms, more than decoding its images), a 2 MiB
+// page about as much as zeroing it. Where THP is off the advice is ignored.
 torch::Tensor empty_batch_tensor(c10::IntArrayRef sizes, torch::ScalarType dtype);
 
 struct Slot {
