@@ -10,18 +10,19 @@ namespace imgstore::detail {
 
 torch::Tensor empty_batch_tensor(c10::IntArrayRef sizes, torch::ScalarType dtype) {
   constexpr std::size_t kHugePage = std::size_t{2} << 20;
+  auto to_huge_page = [](std::uintptr_t n) { return (n + kHugePage - 1) / kHugePage * kHugePage; };
   std::size_t bytes = c10::elementSize(dtype);
   for (const std::int64_t d : sizes) bytes *= static_cast<std::size_t>(d);
   if (bytes < 2 * kHugePage) return torch::empty(sizes, dtype);
   // A mapping of its own, unmapped when the tensor dies: never handed back to malloc, where
   // khugepaged would refill the pages malloc_trim releases (a freed loader's 160 MiB of slots
   // stayed resident). One huge page more than needed, to start on a 2 MiB boundary.
-  const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  const std::size_t rounded = to_huge_page(bytes);
   const std::size_t mapped = rounded + kHugePage;
   void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (base == MAP_FAILED) throw std::bad_alloc();
   const auto start = reinterpret_cast<std::uintptr_t>(base);
-  const std::uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
+  const std::uintptr_t aligned = to_huge_page(start);
   if (aligned > start) munmap(base, aligned - start);
   const std::size_t tail = start + mapped - (aligned + rounded);
   if (tail > 0) munmap(reinterpret_cast<void*>(aligned + rounded), tail);

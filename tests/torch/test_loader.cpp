@@ -396,7 +396,7 @@ TEST_CASE("large batches sit on huge-page boundaries, hold exact pixels and outl
     CHECK(b.target[i].item<std::int64_t>() == 23 - i);
     CHECK(torch::allclose(b.data[i], expected(23 - i), 1e-5, 1e-5));
   }
-  // Small batches stay ordinary tensors: a 12-image uint8 batch is under 4 MiB.
+  // A 12-image uint8 batch (under 4 MiB) takes torch::empty's path: exact pixels there too.
   o.batch_size = 12;
   o.normalize = {};
   PrefetchLoader small(reader, o);
