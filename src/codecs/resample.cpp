@@ -43,12 +43,32 @@ double bicubic_filter(double x) {
 }
 
 // Fixed-point taps for one axis: output i reads `count[i]` inputs from `first[i]` with
-// weights coeffs[i * ksize ...].
+// weights coeffs[i * ksize ...]. Taps of weight 0 at either end are dropped (the sums are
+// exact, so they add nothing): an upscale's window of 3 has at most 2 non-zero taps, which
+// halves the kernels' work. max_count: the largest count after that.
 struct Taps {
   int ksize = 0;
+  int max_count = 0;
   std::vector<int> first, count;
   std::vector<std::int32_t> coeffs;
 };
+
+// Drops output xx's zero-weight taps at both ends (moving `first` past the leading ones).
+void trim_zero_taps(Taps& taps, std::size_t xx) {
+  std::int32_t* c = &taps.coeffs[xx * static_cast<std::size_t>(taps.ksize)];
+  int n = taps.count[xx];
+  while (n > 0 && c[n - 1] == 0) --n;
+  int lead = 0;
+  while (lead < n && c[lead] == 0) ++lead;
+  if (lead > 0) {
+    std::memmove(c, c + lead, static_cast<std::size_t>(n - lead) * sizeof *c);
+    std::fill(c + (n - lead), c + n, 0);
+    taps.first[xx] += lead;
+    n -= lead;
+  }
+  taps.count[xx] = n;
+  taps.max_count = std::max(taps.max_count, n);
+}
 
 // precompute_coeffs + normalize_coeffs_8bpc.
 void compute_taps(int in_size, float in0, float in1, int out_size, ResampleFilter filter,
@@ -60,6 +80,7 @@ void compute_taps(int in_size, float in0, float in1, int out_size, ResampleFilte
   const double support = filter_support * filterscale;
   const int ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
   taps.ksize = ksize;
+  taps.max_count = 0;
   taps.first.resize(out_size);
   taps.count.resize(out_size);
   taps.coeffs.assign(static_cast<std::size_t>(out_size) * ksize, 0);
@@ -87,6 +108,7 @@ void compute_taps(int in_size, float in0, float in1, int out_size, ResampleFilte
     }
     taps.first[xx] = xmin;
     taps.count[xx] = xmax < 0 ? 0 : xmax;
+    trim_zero_taps(taps, static_cast<std::size_t>(xx));
   }
 }
 
@@ -129,7 +151,7 @@ IMGSTORE_ISA_CLONES void horizontal_taps(const std::uint8_t* __restrict src, std
 }
 
 #if defined(__SSE2__)
-// 3-channel rows with K = 3 or 5 fixed taps, one output pixel per step, in SSE2 (every x86-64).
+// 3-channel rows with K = 2, 4 or 5 fixed taps, one output pixel per step, in SSE2 (every x86-64).
 // A 22-bit coefficient k splits exactly into k = hi * 2048 + lo with hi and lo in int16
 // (lo in 0..2047), so _mm_madd_epi16 sums two taps' products for R, G and B at once in int32;
 // sum = (sum_hi << 11) + sum_lo equals the reference's integer sum bit for bit (wrapping adds
@@ -213,9 +235,11 @@ IMGSTORE_ISA_CLONES void horizontal_rgb_sse2(const std::uint8_t* src, std::size_
       __m128i w = pixel_pair<0>(v, zero);
       __m128i hi = _mm_madd_epi16(w, lanes(0));
       __m128i lo = _mm_madd_epi16(w, lanes(1));
-      w = pixel_pair<2>(v, zero);
-      hi = _mm_add_epi32(hi, _mm_madd_epi16(w, lanes(2)));
-      lo = _mm_add_epi32(lo, _mm_madd_epi16(w, lanes(3)));
+      if constexpr (kPairs >= 2) {
+        w = pixel_pair<2>(v, zero);
+        hi = _mm_add_epi32(hi, _mm_madd_epi16(w, lanes(2)));
+        lo = _mm_add_epi32(lo, _mm_madd_epi16(w, lanes(3)));
+      }
       if constexpr (kPairs == 3) {
         w = pixel_pair<4>(v, zero);
         hi = _mm_add_epi32(hi, _mm_madd_epi16(w, lanes(4)));
@@ -282,7 +306,7 @@ __attribute__((target("avx2"))) void vertical_avx2(const std::uint8_t* src, std:
   // Per pair of taps, the 16 int16 lanes of its hi parts (k0, k1, k0, k1, ...), then of its lo
   // parts: loaded in the inner loop, for any number of taps.
   thread_local std::vector<std::int16_t> lanes_buffer;
-  const std::size_t max_pairs = (static_cast<std::size_t>(t.ksize) + 1) / 2;
+  const std::size_t max_pairs = (static_cast<std::size_t>(t.max_count) + 1) / 2;
   lanes_buffer.resize(max_pairs * 32);
   std::int16_t* const lanes = lanes_buffer.data();
   const __m256i zero = _mm256_setzero_si256(), half = _mm256_set1_epi32(kHalf);
@@ -390,9 +414,11 @@ __attribute__((target("avx2"))) void horizontal_rgb_avx2(const std::uint8_t* src
       __m256i w = pixel_pair_x2<0>(v, zero);
       __m256i hi = _mm256_madd_epi16(w, _mm256_loadu_si256(lanes + 0));
       __m256i lo = _mm256_madd_epi16(w, _mm256_loadu_si256(lanes + 1));
-      w = pixel_pair_x2<2>(v, zero);
-      hi = _mm256_add_epi32(hi, _mm256_madd_epi16(w, _mm256_loadu_si256(lanes + 2)));
-      lo = _mm256_add_epi32(lo, _mm256_madd_epi16(w, _mm256_loadu_si256(lanes + 3)));
+      if constexpr (kPairs >= 2) {
+        w = pixel_pair_x2<2>(v, zero);
+        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(w, _mm256_loadu_si256(lanes + 2)));
+        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(w, _mm256_loadu_si256(lanes + 3)));
+      }
       if constexpr (kPairs == 3) {
         w = pixel_pair_x2<4>(v, zero);
         hi = _mm256_add_epi32(hi, _mm256_madd_epi16(w, _mm256_loadu_si256(lanes + 4)));
@@ -420,23 +446,32 @@ bool cpu_has_avx2() {
 }
 #endif
 
-// Taps as exactly K per output (K = t.ksize): false if the row is shorter than K.
-bool fixed_taps(const Taps& t, int in_size, std::vector<int>& first,
+// Taps as exactly k per output (k >= t.max_count), packed k apart: false if the row is
+// shorter than k.
+bool fixed_taps(const Taps& t, int k, int in_size, std::vector<int>& first,
                 std::vector<std::int32_t>& coeffs) {
-  const int k = t.ksize;
   if (in_size < k) return false;
-  const std::size_t n = t.first.size();
+  const std::size_t n = t.first.size(), ks = static_cast<std::size_t>(k);
   first.assign(t.first.begin(), t.first.end());
-  coeffs.assign(t.coeffs.begin(), t.coeffs.end());
+  coeffs.assign(n * ks, 0);
   for (std::size_t i = 0; i < n; ++i) {
+    std::copy_n(&t.coeffs[i * static_cast<std::size_t>(t.ksize)], t.count[i], &coeffs[i * ks]);
     const int shift = first[i] + k - in_size;
     if (shift <= 0) continue;
-    // Read the K inputs ending at the row's end; the taps move right by `shift`.
-    std::int32_t* c = &coeffs[i * static_cast<std::size_t>(k)];
+    // Read the k inputs ending at the row's end; the taps move right by `shift`.
+    std::int32_t* c = &coeffs[i * ks];
     for (int x = k - 1; x >= 0; --x) c[x] = x >= shift ? c[x - shift] : 0;
     first[i] -= shift;
   }
   return true;
+}
+
+// The fixed kernel width for t: 2 (any bilinear upscale), 4 (bilinear downscales below 2x,
+// bicubic upscales) or 5; 0 if wider, for the reference loop.
+int fixed_width(const Taps& t) {
+  if (t.max_count <= 2) return 2;
+  if (t.max_count <= 4) return 4;
+  return t.max_count == 5 ? 5 : 0;
 }
 
 template <int C>
@@ -444,23 +479,25 @@ void horizontal_channels(const std::uint8_t* src, std::size_t stride, int in_w, 
                          int rows, const Taps& t, int out_w, std::uint8_t* dst, bool generic) {
   thread_local std::vector<int> first;
   thread_local std::vector<std::int32_t> coeffs;
-  if (!generic && (t.ksize == 3 || t.ksize == 5) && fixed_taps(t, in_w, first, coeffs)) {
-    // 3 taps: any bilinear upscale; 5: bilinear downscales up to 2x, bicubic upscales.
+  const int k = generic ? 0 : fixed_width(t);
+  if (k != 0 && fixed_taps(t, k, in_w, first, coeffs)) {
+    // Pick one instantiation per width; every kernel sums exactly k taps per output.
+    auto pick = [k](auto two, auto four, auto five) { return k == 2 ? two : k == 4 ? four : five; };
 #if defined(__x86_64__) && defined(__GNUC__)
     if constexpr (C == 3) {
       if (cpu_has_avx2()) {
-        auto* rgb = t.ksize == 3 ? horizontal_rgb_avx2<3> : horizontal_rgb_avx2<5>;
+        auto* rgb = pick(horizontal_rgb_avx2<2>, horizontal_rgb_avx2<4>, horizontal_rgb_avx2<5>);
         return rgb(src, stride, row0, rows, in_w, first.data(), coeffs.data(), out_w, dst);
       }
     }
 #endif
 #if defined(__SSE2__)
     if constexpr (C == 3) {
-      auto* rgb = t.ksize == 3 ? horizontal_rgb_sse2<3> : horizontal_rgb_sse2<5>;
+      auto* rgb = pick(horizontal_rgb_sse2<2>, horizontal_rgb_sse2<4>, horizontal_rgb_sse2<5>);
       return rgb(src, stride, row0, rows, in_w, first.data(), coeffs.data(), out_w, dst);
     }
 #endif
-    auto* fixed = t.ksize == 3 ? horizontal_taps<C, 3> : horizontal_taps<C, 5>;
+    auto* fixed = pick(horizontal_taps<C, 2>, horizontal_taps<C, 4>, horizontal_taps<C, 5>);
     return fixed(src, stride, row0, rows, first.data(), nullptr, coeffs.data(), 0, out_w, dst);
   }
   horizontal_taps<C, 0>(src, stride, row0, rows, t.first.data(), t.count.data(),
@@ -564,8 +601,12 @@ void resize_with(const std::uint8_t* src, std::uint32_t width, std::uint32_t hei
   thread_local std::vector<std::uint8_t> temp;
   if (need_horizontal) {
     // Only the rows the vertical pass reads.
-    const int first = vert.first[0];
-    const int last = vert.first[out_h - 1] + vert.count[out_h - 1];
+    // (Trimmed windows need not grow monotonically at the ends: take the extremes.)
+    int first = vert.first[0], last = first;
+    for (std::size_t y = 0; y < vert.first.size(); ++y) {
+      first = std::min(first, vert.first[y]);
+      last = std::max(last, vert.first[y] + vert.count[y]);
+    }
     const int rows = need_vertical ? last - first : static_cast<int>(height);
     const int row0 = need_vertical ? first : 0;
     std::uint8_t* hdst = dst;

@@ -185,9 +185,9 @@ TEST_CASE("codecs: resize keeps a constant image constant and copies integer box
 }
 
 TEST_CASE("codecs: resize's fixed-tap kernels equal the reference loop byte for byte") {
-  // Upscales (3 taps), downscales by up to 2x (5 taps) and beyond (generic), boxes at the
-  // image's edges (where the fixed taps are moved left), strided sources, 1-4 channels, on a
-  // real photo so every coefficient meets varied pixels.
+  // Upscales (2 non-zero taps), downscales below 2x (4), a little beyond (5) and further
+  // (generic), boxes at the image's edges (where the fixed taps are moved left), strided
+  // sources, 1-4 channels, on a real photo so every coefficient meets varied pixels.
   const auto jpg = test::skimage_photo("astronaut.png");
   DecodedImage photo;
   decode_image(jpg.data(), jpg.size(), 3, "astronaut.png", photo);
