@@ -43,6 +43,13 @@ namespace {
 }  // namespace
 
 std::vector<std::uint8_t> read_file(const fs::path& path, std::uint64_t max_bytes) {
+  std::vector<std::uint8_t> bytes;
+  read_file_into(path, bytes, max_bytes);
+  return bytes;
+}
+
+void read_file_into(const fs::path& path, std::vector<std::uint8_t>& bytes,
+                    std::uint64_t max_bytes) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) throw_errno("open", path);
   struct stat st {};  // one fstat, not two lseeks: photo folders read a million small files
@@ -52,7 +59,7 @@ std::vector<std::uint8_t> read_file(const fs::path& path, std::uint64_t max_byte
     throw DataError(fmt::format("{} is {} bytes, more than the limit of {} bytes", quote(path),
                                 size, max_bytes));
   }
-  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+  bytes.resize(static_cast<std::size_t>(size));
   std::size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
@@ -62,7 +69,6 @@ std::vector<std::uint8_t> read_file(const fs::path& path, std::uint64_t max_byte
     done += static_cast<std::size_t>(n);
   }
   bytes.resize(done);
-  return bytes;
 }
 
 void write_file(const fs::path& path, const void* data, std::size_t size, bool durable) {

@@ -44,6 +44,10 @@ std::string quote(const fs::path& path);
 // Reads a whole file. Throws IoError naming it. Refuses files larger than max_bytes (DataError).
 std::vector<std::uint8_t> read_file(const fs::path& path,
                                     std::uint64_t max_bytes = (std::uint64_t{1} << 32));
+// read_file into `out`, reusing its capacity: a converter reading a million photos keeps one
+// buffer per slot warm instead of allocating (and page-faulting) a fresh one per file.
+void read_file_into(const fs::path& path, std::vector<std::uint8_t>& out,
+                    std::uint64_t max_bytes = (std::uint64_t{1} << 32));
 
 // Writes bytes to a new file (truncating), optionally fsyncing it. Throws IoError.
 void write_file(const fs::path& path, const void* data, std::size_t size, bool durable);

@@ -123,21 +123,22 @@ void load_record(const fs::path& path, const SourceOptions& o, bool validate, Re
   const std::string what = path.string();
   DecodeLimits limits;
   limits.max_pixels = o.max_pixels;
-  std::vector<std::uint8_t> bytes = read_file(path);
+  // The file goes into the slot's payload buffer (its capacity reused from file to file): a
+  // pass-through payload is then in place, and an encoded one overwrites it after the decode.
+  std::vector<std::uint8_t>& bytes = r.payload;
+  r.pixels = nullptr;
+  read_file_into(path, bytes);
   const ImageInfo info = read_image_info(bytes.data(), bytes.size(), what, limits);
   const auto [out_w, out_h] = target_size(info.width, info.height, o);
   const bool untouched = out_w == info.width && out_h == info.height &&
                          can_store_untouched(info, ImageKind::Jpeg, o.channels);
   const bool want_payload = !o.need_pixels || o.keep_jpeg_payload;
-  r.pixels = nullptr;
-  r.payload.clear();
   if (!validate && !o.need_pixels && untouched) {
     // Pass-through: the header is checked; a body without its end marker is decoded to
     // make sure it is not truncated (a truncated JPEG must not be stored).
     if (!ends_with_eoi(bytes)) decode_image(bytes.data(), bytes.size(), o.channels, what,
                                             r.decoded, limits);
     r.shape = Shape{info.height, info.width, o.channels};
-    r.payload = std::move(bytes);
     return;
   }
   // Payload only (need_pixels false): the pixels are decoded, resized and encoded in this
@@ -148,10 +149,11 @@ void load_record(const fs::path& path, const SourceOptions& o, bool validate, Re
   decode_record(bytes, what, o, limits, validate ? info.width : out_w,
                 validate ? info.height : out_h, work);
   r.shape = work.shape;
-  if (validate || !want_payload) return;
-  if (untouched) {
-    r.payload = std::move(bytes);
-  } else {
+  if (validate || !want_payload) {
+    r.payload.clear();
+    return;
+  }
+  if (!untouched) {  // the source bytes are no longer needed
     encode_jpeg(work.pixels->pixels.data(), r.shape.width, r.shape.height, r.shape.channels,
                 o.jpeg_quality, r.payload);
   }
