@@ -492,12 +492,43 @@ class Hdf5Writer final : public StoreWriter {
       const Shape& s = batch.image_shape(i);
       shapes_.insert(shapes_.end(), {s.height, s.width, s.channels});
     }
-    write_exact(payload_fd_.get(), data, size, payload_start_ + payload_size_);
+    write_page_aligned(data, size);
+  }
+
+  // Appends to the payloads in whole 4 KiB pages at page-aligned offsets, keeping the last
+  // partial page in carry_ for the next batch: a write() that starts or ends inside a page
+  // the previous one left half full took 1.4-4x as long per byte on ext4 here (Linux 6.18;
+  // 5.6 MB writes, 5 runs each) as page-aligned ones.
+  void write_page_aligned(const std::uint8_t* data, std::size_t size) {
+    constexpr std::size_t kPage = 4096;
+    std::uint64_t at = payload_start_ + payload_size_ - carry_.size();  // payload_start_: aligned
     payload_size_ += size;
+    if (!carry_.empty()) {
+      const std::size_t take = std::min(kPage - carry_.size(), size);
+      carry_.insert(carry_.end(), data, data + take);
+      data += take;
+      size -= take;
+      if (carry_.size() < kPage) return;
+      write_exact(payload_fd_.get(), carry_.data(), kPage, at);
+      at += kPage;
+      carry_.clear();
+    }
+    const std::size_t whole = size / kPage * kPage;
+    if (whole > 0) write_exact(payload_fd_.get(), data, whole, at);
+    carry_.assign(data + whole, data + size);
+  }
+
+  // The last partial page of the payloads (write_page_aligned).
+  void flush_carry() {
+    if (carry_.empty()) return;
+    write_exact(payload_fd_.get(), carry_.data(), carry_.size(),
+                payload_start_ + payload_size_ - carry_.size());
+    carry_.clear();
   }
 
   // Creates /images (contiguous, over the payloads written), /offsets and /shapes. Lock held.
   void write_ragged_datasets() {
+    flush_carry();
     const hsize_t total = payload_size_;
     if (total > 0 && !testing::hdf5_payloads_in_place_disabled()) raise_eoa_to(payload_start_);
     images_ = create_dataset("images", H5T_STD_U8LE, 1, &total, contiguous_plist());
@@ -578,7 +609,8 @@ class Hdf5Writer final : public StoreWriter {
   static constexpr std::uint64_t kPayloadMargin = 64 << 10;
   Fd payload_fd_;
   std::uint64_t payload_start_ = 0;
-  std::uint64_t payload_size_ = 0;
+  std::uint64_t payload_size_ = 0;  // carry_ included
+  std::vector<std::uint8_t> carry_;  // the payloads' last partial page, not yet written
   std::vector<std::uint64_t> offsets_;  // N + 1 when done
   std::vector<std::uint32_t> shapes_;   // (H, W, C) per record
   H5File file_;

@@ -8,6 +8,9 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
+
+#include <fmt/format.h>
 
 #include "codecs/image_codec.hpp"
 #include "detail/hdf5_handles.hpp"
@@ -192,6 +195,38 @@ TEST_CASE("a ragged HDF5 store is the same whether its payloads are written in p
   }
   CHECK(verify_store(*a).records == crops.size());
   CHECK(compare_stores(*a, *b).exact);
+}
+
+TEST_CASE("a ragged HDF5 store holds the same records whatever its batch sizes") {
+  // The writer appends payloads in whole pages and carries each batch's last partial page to
+  // the next: batches of one record under a page (the carry not yet full), of records spanning
+  // pages, and the whole set at once must all give the same records and checksums.
+  test::TempDir dir;
+  for (const bool jpeg : {false, true}) {
+    CAPTURE(jpeg);
+    const ImageBatch crops = photo_crops(23, jpeg);
+    const Encoding encoding = jpeg ? Encoding::Jpeg : Encoding::Raw;
+    std::vector<std::unique_ptr<StoreReader>> readers;
+    for (const std::size_t batch : {std::size_t{1}, std::size_t{2}, std::size_t{5}, crops.size()}) {
+      const fs::path sub = dir.path() / fmt::format("{}-{}", jpeg, batch);
+      fs::create_directories(sub);
+      readers.push_back(open_store(write_store(Format::Hdf5, sub, "v", crops, encoding, batch)));
+    }
+    EncodedRecord r;
+    for (const auto& reader : readers) {
+      REQUIRE(reader->size() == crops.size());
+      CHECK(verify_store(*reader).records == crops.size());
+      for (std::size_t i = 0; i < crops.size(); ++i) {
+        reader->read_record(i, r);
+        const std::uint8_t* want = jpeg ? crops.payload.data() + crops.payload_offsets[i] : crops.image(i);
+        const std::size_t want_size =
+            jpeg ? crops.payload_offsets[i + 1] - crops.payload_offsets[i] : crops.image_bytes(i);
+        REQUIRE(r.bytes.size() == want_size);
+        CHECK(std::equal(r.bytes.begin(), r.bytes.end(), want));
+      }
+      CHECK(reader->manifest().checksums == readers.back()->manifest().checksums);
+    }
+  }
 }
 
 TEST_CASE("a JPEG store (LMDB, HDF5) keeps the source's JPEG bytes untouched") {
