@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cmath>
 #include <iostream>
+#include <malloc.h>
 #include <utility>
 
 #include <CLI/CLI.hpp>
@@ -422,6 +423,13 @@ void add_photo_options(CLI::App& convert, ConvertArgs& ca) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Keep freed memory up to 64 MiB for reuse. With glibc's defaults every LMDB transaction's
+  // overflow pages and every photo batch went back to the kernel when freed and were faulted
+  // in again (24,600 page faults converting 10,860 JPEGs to LMDB; 16,300 with this; wall median
+  // 0.61 -> 0.52 s, peak RSS +11 MiB). Blocks over 32 MiB (a huge photo's pixels) are still
+  // mapped and unmapped on their own, so one large image does not pin its memory.
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 64 << 20);
   std::vector<std::string> kinds;
   for (Format f : all_formats()) kinds.push_back(format_info(f).description);
   CLI::App app{fmt::format("imgstore-convert: store image data sets as {} stores, and check them",
