@@ -471,7 +471,8 @@ class Hdf5Writer final : public StoreWriter {
   void open_payloads() {
     haddr_t eoa = 0;
     check_h5<IoError>(H5Fget_eoa(file_.get(), &eoa), what("cannot get the end of"));
-    payload_start_ = (static_cast<std::uint64_t>(eoa) + kPayloadMargin + 4095) / 4096 * 4096;
+    payload_start_ = (static_cast<std::uint64_t>(eoa) + kPayloadMargin + kPayloadPage - 1) /
+                     kPayloadPage * kPayloadPage;
     payload_fd_ = Fd(::open(staged_.temp().c_str(), O_RDWR | O_CLOEXEC));  // RDWR: move_payloads
     if (payload_fd_.get() < 0) {
       throw IoError(fmt::format("cannot open {}: {}", quote(staged_.temp()), std::strerror(errno)));
@@ -500,20 +501,19 @@ class Hdf5Writer final : public StoreWriter {
   // the previous one left half full took 1.4-4x as long per byte on ext4 here (Linux 6.18;
   // 5.6 MB writes, 5 runs each) as page-aligned ones.
   void write_page_aligned(const std::uint8_t* data, std::size_t size) {
-    constexpr std::size_t kPage = 4096;
     std::uint64_t at = payload_start_ + payload_size_ - carry_.size();  // payload_start_: aligned
     payload_size_ += size;
     if (!carry_.empty()) {
-      const std::size_t take = std::min(kPage - carry_.size(), size);
+      const std::size_t take = std::min(kPayloadPage - carry_.size(), size);
       carry_.insert(carry_.end(), data, data + take);
       data += take;
       size -= take;
-      if (carry_.size() < kPage) return;
-      write_exact(payload_fd_.get(), carry_.data(), kPage, at);
-      at += kPage;
+      if (carry_.size() < kPayloadPage) return;
+      write_exact(payload_fd_.get(), carry_.data(), kPayloadPage, at);
+      at += kPayloadPage;
       carry_.clear();
     }
-    const std::size_t whole = size / kPage * kPage;
+    const std::size_t whole = size / kPayloadPage * kPayloadPage;
     if (whole > 0) write_exact(payload_fd_.get(), data, whole, at);
     carry_.assign(data + whole, data + size);
   }
@@ -607,6 +607,8 @@ class Hdf5Writer final : public StoreWriter {
   // The payloads of a ragged store: written at payload_start_ in the store file (see
   // open_payloads), payload_size_ bytes so far.
   static constexpr std::uint64_t kPayloadMargin = 64 << 10;
+  // The payloads start on a page and are written in whole pages (write_page_aligned).
+  static constexpr std::uint64_t kPayloadPage = 4096;
   Fd payload_fd_;
   std::uint64_t payload_start_ = 0;
   std::uint64_t payload_size_ = 0;  // carry_ included
