@@ -13,8 +13,11 @@ namespace imgstore::bench {
 
 namespace fs = std::filesystem;
 
-// Pieces of at least 1 MiB: one sequential pass of large writes (3 KiB pieces cost ~9x more).
-constexpr std::size_t kFloorPiece = std::size_t{4} << 20;
+// Pieces of 1 MiB: one sequential pass of large writes (3 KiB pieces cost ~9x more). Not more:
+// writes of 2 MiB or more get 2 MiB page-cache folios (ext4, Linux 6.18), which cost up to 15x
+// more per byte in a VM that returns free memory to its host (450 MB: 1.1 s in 4 MiB pieces,
+// 0.07 s in 1 MiB pieces), so a floor of 4 MiB pieces was sometimes no floor.
+constexpr std::size_t kFloorPiece = std::size_t{1} << 20;
 
 // One timed floor run.
 struct FloorRun {
@@ -41,7 +44,8 @@ FloorRun write_floor(const fs::path& file, std::uint64_t bytes, std::size_t piec
 // `cat`: the sources' bytes, in order, streamed into one new file in pieces of `piece` bytes,
 // read by a thread of its own one piece ahead of the writes (two reused buffers), as a
 // conversion reads its source ahead of its writer: a one-thread cat was slower than a
-// two-thread conversion of the same files, so it was no limit. total > 0: exactly `total` bytes, going through the sources
+// two-thread conversion of the same files, so it was no limit. Every piece but the last is
+// full: small files are packed together, one write per piece. total > 0: exactly `total` bytes, going through the sources
 // again from the first as often as needed (or stopping part way), so the floor writes as many
 // bytes as the store it bounds holds (a store of a repeated split, or of one split of several).
 FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, std::size_t piece,
