@@ -184,8 +184,15 @@ class Hdf5Writer final : public StoreWriter {
     H5Plist fapl(check_h5<IoError>(H5Pcreate(H5P_FILE_ACCESS), "cannot create a plist"));
     check_h5<IoError>(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST),
                       "cannot set the HDF5 format version");
+    // HDF5 creates the file (EXCL) in place of the empty one that reserved the staging name,
+    // rather than truncating it: ext4 writes a file back when it is closed after a truncate to
+    // zero bytes (auto_da_alloc, for programs that rewrite files without fsync), which made
+    // every --no-fsync conversion flush the whole store (as slow as with fsync).
+    if (::unlink(staged_.temp().c_str()) != 0) {
+      throw IoError(fmt::format("cannot replace {}: {}", quote(staged_.temp()), std::strerror(errno)));
+    }
     file_ = H5File(
-        check_h5<IoError>(H5Fcreate(staged_.temp().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+        check_h5<IoError>(H5Fcreate(staged_.temp().c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()),
                           fmt::format("cannot create HDF5 file {}", quote(staged_.temp()))));
 
     const hsize_t dims[4] = {n, spec_.shape.height, spec_.shape.width, spec_.shape.channels};
