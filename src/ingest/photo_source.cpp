@@ -10,6 +10,7 @@
 #include <tbb/task_arena.h>
 
 #include <algorithm>
+#include <memory>
 #include <mutex>
 #include <utility>
 
@@ -202,6 +203,9 @@ class PhotoStream : public BatchStream {
   void load();
   void begin(ImageBatch& out) const;
   void append(ImageBatch& out);
+  // Runs f on the stream's threads: one arena for the stream's life, not one per chunk.
+  template <class F>
+  void parallel(F&& f);
 
   const ImageSplit& split_;
   const SourceOptions& options_;
@@ -209,7 +213,18 @@ class PhotoStream : public BatchStream {
   std::size_t cursor_ = 0;        // next file of the split
   std::vector<std::size_t> files_;  // the chunk being loaded
   std::vector<Record> records_;     // reused: one per file of the chunk
+  std::unique_ptr<tbb::task_arena> arena_;
 };
+
+template <class F>
+void PhotoStream::parallel(F&& f) {
+  if (options_.threads == 0) {
+    f();
+    return;
+  }
+  if (!arena_) arena_ = std::make_unique<tbb::task_arena>(static_cast<int>(options_.threads));
+  arena_->execute(f);
+}
 
 bool PhotoStream::next(ImageBatch& out, std::size_t max_records) {
   max_records = std::max<std::size_t>(max_records, 1);
@@ -234,7 +249,7 @@ bool PhotoStream::next(ImageBatch& out, std::size_t max_records) {
 void PhotoStream::load() {
   const std::size_t n = files_.size();
   if (records_.size() < n) records_.resize(n);
-  in_arena(options_.threads, [&] {
+  parallel([&] {
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 1),
                       [&](const tbb::blocked_range<std::size_t>& range) {
                         for (std::size_t i = range.begin(); i != range.end(); ++i) {
