@@ -679,7 +679,9 @@ class StoreBench {
   void add_floor_cases(bool durable) {
     const std::string tail = durable ? "_durable" : "_nosync";
     // The pixel bytes in one sequential pass of large writes from one reused buffer.
-    add_floor_case("plain" + tail, "write floor (4 MiB writes)", durable, cxx_dir_ / ("plain" + tail + ".raw"),
+    const std::string floor_label =
+        fmt::format("write floor ({} KiB writes)", imgstore::bench::kFloorPiece >> 10);
+    add_floor_case("plain" + tail, floor_label, durable, cxx_dir_ / ("plain" + tail + ".raw"),
                    [this](const fs::path& path, Flush flush) {
                      imgstore::bench::write_floor(path, pixel_bytes_, imgstore::bench::kFloorPiece, flush);
                    });

@@ -369,7 +369,7 @@ void Bench::bench_seqread(const Variant& v, const fs::path& store, std::uint64_t
 }
 
 // What the disk can do with the store's bytes, right after the store was written: the same
-// byte count in one sequential pass of 4 MiB writes, without and with fsync, and for a PNG
+// byte count in one sequential pass of kFloorPiece writes, without and with fsync, and for a PNG
 // folder the same files (sizes, count, one directory) created from one thread.
 void Bench::bench_write_floors(const Variant& v, const fs::path& store, std::uint64_t n) {
   const std::string f = to_string(v.format);
