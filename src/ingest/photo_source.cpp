@@ -189,8 +189,10 @@ constexpr std::size_t kChunk = 64;
 constexpr std::size_t kBatchBytes = std::size_t{48} << 20;
 // Batches of JPEG payloads only (--encoding jpeg) end sooner: their buffer is then reused while
 // still cached, instead of growing (and page-faulting) through a whole split of pass-through
-// files (imgstore-photo-convert-bench; 17 MiB split: 2x fewer page faults).
-constexpr std::size_t kPayloadBatchBytes = std::size_t{4} << 20;
+// files (imgstore-photo-convert-bench; 17 MiB split: 2x fewer page faults). 1 MiB rather than
+// 4: the writer copies the batch into its store while the batch is still in cache, and LMDB
+// commits it as one transaction of about 1 MiB (10,860 photos, LMDB: 0.203 -> 0.184 s).
+constexpr std::size_t kPayloadBatchBytes = std::size_t{1} << 20;
 
 class PhotoStream : public BatchStream {
  public:
