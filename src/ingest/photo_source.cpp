@@ -171,16 +171,26 @@ std::string reason_of(const std::string& message, const std::string& path) {
   return message;
 }
 
-// Runs f inside an arena of `threads` (0: TBB's default).
-template <class F>
-void in_arena(unsigned threads, F&& f) {
-  if (threads == 0) {
-    f();
-    return;
+// The threads a loop over chunks of files runs on: an arena of `threads` (0: TBB's default),
+// made on first use and kept for the loop's life rather than built for every chunk.
+class WorkerArena {
+ public:
+  explicit WorkerArena(unsigned threads) : threads_(threads) {}
+
+  template <class F>
+  void run(F&& f) {
+    if (threads_ == 0) {
+      f();
+      return;
+    }
+    if (!arena_) arena_ = std::make_unique<tbb::task_arena>(static_cast<int>(threads_));
+    arena_->execute(f);
   }
-  tbb::task_arena arena(static_cast<int>(threads));
-  arena.execute(f);
-}
+
+ private:
+  unsigned threads_;
+  std::unique_ptr<tbb::task_arena> arena_;
+};
 
 // Files are decoded kChunk at a time; a batch ends at max_records or once it holds
 // kBatchBytes (returning fewer records is allowed), so memory stays bounded even when a
@@ -205,9 +215,6 @@ class PhotoStream : public BatchStream {
   void load();
   void begin(ImageBatch& out) const;
   void append(ImageBatch& out);
-  // Runs f on the stream's threads: one arena for the stream's life, not one per chunk.
-  template <class F>
-  void parallel(F&& f);
 
   const ImageSplit& split_;
   const SourceOptions& options_;
@@ -215,18 +222,8 @@ class PhotoStream : public BatchStream {
   std::size_t cursor_ = 0;        // next file of the split
   std::vector<std::size_t> files_;  // the chunk being loaded
   std::vector<Record> records_;     // reused: one per file of the chunk
-  std::unique_ptr<tbb::task_arena> arena_;
+  WorkerArena workers_{options_.threads};
 };
-
-template <class F>
-void PhotoStream::parallel(F&& f) {
-  if (options_.threads == 0) {
-    f();
-    return;
-  }
-  if (!arena_) arena_ = std::make_unique<tbb::task_arena>(static_cast<int>(options_.threads));
-  arena_->execute(f);
-}
 
 bool PhotoStream::next(ImageBatch& out, std::size_t max_records) {
   max_records = std::max<std::size_t>(max_records, 1);
@@ -251,7 +248,7 @@ bool PhotoStream::next(ImageBatch& out, std::size_t max_records) {
 void PhotoStream::load() {
   const std::size_t n = files_.size();
   if (records_.size() < n) records_.resize(n);
-  parallel([&] {
+  workers_.run([&] {
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, 1),
                       [&](const tbb::blocked_range<std::size_t>& range) {
                         for (std::size_t i = range.begin(); i != range.end(); ++i) {
@@ -341,9 +338,10 @@ std::vector<char> PhotoSource::validate_split(const ImageSplit& split,
   // In chunks, so that progress (and an interrupt it may throw) runs on this thread.
   constexpr std::size_t kValidateChunk = 1024;
   if (options_.validate_progress) options_.validate_progress(split.name, 0, n);
+  WorkerArena workers(options_.threads);
   for (std::size_t first = 0; first < n; first += kValidateChunk) {
     const std::size_t last = std::min(n, first + kValidateChunk);
-    in_arena(options_.threads, [&] {
+    workers.run([&] {
       tbb::parallel_for(tbb::blocked_range<std::size_t>(first, last, 1),
                         [&](const tbb::blocked_range<std::size_t>& range) {
                           Record& r = scratch.local();
