@@ -604,7 +604,7 @@ class Hdf5Writer final : public StoreWriter {
     }
   }
 
-  // In calls of at most kMaxWriteCall bytes: see there.
+  // In calls of at most kMaxWriteCall bytes (fs_util.hpp says why).
   void write_exact(int fd, const std::uint8_t* data, std::uint64_t n, std::uint64_t at) {
     for (std::uint64_t put = 0; put < n;) {
       const auto call = static_cast<std::size_t>(std::min<std::uint64_t>(n - put, kMaxWriteCall));
@@ -627,11 +627,6 @@ class Hdf5Writer final : public StoreWriter {
   static constexpr std::uint64_t kPayloadMargin = 64 << 10;
   // The payloads start on a page and are written in whole pages (write_page_aligned).
   static constexpr std::uint64_t kPayloadPage = 4096;
-  // A write() of 2 MiB or more into a new file lets the kernel (ext4 with large folios, Linux
-  // 6.18) fill the page cache with 2 MiB folios. Here, in a VM that hands free 2 MiB blocks back
-  // to its host, such writes cost 15x more per byte: 450 MB written by dd took 1.1 s in pieces
-  // of 4 MiB, 0.07 s in pieces of 1 MiB or 256 KiB.
-  static constexpr std::uint64_t kMaxWriteCall = std::uint64_t{1} << 20;
   Fd payload_fd_;
   std::uint64_t payload_start_ = 0;
   std::uint64_t payload_size_ = 0;  // carry_ included

@@ -74,11 +74,10 @@ constexpr const char* kManifestKey = "manifest";
 constexpr std::uint64_t kAppendLimit = 100000000;
 // Values per write transaction: large enough to amortise commits, small enough that LMDB's
 // dirty-page list (malloc'd, reused between transactions) stays warm in cache, and that the
-// commit's writev() of the new pages stays near 1 MiB: larger writes get 2 MiB page-cache
-// folios, which cost up to 15x more per byte in a VM that returns free memory to its host
-// (hdf5_store.cpp, kMaxWriteCall). 10,860 photos, 3 s after the last run: 0.43-0.49 s with
-// 32 MiB transactions, 0.26-0.29 s with 1 MiB; 256 KiB was no faster.
-constexpr std::size_t kTxnValueBytes = std::size_t{1} << 20;
+// commit's writev() of the new pages stays near kMaxWriteCall (fs_util.hpp says why).
+// 10,860 photos, 3 s after the last run: 0.43-0.49 s with 32 MiB transactions, 0.26-0.29 s
+// with 1 MiB; 256 KiB was no faster.
+constexpr std::size_t kTxnValueBytes = kMaxWriteCall;
 // Idle read transactions kept per environment for reuse (reset/renew is far cheaper than
 // begin/abort, which allocate).
 constexpr std::size_t kMaxIdleTxns = 64;
