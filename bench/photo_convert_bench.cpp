@@ -86,6 +86,9 @@ struct Case {
   std::vector<double> seconds, cpu_seconds;
   std::vector<std::uint64_t> rss, bytes;
   unsigned threads = 1;
+
+  // A run of imgstore-convert that writes stores (not a floor, not the process start).
+  bool converts() const { return experiment != "floor" && experiment != "startup"; }
 };
 
 double seconds_since(Clock::time_point t0) {
@@ -404,7 +407,7 @@ json Bench::summarize() {
       compare(row, python_->name, py / ours, 3.0, fmt::format("Python s x 1 core / (our s x {} threads)", c.threads));
       row["cpu_ratio"] = median(python_->cpu_seconds) / median(c.cpu_seconds);
     }
-    if (c.experiment != "floor" && c.experiment != "startup") {
+    if (c.converts()) {
       row["rss_limit_bytes"] = rss_limit;
       row["rss_met"] = static_cast<double>(row["peak_rss_bytes"].get<std::uint64_t>()) <= rss_limit;
     }
@@ -513,8 +516,7 @@ int Bench::run() {
   print_summary(summary);
   write_outputs(summary);
   for (const Case& c : cases_) {
-    const bool writes_store = c.experiment != "floor" && c.experiment != "startup";
-    if (writes_store) imgstore::bench::set_aside(output_of(c), trash());
+    if (c.converts()) imgstore::bench::set_aside(output_of(c), trash());
   }
   imgstore::bench::set_aside(o_.out / "floor.bin", trash());
   imgstore::bench::remove_tree(trash());

@@ -45,9 +45,10 @@ FloorRun write_floor(const fs::path& file, std::uint64_t bytes, std::size_t piec
 // read by a thread of its own one piece ahead of the writes (two reused buffers), as a
 // conversion reads its source ahead of its writer: a one-thread cat was slower than a
 // two-thread conversion of the same files, so it was no limit. Every piece but the last is
-// full: small files are packed together, one write per piece. total > 0: exactly `total` bytes, going through the sources
-// again from the first as often as needed (or stopping part way), so the floor writes as many
-// bytes as the store it bounds holds (a store of a repeated split, or of one split of several).
+// full: small files are packed together, one write per piece. total > 0: exactly `total`
+// bytes, going through the sources again from the first as often as needed (or stopping part
+// way), so the floor writes as many bytes as the store it bounds holds (a store of a repeated
+// split, or of one split of several).
 FloorRun copy_floor(const std::vector<fs::path>& sources, const fs::path& file, std::size_t piece,
                     Flush flush, std::uint64_t total = 0);
 
