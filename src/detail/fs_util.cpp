@@ -50,25 +50,35 @@ std::vector<std::uint8_t> read_file(const fs::path& path, std::uint64_t max_byte
 
 void read_file_into(const fs::path& path, std::vector<std::uint8_t>& bytes,
                     std::uint64_t max_bytes) {
+  std::uint64_t size = 0;
+  const Fd fd = open_sized(path, size, max_bytes);
+  bytes.resize(static_cast<std::size_t>(size));
+  bytes.resize(read_up_to(fd, bytes.data(), bytes.size(), path));
+}
+
+Fd open_sized(const fs::path& path, std::uint64_t& size, std::uint64_t max_bytes) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) throw_errno("open", path);
   struct stat st {};  // one fstat, not two lseeks: photo folders read a million small files
   if (::fstat(fd.get(), &st) != 0) throw_errno("stat", path);
-  const off_t size = st.st_size;
-  if (static_cast<std::uint64_t>(size) > max_bytes) {
+  size = static_cast<std::uint64_t>(st.st_size);
+  if (size > max_bytes) {
     throw DataError(fmt::format("{} is {} bytes, more than the limit of {} bytes", quote(path),
                                 size, max_bytes));
   }
-  bytes.resize(static_cast<std::size_t>(size));
+  return fd;
+}
+
+std::size_t read_up_to(const Fd& fd, std::uint8_t* dest, std::size_t size, const fs::path& path) {
   std::size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
+  while (done < size) {
+    ssize_t n = ::read(fd.get(), dest + done, size - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw_errno("read", path);
     if (n == 0) break;  // the file shrank under us
     done += static_cast<std::size_t>(n);
   }
-  bytes.resize(done);
+  return done;
 }
 
 void write_file(const fs::path& path, const void* data, std::size_t size, bool durable) {

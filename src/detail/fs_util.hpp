@@ -48,6 +48,12 @@ std::vector<std::uint8_t> read_file(const fs::path& path,
 // buffer per slot warm instead of allocating (and page-faulting) a fresh one per file.
 void read_file_into(const fs::path& path, std::vector<std::uint8_t>& out,
                     std::uint64_t max_bytes = (std::uint64_t{1} << 32));
+// read_file_into in two steps, for a caller that places files before reading them: opens
+// `path` and sets `size` from one fstat (refusing more than max_bytes), then reads up to
+// `size` bytes into `dest` and returns how many it got (fewer if the file shrank meanwhile).
+Fd open_sized(const fs::path& path, std::uint64_t& size,
+              std::uint64_t max_bytes = (std::uint64_t{1} << 32));
+std::size_t read_up_to(const Fd& fd, std::uint8_t* dest, std::size_t size, const fs::path& path);
 
 // Writes bytes to a new file (truncating), optionally fsyncing it. Throws IoError.
 void write_file(const fs::path& path, const void* data, std::size_t size, bool durable);

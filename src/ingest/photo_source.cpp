@@ -38,6 +38,11 @@ struct Record {
   Shape shape;                           // what the record holds
   std::vector<std::uint8_t> payload;
   std::string error;  // set if the file is bad
+  // In-place loads (PhotoStream::load_in_place): the open file, its size, and whether its
+  // bytes stayed where they were read, in the batch (else the record is in `payload`).
+  Fd file;
+  std::uint64_t file_size = 0;
+  bool in_place = false;
 };
 
 // Output width x height for a w x h image under the options' resize rules.
@@ -62,8 +67,8 @@ std::pair<std::uint32_t, std::uint32_t> target_size(std::uint32_t w, std::uint32
 }
 
 // A JPEG that does not end in EOI (FF D9, maybe followed by padding zeros) may be truncated.
-bool ends_with_eoi(const std::vector<std::uint8_t>& b) {
-  std::size_t n = b.size();
+bool ends_with_eoi(const std::uint8_t* b, std::size_t size) {
+  std::size_t n = size;
   while (n > 2 && b[n - 1] == 0) --n;
   return n >= 2 && b[n - 2] == 0xFF && b[n - 1] == 0xD9;
 }
@@ -118,28 +123,45 @@ void release_if_large(std::vector<std::uint8_t>& v) {
   if (v.capacity() > kKeepCapacity) std::vector<std::uint8_t>().swap(v);
 }
 
-// Loads one file into r as the options ask. `validate`: always decode fully (skip_bad's
-// first pass), and keep nothing. Throws on bad input (the caller records the message).
-void load_record(const fs::path& path, const SourceOptions& o, bool validate, Record& r) {
-  const std::string what = path.string();
+DecodeLimits limits_of(const SourceOptions& o) {
   DecodeLimits limits;
   limits.max_pixels = o.max_pixels;
-  // The file goes into the slot's payload buffer (its capacity reused from file to file): a
+  return limits;
+}
+
+// Whether a file described by `info` goes into the store as it is (nothing resized, and the
+// store takes its JPEG as it is).
+bool untouched(const ImageInfo& info, const SourceOptions& o) {
+  const auto [out_w, out_h] = target_size(info.width, info.height, o);
+  return out_w == info.width && out_h == info.height &&
+         can_store_untouched(info, ImageKind::Jpeg, o.channels);
+}
+
+// A pass-through record: the header has been checked; a body without its end marker is
+// decoded to make sure it is not truncated (a truncated JPEG must not be stored).
+void check_pass_through(const std::uint8_t* bytes, std::size_t size, const ImageInfo& info,
+                        const std::string& what, const SourceOptions& o, Record& r) {
+  if (!ends_with_eoi(bytes, size)) {
+    decode_image(bytes, size, o.channels, what, r.decoded, limits_of(o));
+  }
+  r.shape = Shape{info.height, info.width, o.channels};
+}
+
+// Turns the file bytes in r.payload into the record the options ask for. `validate`: always
+// decode fully (skip_bad's first pass), and keep nothing. Throws on bad input (the caller
+// records the message).
+void finish_record(const std::string& what, const SourceOptions& o, bool validate, Record& r) {
+  const DecodeLimits limits = limits_of(o);
+  // The file is in the slot's payload buffer (its capacity reused from file to file): a
   // pass-through payload is then in place, and an encoded one overwrites it after the decode.
   std::vector<std::uint8_t>& bytes = r.payload;
   r.pixels = nullptr;
-  read_file_into(path, bytes);
   const ImageInfo info = read_image_info(bytes.data(), bytes.size(), what, limits);
   const auto [out_w, out_h] = target_size(info.width, info.height, o);
-  const bool untouched = out_w == info.width && out_h == info.height &&
-                         can_store_untouched(info, ImageKind::Jpeg, o.channels);
+  const bool as_is = untouched(info, o);
   const bool want_payload = !o.need_pixels || o.keep_jpeg_payload;
-  if (!validate && !o.need_pixels && untouched) {
-    // Pass-through: the header is checked; a body without its end marker is decoded to
-    // make sure it is not truncated (a truncated JPEG must not be stored).
-    if (!ends_with_eoi(bytes)) decode_image(bytes.data(), bytes.size(), o.channels, what,
-                                            r.decoded, limits);
-    r.shape = Shape{info.height, info.width, o.channels};
+  if (!validate && !o.need_pixels && as_is) {
+    check_pass_through(bytes.data(), bytes.size(), info, what, o, r);
     return;
   }
   // Payload only (need_pixels false): the pixels are decoded, resized and encoded in this
@@ -154,7 +176,7 @@ void load_record(const fs::path& path, const SourceOptions& o, bool validate, Re
     r.payload.clear();
     return;
   }
-  if (!untouched) {  // the source bytes are no longer needed
+  if (!as_is) {  // the source bytes are no longer needed
     encode_jpeg(work.pixels->pixels.data(), r.shape.width, r.shape.height, r.shape.channels,
                 o.jpeg_quality, r.payload);
   }
@@ -162,6 +184,12 @@ void load_record(const fs::path& path, const SourceOptions& o, bool validate, Re
     release_if_large(scratch.decoded.pixels);
     release_if_large(scratch.resized.pixels);
   }
+}
+
+// Loads one file into r as the options ask (see finish_record).
+void load_record(const fs::path& path, const SourceOptions& o, bool validate, Record& r) {
+  read_file_into(path, r.payload);
+  finish_record(path.string(), o, validate, r);
 }
 
 // The reason alone: the message without the leading "<path>: " the codecs put there.
@@ -212,7 +240,14 @@ class PhotoStream : public BatchStream {
   bool next(ImageBatch& out, std::size_t max_records) override;
 
  private:
+  fs::path path_of(std::size_t i) const {
+    return split_.base / std::string(split_.files.path(files_[i]));
+  }
+  template <class F>
+  void for_each_file(F&& load_one);
   void load();
+  void load_in_place(ImageBatch& out);
+  void read_in_place(std::size_t i, std::uint8_t* at);
   void begin(ImageBatch& out) const;
   void append(ImageBatch& out);
 
@@ -223,15 +258,28 @@ class PhotoStream : public BatchStream {
   std::vector<std::size_t> files_;  // the chunk being loaded
   std::vector<Record> records_;     // reused: one per file of the chunk
   WorkerArena workers_{options_.threads};
+  // Pass-through streams (payload only, nothing resized) read files straight into the batch.
+  const bool in_place_ = !options_.need_pixels && !options_.resize &&
+                         options_.resize_short == 0 && options_.max_side == 0;
+  std::vector<std::size_t> places_;    // in-place loads: each file's offset in the batch
+  std::vector<std::uint8_t> compact_;  // in-place loads: the chunk's bytes, when re-packed
+  std::size_t payload_used_ = 0;       // in-place loads: the batch's bytes so far
 };
 
 bool PhotoStream::next(ImageBatch& out, std::size_t max_records) {
   max_records = std::max<std::size_t>(max_records, 1);
+  // In-place loads keep the payload's old size across begin(): growing a vector zero-fills
+  // the new part, and zeroing each batch before reading into it cost 9% of a pass-through
+  // conversion's CPU time. Its first payload_used_ bytes are the batch; the rest is stale.
+  std::vector<std::uint8_t> stale;
+  if (in_place_) stale.swap(out.payload);
   begin(out);
+  if (in_place_) stale.swap(out.payload);
+  payload_used_ = 0;
   const std::size_t total = split_.files.size();
   const std::size_t batch_bytes = options_.need_pixels ? kBatchBytes : kPayloadBatchBytes;
   while (out.size() < max_records && cursor_ < total &&
-         out.pixels.size() + out.payload.size() < batch_bytes) {
+         out.pixels.size() + (in_place_ ? payload_used_ : out.payload.size()) < batch_bytes) {
     files_.clear();
     const std::size_t want = std::min(kChunk, max_records - out.size());
     while (cursor_ < total && files_.size() < want) {
@@ -239,13 +287,22 @@ bool PhotoStream::next(ImageBatch& out, std::size_t max_records) {
       ++cursor_;
     }
     if (files_.empty()) break;
-    load();
-    append(out);
+    if (in_place_) {
+      load_in_place(out);
+    } else {
+      load();
+      append(out);
+    }
   }
+  if (in_place_) out.payload.resize(payload_used_);
   return out.size() > 0;
 }
 
-void PhotoStream::load() {
+// Runs load_one(i, record) for every file of the chunk on the stream's threads, keeping each
+// file's error in its record; then throws the first bad file's error in order, whichever
+// thread met it first.
+template <class F>
+void PhotoStream::for_each_file(F&& load_one) {
   const std::size_t n = files_.size();
   if (records_.size() < n) records_.resize(n);
   workers_.run([&] {
@@ -255,18 +312,82 @@ void PhotoStream::load() {
                           Record& r = records_[i];
                           r.error.clear();
                           try {
-                            load_record(split_.base / std::string(split_.files.path(files_[i])),
-                                        options_, false, r);
+                            load_one(i, r);
                           } catch (const Error& e) {
                             r.error = e.what();
                           }
                         }
                       });
   });
-  // The first bad file in order, whichever thread met it first.
   for (std::size_t i = 0; i < n; ++i) {
     if (!records_[i].error.empty()) throw DataError(records_[i].error);
   }
+}
+
+void PhotoStream::load() {
+  for_each_file([&](std::size_t i, Record& r) { load_record(path_of(i), options_, false, r); });
+}
+
+// Pass-through without the copy from a slot into the batch: every file of the chunk is
+// opened and sized, the batch grows by their sizes, and each is read straight into its
+// place. A file that must be re-encoded (a PNG, CMYK) or that shrank meanwhile is finished in
+// its slot, and the chunk is re-packed. 10,860 photos to HDF5: 0.353 -> 0.308 s.
+void PhotoStream::load_in_place(ImageBatch& out) {
+  const std::size_t n = files_.size();
+  for_each_file([&](std::size_t i, Record& r) { r.file = open_sized(path_of(i), r.file_size); });
+  const std::size_t base = payload_used_;
+  places_.assign(1, base);
+  for (std::size_t i = 0; i < n; ++i) {
+    places_.push_back(places_.back() + static_cast<std::size_t>(records_[i].file_size));
+  }
+  if (out.payload.size() < places_.back()) out.payload.resize(places_.back());
+  for_each_file(
+      [&](std::size_t i, Record&) { read_in_place(i, out.payload.data() + places_[i]); });
+
+  const auto end = records_.begin() + static_cast<std::ptrdiff_t>(n);
+  const bool packed =
+      std::all_of(records_.begin(), end, [](const Record& r) { return r.in_place; });
+  if (!packed) {
+    compact_.assign(out.payload.begin() + static_cast<std::ptrdiff_t>(base),
+                    out.payload.begin() + static_cast<std::ptrdiff_t>(places_.back()));
+    out.payload.resize(base);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    Record& r = records_[i];
+    out.labels.push_back(split_.files.label(files_[i]));
+    out.shapes.push_back(r.shape);
+    if (!packed && r.in_place) {
+      const auto from = compact_.begin() + static_cast<std::ptrdiff_t>(places_[i] - base);
+      out.payload.insert(out.payload.end(), from,
+                         from + static_cast<std::ptrdiff_t>(r.file_size));
+    } else if (!packed) {
+      out.payload.insert(out.payload.end(), r.payload.begin(), r.payload.end());
+    }
+    out.payload_offsets.push_back(packed ? places_[i + 1] : out.payload.size());
+    release_if_large(r.payload);
+  }
+  payload_used_ = out.payload_offsets.back();
+  release_if_large(compact_);
+}
+
+// Reads file i (opened by load_in_place) into `at` and checks it. If it cannot stay there as
+// it is, its record is finished in its slot as load_record would (r.in_place false).
+void PhotoStream::read_in_place(std::size_t i, std::uint8_t* at) {
+  Record& r = records_[i];
+  r.in_place = false;
+  r.pixels = nullptr;
+  const fs::path path = path_of(i);
+  const std::size_t got = read_up_to(r.file, at, static_cast<std::size_t>(r.file_size), path);
+  r.file = Fd();
+  const std::string what = path.string();
+  const ImageInfo info = read_image_info(at, got, what, limits_of(options_));
+  if (got == r.file_size && untouched(info, options_)) {
+    check_pass_through(at, got, info, what, options_, r);
+    r.in_place = true;
+    return;
+  }
+  r.payload.assign(at, at + got);
+  finish_record(what, options_, false, r);
 }
 
 void PhotoStream::begin(ImageBatch& out) const {
