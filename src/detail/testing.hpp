@@ -26,8 +26,8 @@ bool hdf5_mmap_disabled();
 void set_hdf5_payloads_in_place_disabled(bool disabled);
 bool hdf5_payloads_in_place_disabled();
 
-// While set, the resampler leaves its AVX2 kernels aside and runs the SSE2 and plain ones, as
-// on a CPU without AVX2.
+// While set, the resampler leaves its AVX2 kernels aside and runs the SSE2 and plain ones, and
+// checksums use libxxhash instead of the AVX2 build of XXH3, as on a CPU without AVX2.
 void set_avx2_kernels_disabled(bool disabled);
 bool avx2_kernels_disabled();
 

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "detail/fs_util.hpp"
+#include "detail/testing.hpp"
 #include "imgstore/checksum.hpp"
 #include "imgstore/error.hpp"
 #include "imgstore/manifest.hpp"
@@ -20,6 +21,34 @@ TEST_CASE("record checksum depends on pixels and label") {
   CHECK(a != record_checksum(px.data(), px.size(), 4));
   px[100] ^= 1;
   CHECK(a != record_checksum(px.data(), px.size(), 3));
+}
+
+TEST_CASE("checksums are the same with and without the AVX2 build of XXH3") {
+  // Every length class of XXH3 (0, 1-3, 4-8, 9-16, 17-128, 129-240, long, several stripes and
+  // blocks), odd offsets, and seeds of either sign (labels are signed).
+  std::vector<std::uint8_t> bytes(70'000);
+  std::uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (auto& b : bytes) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    b = static_cast<std::uint8_t>(x);
+  }
+  const std::size_t sizes[] = {0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 1024, 3072, 38'001,
+                               69'990};
+  for (const std::size_t size : sizes) {
+    for (const std::size_t offset : {std::size_t{0}, std::size_t{3}}) {
+      for (const std::int64_t label : {std::int64_t{0}, std::int64_t{7}, std::int64_t{-1}}) {
+        CAPTURE(size);
+        CAPTURE(offset);
+        CAPTURE(label);
+        const std::uint8_t* p = bytes.data() + offset;
+        const std::uint64_t seeded = record_checksum(p, size, label);
+        const std::uint64_t unseeded = xxh3_64(p, size);
+        detail::testing::Avx2KernelsDisabled baseline;  // libxxhash from here on
+        CHECK(record_checksum(p, size, label) == seeded);
+        CHECK(xxh3_64(p, size) == unseeded);
+      }
+    }
+  }
 }
 
 TEST_CASE("hex64 round-trips and rejects bad text") {
