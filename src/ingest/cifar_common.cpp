@@ -246,8 +246,10 @@ class BinaryStream : public BatchStream {
       const std::size_t n =
           static_cast<std::size_t>(std::min<std::uint64_t>(want - filled, p.records - in_part_));
       const std::size_t rb = format_.record_bytes();
-      raw_.resize(n * rb);
-      reader_->read_exact(raw_.data(), raw_.size());
+      // Grown, never shrunk: a short read at the end of a part would otherwise make the next
+      // full one zero-fill 3 MB before reading over it.
+      if (raw_.size() < n * rb) raw_.resize(n * rb);
+      reader_->read_exact(raw_.data(), n * rb);
       for (std::size_t i = 0; i < n; ++i) {
         const std::uint8_t* rec = raw_.data() + i * rb;
         const std::int64_t label = rec[format_.label_offset];
