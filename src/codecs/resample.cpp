@@ -19,7 +19,6 @@
 #include <fmt/format.h>
 
 #include "detail/isa_clones.hpp"
-#include "detail/testing.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore::detail {
@@ -440,10 +439,6 @@ __attribute__((target("avx2"))) void horizontal_rgb_avx2(const std::uint8_t* src
   }
 }
 
-bool cpu_has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes && !testing::avx2_kernels_disabled();
-}
 #endif
 
 // Taps as exactly k per output (k >= t.max_count), packed k apart: false if the row is
@@ -485,7 +480,7 @@ void horizontal_channels(const std::uint8_t* src, std::size_t stride, int in_w, 
     auto pick = [k](auto two, auto four, auto five) { return k == 2 ? two : k == 4 ? four : five; };
 #if defined(__x86_64__) && defined(__GNUC__)
     if constexpr (C == 3) {
-      if (cpu_has_avx2()) {
+      if (avx2_kernels_enabled()) {
         auto* rgb = pick(horizontal_rgb_avx2<2>, horizontal_rgb_avx2<4>, horizontal_rgb_avx2<5>);
         return rgb(src, stride, row0, rows, in_w, first.data(), coeffs.data(), out_w, dst);
       }
@@ -624,7 +619,7 @@ void resize_with(const std::uint8_t* src, std::uint32_t width, std::uint32_t hei
   }
   if (need_vertical) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (!generic_kernels && cpu_has_avx2()) {
+    if (!generic_kernels && avx2_kernels_enabled()) {
       vertical_avx2(cur, cur_stride, cur_row, vert, static_cast<int>(out_h), dst);
     } else {
       vertical_pass(cur, cur_stride, cur_row, vert, static_cast<int>(out_h), dst);

@@ -4,37 +4,24 @@
 
 #include <fmt/format.h>
 
-#include "detail/testing.hpp"
+#include "detail/isa_clones.hpp"
 #include "detail/xxh3_avx2.hpp"
 #include "imgstore/error.hpp"
 
 namespace imgstore {
 
-namespace {
-
-// Whether to hash with the AVX2 build of XXH3 (xxh3_avx2.cpp): 3-12x libxxhash's speed.
-bool use_xxh3_avx2() {
-#if defined(IMGSTORE_HAVE_XXH3_AVX2)
-  static const bool cpu_has_it = __builtin_cpu_supports("avx2");
-  return cpu_has_it && !detail::testing::avx2_kernels_disabled();
-#else
-  return false;
-#endif
-}
-
-}  // namespace
-
+// Where the CPU has AVX2, the AVX2 build of XXH3 (xxh3_avx2.cpp): 3-12x libxxhash's speed.
 std::uint64_t record_checksum(const std::uint8_t* pixels, std::size_t size, std::int64_t label) {
   const auto seed = static_cast<XXH64_hash_t>(label);
 #if defined(IMGSTORE_HAVE_XXH3_AVX2)
-  if (use_xxh3_avx2()) return detail::xxh3_64_seeded_avx2(pixels, size, seed);
+  if (detail::avx2_kernels_enabled()) return detail::xxh3_64_seeded_avx2(pixels, size, seed);
 #endif
   return XXH3_64bits_withSeed(pixels, size, seed);
 }
 
 std::uint64_t xxh3_64(const void* data, std::size_t size) {
 #if defined(IMGSTORE_HAVE_XXH3_AVX2)
-  if (use_xxh3_avx2()) return detail::xxh3_64_avx2(data, size);
+  if (detail::avx2_kernels_enabled()) return detail::xxh3_64_avx2(data, size);
 #endif
   return XXH3_64bits(data, size);
 }

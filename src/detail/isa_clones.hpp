@@ -12,3 +12,20 @@
 #else
 #define IMGSTORE_ISA_CLONES
 #endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include "detail/testing.hpp"
+
+namespace imgstore::detail {
+
+// Whether hand-written AVX2 code may run (the resampler's kernels, the AVX2 build of XXH3):
+// the CPU has AVX2 and no test has turned such code off to compare it with the portable path.
+// Not for files compiled with -mavx2 (xxh3_avx2.cpp): an AVX2 copy of this inline function
+// could be the one linked.
+inline bool avx2_kernels_enabled() {
+  static const bool cpu_has_avx2 = __builtin_cpu_supports("avx2");
+  return cpu_has_avx2 && !testing::avx2_kernels_disabled();
+}
+
+}  // namespace imgstore::detail
+#endif
