@@ -45,6 +45,11 @@ struct Record {
   bool in_place = false;
 };
 
+// How many of the resize options are set (check_photo_options allows at most one).
+int resize_options(const SourceOptions& o) {
+  return int(o.resize.has_value()) + int(o.resize_short > 0) + int(o.max_side > 0);
+}
+
 // Output width x height for a w x h image under the options' resize rules.
 std::pair<std::uint32_t, std::uint32_t> target_size(std::uint32_t w, std::uint32_t h,
                                                     const SourceOptions& o) {
@@ -260,8 +265,7 @@ class PhotoStream : public BatchStream {
   std::vector<Record> records_;     // reused: one per file of the chunk
   WorkerArena workers_{options_.threads};
   // Pass-through streams (payload only, nothing resized) read files straight into the batch.
-  const bool in_place_ = !options_.need_pixels && !options_.resize &&
-                         options_.resize_short == 0 && options_.max_side == 0;
+  const bool in_place_ = !options_.need_pixels && resize_options(options_) == 0;
   std::vector<std::size_t> places_;    // in-place loads: each file's offset in the batch
   std::vector<std::uint8_t> compact_;  // in-place loads: the chunk's bytes, when re-packed
   std::size_t payload_used_ = 0;       // in-place loads: the batch's bytes so far
@@ -363,14 +367,18 @@ void PhotoStream::load_in_place(ImageBatch& out) {
     Record& r = records_[i];
     out.labels.push_back(split_.files.label(files_[i]));
     out.shapes.push_back(r.shape);
-    if (!packed && r.in_place) {
-      const auto from = compact_.begin() + static_cast<std::ptrdiff_t>(places_[i] - base);
-      out.payload.insert(out.payload.end(), from,
-                         from + static_cast<std::ptrdiff_t>(r.file_size));
-    } else if (!packed) {
-      out.payload.insert(out.payload.end(), r.payload.begin(), r.payload.end());
+    if (packed) {
+      out.payload_offsets.push_back(places_[i + 1]);
+    } else {
+      if (r.in_place) {
+        const auto from = compact_.begin() + static_cast<std::ptrdiff_t>(places_[i] - base);
+        out.payload.insert(out.payload.end(), from,
+                           from + static_cast<std::ptrdiff_t>(r.file_size));
+      } else {
+        out.payload.insert(out.payload.end(), r.payload.begin(), r.payload.end());
+      }
+      out.payload_offsets.push_back(out.payload.size());
     }
-    out.payload_offsets.push_back(packed ? places_[i + 1] : out.payload.size());
     release_if_large(r.payload);
   }
   payload_used_ = out.payload_offsets.back();
@@ -563,8 +571,7 @@ void check_photo_options(const SourceOptions& o) {
     throw UsageError(fmt::format("photos convert to 1 (L) or 3 (RGB) channels, not {}",
                                  o.channels));
   }
-  const int resizes = int(o.resize.has_value()) + int(o.resize_short > 0) + int(o.max_side > 0);
-  if (resizes > 1) {
+  if (resize_options(o) > 1) {
     throw UsageError("choose one of resize, resize-short and max-side");
   }
   if (o.resize && (o.resize->first == 0 || o.resize->second == 0)) {
